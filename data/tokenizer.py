@@ -1,0 +1,130 @@
+"""The tokenizer: byte-level BPE trained with rustbpe, served by tiktoken.
+
+rustbpe learns the merges from the training split; tiktoken encodes and decodes with them. The
+whole tokenizer (split pattern, merges, special tokens) is one small JSON file that is saved next
+to the token bins and into every checkpoint folder, so sampling never needs the corpus.
+Byte-level means every string round-trips exactly: the 256 single bytes are always in the vocab.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+
+EOT = "<|endoftext|>"  # separates documents in the token stream
+
+# GPT-4's split pattern with numbers in groups of at most two digits (as nanochat): text is first
+# cut into words, numbers and punctuation, and merges never cross those cuts
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+STOCK_ENCODINGS = ("gpt2", "cl100k_base")
+FORMAT = "gpt-attention-tokenizer/1"
+
+
+class TokenizerError(Exception):
+    """A tokenizer that cannot be built or loaded; the message names the culprit and the fix."""
+
+
+class Tokenizer:
+    """A tiktoken Encoding plus what training and evaluation need from it."""
+
+    def __init__(self, name: str, pattern: str, ranks: list[bytes], special_tokens: dict[str, int]):
+        self.name, self.pattern, self.ranks, self.special_tokens = name, pattern, ranks, special_tokens
+        self.encoding = tiktoken.Encoding(
+            name=name,
+            pat_str=pattern,
+            mergeable_ranks={token: rank for rank, token in enumerate(ranks)},
+            special_tokens=special_tokens,
+        )
+        self.eot_id = special_tokens[EOT]
+        self.vocab_size = self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids. Special-token strings in the text are encoded as plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return self.encoding.decode_bytes(list(ids))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids), errors="replace")
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for; special tokens count 0 (they are not text)."""
+        lengths = [len(token) for token in self.ranks]
+        lengths += [0] * (self.vocab_size - len(lengths))
+        return lengths
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "name": self.name,
+                "pattern": self.pattern,
+                "special_tokens": self.special_tokens,
+                "ranks": [base64.b64encode(token).decode("ascii") for token in self.ranks],
+            },
+            sort_keys=True,
+        )
+
+    @property
+    def hash(self) -> str:
+        """Identifies the tokenizer: bins and checkpoints record it, so mismatches are caught."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)  # atomic: a reader never sees half a tokenizer
+
+    @classmethod
+    def load(cls, path: Path) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"tokenizer file {path} is missing: prepare the data again (python -m data.prepare)")
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+            if spec.get("format") != FORMAT:
+                raise ValueError(f"format is {spec.get('format')!r}, expected {FORMAT!r}")
+            ranks = [base64.b64decode(token) for token in spec["ranks"]]
+            return cls(spec["name"], spec["pattern"], ranks, spec["special_tokens"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(f"tokenizer file {path} is not a valid tokenizer ({e}): prepare the data again") from None
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Learn a byte-level BPE of `vocab_size` ids (the 256 bytes, the merges, then <|endoftext|>)."""
+    import rustbpe
+
+    if vocab_size < 257 + 1:
+        raise TokenizerError(f"data.vocab_size={vocab_size} must be at least 258 (256 bytes, a merge, {EOT})")
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(texts), vocab_size - 1, pattern=SPLIT_PATTERN)  # -1: room for EOT
+    ranks = [bytes(token) for token, _rank in sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])]
+    return Tokenizer("bpe", trainer.get_pattern(), ranks, {EOT: len(ranks)})
+
+
+def stock_tokenizer(name: str) -> Tokenizer:
+    """A stock tiktoken encoding; tiktoken downloads these once, so this fails cleanly offline."""
+    if name not in STOCK_ENCODINGS:
+        raise TokenizerError(f"data.tokenizer_kind={name!r} must be one of bpe, {', '.join(STOCK_ENCODINGS)}")
+    try:
+        encoding = tiktoken.get_encoding(name)
+    except Exception as e:  # requests' ConnectionError, timeouts, HTTP errors, a broken cache
+        raise TokenizerError(
+            f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: it is downloaded on first "
+            f"use and this machine cannot reach its server): use data.tokenizer_kind=bpe, or run once "
+            f"where it can download and copy tiktoken's cache (TIKTOKEN_CACHE_DIR)"
+        ) from None
+    ranks = sorted(encoding._mergeable_ranks, key=encoding._mergeable_ranks.get)
+    return Tokenizer(name, encoding._pat_str, ranks, dict(encoding._special_tokens))

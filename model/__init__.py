@@ -1,0 +1,7 @@
+"""A nanoGPT-style decoder built from explicit causal multi-head self-attention.
+
+Public API: `from model import GPT, GPTConfig`.
+"""
+from model.gpt import GPT, GPTConfig
+
+__all__ = ["GPT", "GPTConfig"]

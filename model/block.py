@@ -1,0 +1,35 @@
+"""One transformer block: pre-norm attention, then pre-norm MLP, each added to the residual stream."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from model.attention import MultiHeadAttention
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: expand 4x, GELU, project back."""
+
+    def __init__(self, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.up = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.down = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(self.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, attn_impl: str):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x

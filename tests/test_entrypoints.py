@@ -1,0 +1,107 @@
+"""train.py and sample.py through their real entry points, on a tiny corpus and model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """One tiny training run on a fresh machine (no wandb key), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("run")
+    corpus = make_tiny_corpus(tmp / "corpus")
+    env = fresh_machine_env(tmp)
+    overrides = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / 'prepared'}", f"out_dir={tmp / 'out'}"]
+    result = run_entry("train.py", *overrides, cwd=tmp, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"tmp": tmp, "out": tmp / "out", "env": env, "overrides": overrides, "stdout": result.stdout}
+
+
+def test_train_reports_progress_eval_and_saves_a_checkpoint(run):
+    stdout = run["stdout"]
+    assert "step 30/30 | loss" in stdout and "tok/s" in stdout and "ETA" in stdout
+    assert "eval step 30: val loss" in stdout and "bpb" in stdout
+    checkpoint = torch.load(run["out"] / "ckpt.pt", weights_only=True)
+    assert checkpoint["step"] == 30
+    assert set(checkpoint) >= {"model", "optimizer", "model_config", "config", "tokenizer_hash"}
+    assert (run["out"] / "tokenizer.json").is_file()
+    assert not (run["tmp"] / "outputs").exists()  # hydra writes nothing and does not chdir
+
+
+def test_wandb_goes_offline_by_itself_without_a_key(run):
+    runs = list((run["out"] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb"))
+    assert "wandb sync" in run["stdout"]
+
+
+def test_wandb_disabled_writes_nothing(run, tmp_path):
+    out = tmp_path / "out"
+    result = run_entry("train.py", *run["overrides"], "train.max_iters=5", f"out_dir={out}", "wandb.mode=disabled",
+                       cwd=tmp_path, env=run["env"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "ckpt.pt").is_file() and not (out / "wandb").exists()
+    assert not any(Path(run["env"]["WANDB_DIR"]).iterdir())
+
+
+def test_sample_prints_the_requested_samples(run):
+    result = run_entry("sample.py", f"out_dir={run['out']}", "num_samples=2", "max_new_tokens=20", "prompt=the king",
+                       cwd=run["tmp"], env=run["env"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("--- sample") == 2
+    assert result.stdout.count("the king") >= 2  # each sample starts with the prompt
+    again = run_entry("sample.py", f"out_dir={run['out']}", "num_samples=2", "max_new_tokens=20", "prompt=the king",
+                      cwd=run["tmp"], env=run["env"])
+    assert again.stdout == result.stdout  # same seed, same text
+
+
+@pytest.mark.parametrize("override,message", [
+    ("temperature=-1", "temperature=-1"),
+    ("top_k=0", "top_k=0"),
+    ("top_p=1.5", "top_p=1.5"),
+    ("max_new_tokens=-3", "max_new_tokens=-3"),
+])
+def test_sample_rejects_bad_settings_with_exit_code_2(run, override, message):
+    result = run_entry("sample.py", f"out_dir={run['out']}", override, cwd=run["tmp"], env=run["env"])
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sample_names_a_missing_or_corrupt_checkpoint(run, tmp_path):
+    result = run_entry("sample.py", f"out_dir={tmp_path / 'nothing'}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2 and "nothing does not exist" in result.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "ckpt.pt").write_bytes((run["out"] / "ckpt.pt").read_bytes()[:1000])
+    (broken / "tokenizer.json").write_bytes((run["out"] / "tokenizer.json").read_bytes())
+    result = run_entry("sample.py", f"out_dir={broken}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2 and "ckpt.pt is truncated or corrupt" in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.n_head=3", "model.n_embd=32 is not divisible by model.n_head=3"),
+    ("model.attn_impl=magic", "model.attn_impl='magic' must be one of"),
+    ("model.block_size=100000", "model.block_size=100000 is not smaller than the"),
+    ("device=tpu", "device='tpu' must be one of"),
+    ("train.max_iters=0", "train.max_iters=0 must be a positive integer"),
+])
+def test_train_rejects_bad_config_with_exit_code_2(run, tmp_path, override, message):
+    result = run_entry("train.py", *run["overrides"], f"out_dir={tmp_path / 'out'}", override, cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_train_names_a_file_that_is_not_utf8(run, tmp_path):
+    corpus = tmp_path / "corpus"
+    make_tiny_corpus(corpus)
+    (corpus / "bad.txt").write_bytes(b"ok \xff\xfe broken")
+    result = run_entry("train.py", *run["overrides"], f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prep'}",
+                       f"out_dir={tmp_path / 'out'}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2
+    assert "bad.txt is not UTF-8 text (invalid byte 0xff at byte offset 3)" in result.stderr

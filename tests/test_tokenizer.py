@@ -1,0 +1,84 @@
+"""The BPE tokenizer: exact round trips for any Unicode text, stable save/load, clear failures."""
+from __future__ import annotations
+
+import pytest
+import tiktoken
+
+from data.tokenizer import EOT, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
+
+TRAINING_TEXT = [
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer",
+    "中华人民共和国成立以来，经济建设取得了巨大成就。人民生活水平不断提高。",
+    "老师，您好！ = Hello, teacher! 我们明天见。 = See you tomorrow.",
+] * 20
+
+HARD_TEXTS = [
+    "Hello, world! 你好，世界！",
+    "mixed 中文 and English in one line, 1998年1月1日 ＡＢＣ１２３",
+    "emoji 😀👩‍👩‍👧 flags 🇨🇳🇬🇧 and symbols ∑∫√ ™",
+    "rare CJK: 𠀀𪚥𰻞 (extension B+), 々〆〇 and Korean 한국어, Arabic العربية",
+    "control \x00\t\r\n and the special string <|endoftext|> as plain text",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return train_bpe(TRAINING_TEXT, vocab_size=400)
+
+
+def test_vocab_has_all_bytes_merges_and_eot_last(tokenizer):
+    assert tokenizer.vocab_size == 400
+    assert tokenizer.eot_id == 399 and tokenizer.special_tokens == {EOT: 399}
+    assert {bytes([b]) for b in range(256)} <= set(tokenizer.ranks)
+    assert len(set(tokenizer.ranks)) == 399
+
+
+@pytest.mark.parametrize("text", HARD_TEXTS)
+def test_round_trip_is_exact_for_any_unicode(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode_bytes(ids) == text.encode("utf-8")
+    assert tokenizer.eot_id not in ids  # the string "<|endoftext|>" in text is not the separator
+
+
+def test_merges_learned_from_both_languages(tokenizer):
+    assert len(tokenizer.encode("the question")) < len("the question".encode())
+    assert len(tokenizer.encode("人民")) < len("人民".encode())
+
+
+def test_token_byte_lengths_count_text_bytes_and_zero_for_eot(tokenizer):
+    lengths = tokenizer.token_byte_lengths()
+    ids = tokenizer.encode("人民 and 世界")
+    assert sum(lengths[i] for i in ids) == len("人民 and 世界".encode())
+    assert lengths[tokenizer.eot_id] == 0
+
+
+def test_save_load_keeps_ids_and_hash(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert loaded.hash == tokenizer.hash
+    for text in HARD_TEXTS:
+        assert loaded.encode(text) == tokenizer.encode(text)
+    assert train_bpe(TRAINING_TEXT, vocab_size=400).hash == tokenizer.hash  # training is deterministic
+    assert train_bpe(TRAINING_TEXT, vocab_size=300).hash != tokenizer.hash
+
+
+def test_load_of_missing_or_broken_file_names_it(tmp_path):
+    with pytest.raises(TokenizerError, match="missing.json is missing"):
+        Tokenizer.load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(TokenizerError, match="broken.json is not a valid tokenizer"):
+        Tokenizer.load(broken)
+
+
+def test_stock_encoding_fails_clearly_without_download(monkeypatch):
+    def offline(name):
+        raise ConnectionError(f"cannot reach the server for {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(TokenizerError, match="could not load the 'gpt2' encoding.*data.tokenizer_kind=bpe"):
+        stock_tokenizer("gpt2")
+    with pytest.raises(TokenizerError, match="must be one of"):
+        stock_tokenizer("gpt5")

@@ -1,0 +1,80 @@
+"""Device and precision: resolve `device` and `dtype` from the config, and make the autocast context."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(Exception):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r} must be one of {', '.join(DEVICES)} (or cuda:N)")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible to torch {torch.__version__}: use device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but this machine has no MPS backend: use device=cpu or auto")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX), where bf16
+    autocast is faster than fp32; without them bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA GPUs that support it and on CPUs with bf16 instructions, else fp16 on
+    older CUDA GPUs, else fp32."""
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} must be one of {', '.join(DTYPES)}")
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_supports_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name == "float16" and device.type == "cpu":
+        raise ConfigError("dtype=float16 is not supported for training on CPU: use bfloat16 or float32")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype=bfloat16 but this GPU has no bf16 support: use float16 or float32")
+    return getattr(torch, name)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the forward pass; weights and optimizer state stay in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device copy; on CUDA through pinned memory so the copy overlaps with compute."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
