@@ -1,8 +1,9 @@
 """Generate text from a trained checkpoint.
 
-    python sample.py                                  # 3 samples from out/
-    python sample.py prompt="ROMEO:" num_samples=1 temperature=0.7
+    python sample.py                                  # one sample per default prompt, from out/
+    python sample.py prompt="ROMEO:" num_samples=3 temperature=0.7
     python sample.py prompt="中国" max_new_tokens=100 top_k=50 out_dir=out
+    python sample.py 'prompt=["", "KING:"]'           # several prompts; "" starts from <|endoftext|>
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from model.generation import sample_next_token
 from trainer.checkpoint import CheckpointError, load_model
@@ -29,34 +30,52 @@ def check_settings(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= {minimum}")
 
 
-def sample(cfg: DictConfig) -> list[str]:
+def prompts_of(cfg: DictConfig) -> list[str]:
+    """`prompt` is one string or a list of them."""
+    return [str(p) for p in cfg.prompt] if isinstance(cfg.prompt, ListConfig) else [str(cfg.prompt)]
+
+
+def sample(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(prompt, text) for num_samples samples of every prompt; text includes the prompt."""
     check_settings(cfg)
     device = resolve_device(cfg.device)
     model, tokenizer, _ = load_model(cfg.out_dir, device)
-    prompt_ids = tokenizer.encode(str(cfg.prompt)) or [tokenizer.eot_id]
     block_size = model.config.block_size
-    if len(prompt_ids) > block_size:
-        print(f"warning: the prompt is {len(prompt_ids)} tokens; keeping its last {block_size} (block_size)", file=sys.stderr)
-        prompt_ids = prompt_ids[-block_size:]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)
-    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator)
-    texts = []
-    for row in out.tolist():
-        ids = [t for t in row if t != tokenizer.eot_id] if cfg.prompt == "" else row
-        texts.append(tokenizer.decode(ids))
-    return texts
+    results = []
+    for prompt in prompts_of(cfg):
+        prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+        if len(prompt_ids) > block_size:
+            print(f"warning: the prompt is {len(prompt_ids)} tokens; keeping its last {block_size} (block_size)", file=sys.stderr)
+            prompt_ids = prompt_ids[-block_size:]
+        idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)
+        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator)
+        for row in out.tolist():
+            # <|endoftext|> separates documents: show it as a line break, not as markup
+            text = "\n".join(tokenizer.decode(part) for part in split_at(row, tokenizer.eot_id)).strip("\n")
+            results.append((prompt, text))
+    return results
+
+
+def split_at(ids: list[int], separator: int) -> list[list[int]]:
+    parts: list[list[int]] = [[]]
+    for i in ids:
+        if i == separator:
+            parts.append([])
+        else:
+            parts[-1].append(i)
+    return parts
 
 
 @hydra.main(config_path="config", config_name="sample", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        texts = sample(cfg)
+        results = sample(cfg)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    for i, text in enumerate(texts):
-        print(f"--- sample {i + 1}/{len(texts)} ---")
+    for i, (prompt, text) in enumerate(results):
+        print(f"--- sample {i + 1}/{len(results)} (prompt {prompt!r}) ---")
         print(text)
 
 

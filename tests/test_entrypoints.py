@@ -49,15 +49,29 @@ def test_wandb_disabled_writes_nothing(run, tmp_path):
     assert not any(Path(run["env"]["WANDB_DIR"]).iterdir())
 
 
-def test_sample_prints_the_requested_samples(run):
-    result = run_entry("sample.py", f"out_dir={run['out']}", "num_samples=2", "max_new_tokens=20", "prompt=the king",
-                       cwd=run["tmp"], env=run["env"])
+def samples_of(stdout: str) -> list[str]:
+    """The sample texts printed by sample.py, without their header lines."""
+    chunks = stdout.split("--- sample ")[1:]
+    return [chunk.split("---\n", 1)[1].rstrip("\n") for chunk in chunks]
+
+
+def test_sample_prints_num_samples_per_prompt_each_starting_with_it(run):
+    args = [f"out_dir={run['out']}", "num_samples=2", "max_new_tokens=20", 'prompt=["the king", "国王"]']
+    result = run_entry("sample.py", *args, cwd=run["tmp"], env=run["env"])
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("--- sample") == 2
-    assert result.stdout.count("the king") >= 2  # each sample starts with the prompt
-    again = run_entry("sample.py", f"out_dir={run['out']}", "num_samples=2", "max_new_tokens=20", "prompt=the king",
-                      cwd=run["tmp"], env=run["env"])
+    texts = samples_of(result.stdout)
+    assert len(texts) == 4
+    assert [t[: len(p)] for t, p in zip(texts, ["the king"] * 2 + ["国王"] * 2)] == ["the king"] * 2 + ["国王"] * 2
+    assert all(len(t) > len("the king") for t in texts)
+    again = run_entry("sample.py", *args, cwd=run["tmp"], env=run["env"])
     assert again.stdout == result.stdout  # same seed, same text
+
+
+def test_empty_prompt_starts_from_endoftext(run):
+    result = run_entry("sample.py", f"out_dir={run['out']}", "prompt=", "max_new_tokens=15", cwd=run["tmp"], env=run["env"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (text,) = samples_of(result.stdout)
+    assert text and "<|endoftext|>" not in text
 
 
 @pytest.mark.parametrize("override,message", [
