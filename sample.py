@@ -49,7 +49,7 @@ def sample(cfg: DictConfig) -> list[tuple[str, str]]:
             print(f"warning: the prompt is {len(prompt_ids)} tokens; keeping its last {block_size} (block_size)", file=sys.stderr)
             prompt_ids = prompt_ids[-block_size:]
         idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)
-        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator)
+        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_kv_cache, generator)
         for row in out.tolist():
             # <|endoftext|> separates documents: show it as a line break, not as markup
             text = "\n".join(tokenizer.decode(part) for part in split_at(row, tokenizer.eot_id)).strip("\n")

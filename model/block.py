@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from model.attention import MultiHeadAttention
+from model.kv_cache import KVCache
 
 
 class MLP(nn.Module):
@@ -22,14 +23,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, attn_impl: str):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, attn_impl: str, layer_idx: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl, layer_idx)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, rotary=None, kv_cache: KVCache | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.ln_1(x), rotary=rotary, kv_cache=kv_cache, return_weights=return_weights)
+        x = x + attended  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
-        return x
+        return x, weights

@@ -1,4 +1,5 @@
-"""The GPT: token + position embeddings, a stack of blocks, a final norm and a tied LM head."""
+"""The GPT: token embeddings plus a positional encoding, a stack of blocks, a final norm and a
+tied LM head; attention maps for inspection; generation with a KV cache."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from model.attention import ATTN_IMPLS
 from model.block import Block
 from model.generation import sample_next_token
+from model.kv_cache import KVCache
+from model.positions import POS_ENCODINGS, rotary_angles, sinusoidal_table
 
 
 @dataclass
@@ -23,6 +26,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
     attn_impl: str = "explicit"  # explicit | sdpa | flash
+    pos_encoding: str = "learned"  # learned | sinusoidal | rope
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -38,6 +42,10 @@ class GPTConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"model.attn_impl={self.attn_impl!r} must be one of {', '.join(ATTN_IMPLS)}")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"model.pos_encoding={self.pos_encoding!r} must be one of {', '.join(POS_ENCODINGS)}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"model.pos_encoding=rope needs an even head_dim; n_embd / n_head = {self.n_embd // self.n_head}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,11 +56,18 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned positional embeddings
+        if config.pos_encoding == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)  # one trained vector per position
+        elif config.pos_encoding == "sinusoidal":
+            self.register_buffer("sinusoids", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        else:
+            cos, sin = rotary_angles(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_impl)
-            for _ in range(config.n_layer)
+            Block(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_impl, layer_idx)
+            for layer_idx in range(config.n_layer)
         )
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -72,24 +87,56 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default, tied token embeddings counted once."""
+        """Parameter count; learned position embeddings excluded by default, tied token embeddings counted once."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and hasattr(self, "wpe") else n
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, return_weights: bool = False):
+        """idx: (B, T) -> final hidden states (B, T, C) and, with return_weights, each layer's
+        attention weights (B, nh, T, T_k). With a cache, idx continues the cached tokens."""
+        B, T = idx.size()
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.wpe(positions)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.sinusoids[positions]
+        else:
+            rotary = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
+        x = self.drop(x)
+        all_weights = []
+        for block in self.blocks:
+            x, weights = block(x, rotary, kv_cache, return_weights)
+            all_weights.append(weights)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.ln_f(x), all_weights
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx: (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets given."""
-        B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C): token + position
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        x, _ = self.hidden_states(idx)
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Every head's attention weights for idx (B, T) -> (n_layer, B, n_head, T, T).
+
+        Computed through explicit_attention whatever attn_impl is (fused kernels never form the
+        weights), in eval mode (no dropout), with the model's own positional encoding.
+        """
+        was_training = self.training
+        self.eval()
+        _, weights = self.hidden_states(idx, return_weights=True)
+        self.train(was_training)
+        return torch.stack(weights)
 
     @torch.no_grad()
     def generate(
@@ -99,15 +146,30 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        use_kv_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Append max_new_tokens tokens to idx (B, T). Past block_size, the model sees only the
-        last block_size tokens (learned positions cannot extend beyond what was trained)."""
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy.
+
+        The model always sees the last block_size tokens at positions 0..block_size-1. With the
+        KV cache, each new token costs one row of attention while the sequence fits in
+        block_size; once it is longer, the window slides by one token per step, every position
+        changes, and the cache is rebuilt from the cropped window (as costly as no cache, and
+        exactly what the uncached path computes).
+        """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+        block_size = self.config.block_size
+        kv_cache = None
         for _ in range(max_new_tokens):
-            window = idx[:, -self.config.block_size:]  # (B, <=block_size)
-            logits, _ = self(window)
-            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            if not use_kv_cache:
+                x, _ = self.hidden_states(idx[:, -block_size:])
+            elif kv_cache is None or kv_cache.length == block_size:
+                kv_cache = KVCache(self.config.n_layer, block_size)  # (re)fill with the cropped window
+                x, _ = self.hidden_states(idx[:, -block_size:], kv_cache)
+            else:
+                x, _ = self.hidden_states(idx[:, -1:], kv_cache)  # only the newest token
+            logits = self.lm_head(x[:, -1, :])  # (B, vocab): the next-token prediction
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
         return idx

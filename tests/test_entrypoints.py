@@ -67,6 +67,15 @@ def test_sample_prints_num_samples_per_prompt_each_starting_with_it(run):
     assert again.stdout == result.stdout  # same seed, same text
 
 
+def test_greedy_samples_are_the_same_with_and_without_kv_cache(run):
+    # 40 new tokens after a 3-token prompt run past the tiny model's block_size of 32
+    args = [f"out_dir={run['out']}", "temperature=0", "max_new_tokens=40", "prompt=the king and"]
+    cached = run_entry("sample.py", *args, "use_kv_cache=true", cwd=run["tmp"], env=run["env"])
+    uncached = run_entry("sample.py", *args, "use_kv_cache=false", cwd=run["tmp"], env=run["env"])
+    assert cached.returncode == 0 and uncached.returncode == 0, cached.stderr[-2000:] + uncached.stderr[-2000:]
+    assert cached.stdout == uncached.stdout
+
+
 def test_empty_prompt_starts_from_endoftext(run):
     result = run_entry("sample.py", f"out_dir={run['out']}", "prompt=", "max_new_tokens=15", cwd=run["tmp"], env=run["env"])
     assert result.returncode == 0, result.stderr[-2000:]

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.attention import MultiHeadAttention, explicit_attention
 from model.generation import filter_top_k, filter_top_p, sample_next_token
 
 SMALL = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
@@ -38,28 +37,6 @@ def test_changing_future_tokens_never_changes_past_logits(attn_impl):
         assert torch.equal(a[:, : t + 1], b[:, : t + 1])
         if t < 15:
             assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
-
-
-def test_explicit_attention_weights_are_causal_rows_summing_to_one():
-    torch.manual_seed(0)
-    query, key, value = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(3))
-    context, weights = explicit_attention(query, key, value)
-    assert weights.shape == (2, 3, 5, 5) and context.shape == (2, 3, 5, 8)
-    assert torch.allclose(weights.sum(-1), torch.ones(2, 3, 5, dtype=torch.float64))
-    assert torch.all(weights.triu(1) == 0)
-    # row 0 sees only key 0: its context is value 0
-    assert torch.allclose(context[:, :, 0], value[:, :, 0])
-
-
-def test_backends_agree_with_explicit_attention():
-    torch.manual_seed(0)
-    explicit = MultiHeadAttention(24, 3, attn_impl="explicit").double()
-    x = torch.randn(2, 7, 24, dtype=torch.float64)
-    reference = explicit(x)
-    for impl in ("sdpa", "flash"):
-        other = MultiHeadAttention(24, 3, attn_impl=impl).double()
-        other.load_state_dict(explicit.state_dict())
-        assert (other(x) - reference).abs().max().item() < 1e-10
 
 
 def test_loss_falls_when_overfitting_one_batch():
