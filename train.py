@@ -20,6 +20,8 @@ from data.batches import TokenBins, TrainSampler
 from data.prepare import DataConfig, prepare
 from data.sources import DataError
 from data.tokenizer import TokenizerError
+from heads.probes import configured_probes
+from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
 from trainer.checkpoint import CheckpointError, save_checkpoint
 from trainer.evaluate import evaluate
@@ -48,6 +50,9 @@ def train(cfg: DictConfig) -> dict:
     for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval"):
         if not isinstance(tc[key], int) or tc[key] < 1:
             raise ConfigError(f"train.{key}={tc[key]!r} must be a positive integer")
+    for key in ("attn_every", "probe_tokens", "table_rows"):
+        if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < (0 if key == "attn_every" else 2):
+            raise ConfigError(f"wandb.{key}={cfg.wandb[key]!r} must be an integer >= {0 if key == 'attn_every' else 2}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
 
@@ -59,6 +64,7 @@ def train(cfg: DictConfig) -> dict:
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     bins.check_block_size(model_cfg.block_size)
+    probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
 
     seed_everything(cfg.seed)
     model = GPT(model_cfg).to(device)
@@ -83,12 +89,22 @@ def train(cfg: DictConfig) -> dict:
             "config": run_config,
             "val_metrics": metrics,
             "tokenizer_hash": bins.tokenizer.hash,
+            "probes": [[probe.name, probe.text] for probe in probes],
         }
         save_checkpoint(out_dir, state, bins.tokenizer)
         if run is not None:
             run.log(metrics, step=step)
         return metrics
 
+    def report_heads(step: int) -> None:
+        """What every head does, to wandb: maps come from the explicit path, training is untouched."""
+        started_report = time.time()
+        report = build_report(model, bins.tokenizer, probes, cfg.wandb.probe_tokens, cfg.wandb.table_rows)
+        log_report(run, report, step)
+        print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
+        print_top_heads(report)
+
+    attn_every = cfg.wandb.attn_every if run is not None else 0  # wandb.mode=disabled computes nothing
     tokens_per_step = tc.batch_size * model_cfg.block_size
     started = last_log = time.time()
     metrics: dict = {}
@@ -96,6 +112,9 @@ def train(cfg: DictConfig) -> dict:
         if step % tc.eval_interval == 0 or step == tc.max_iters:
             metrics = evaluate_and_save(step)
             last_log = time.time()  # do not count evaluation time as training throughput
+        if attn_every and step > 0 and (step % attn_every == 0 or step == tc.max_iters):
+            report_heads(step)
+            last_log = time.time()
         if step == tc.max_iters:
             break
         lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)

@@ -1,13 +1,19 @@
 """train.py and sample.py through their real entry points, on a tiny corpus and model."""
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
+
+PROBES = ["the king and the queen walk to the castle", "国王和王后在夜里走向城堡"]
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +22,8 @@ def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("run")
     corpus = make_tiny_corpus(tmp / "corpus")
     env = fresh_machine_env(tmp)
-    overrides = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / 'prepared'}", f"out_dir={tmp / 'out'}"]
+    overrides = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / 'prepared'}", f"out_dir={tmp / 'out'}",
+                 "wandb.attn_every=15", f"wandb.probes=[{PROBES[0]!r},{PROBES[1]!r}]"]
     result = run_entry("train.py", *overrides, cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"tmp": tmp, "out": tmp / "out", "env": env, "overrides": overrides, "stdout": result.stdout}
@@ -40,13 +47,58 @@ def test_wandb_goes_offline_by_itself_without_a_key(run):
     assert "wandb sync" in run["stdout"]
 
 
-def test_wandb_disabled_writes_nothing(run, tmp_path):
+def run_history(run_dir: Path) -> list[dict]:
+    """The history rows of an offline run, read back from its .wandb log by wandb's own reader."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=120, check=True)
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def test_attention_report_lands_in_the_offline_run(run):
+    (run_dir,) = (run["out"] / "wandb").glob("offline-run-*")
+    media = run_dir / "files" / "media"
+    for step in (15, 30):  # every wandb.attn_every steps, and at the end
+        for probe, layer in itertools.product(("probe0", "probe1"), (0, 1)):
+            assert list((media / "images" / "attn_maps" / probe).glob(f"L{layer}_{step}_*.png"))
+        for metric in ("entropy", "distance", "prev_token", "sink", "induction"):
+            assert list((media / "images" / "attn_metrics").glob(f"{metric}_{step}_*.png"))
+        (page,) = (media / "html").glob(f"attn_head_view_{step}_*.html")
+        text = page.read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text and "国" in text
+    (table,) = (media / "table").glob("attn_table_30_*.table.json")
+    tokens = {cell for row in json.loads(table.read_text(encoding="utf-8"))["data"] for cell in row if isinstance(cell, str)}
+    assert any("\u4e00" <= ch <= "\u9fff" for token in tokens for ch in token)  # Chinese characters, not bytes
+    history = run_history(run_dir)
+    final = [row for row in history if row.get("_step") == 30 and "attn/L0H0/entropy" in row]
+    assert final, "no per-head scalars at the last step"
+    for layer, head, metric in itertools.product((0, 1), (0, 1), ("entropy", "distance", "prev_token", "sink", "induction")):
+        assert isinstance(final[0][f"attn/L{layer}H{head}/{metric}"], float)
+    assert 0.0 <= final[0]["attn/L1H1/entropy"] <= 1.0
+    assert "attention heads, highest per metric: entropy L" in run["stdout"]
+
+
+def test_heads_report_writes_pictures_view_and_metrics_for_a_checkpoint(run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "heads.report", f"out_dir={run['out']}", f"report_dir={tmp_path / 'heads'}"],
+                            cwd=tmp_path, env=run["env"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = {p.name for p in (tmp_path / "heads").iterdir()}
+    assert {"attn_maps_probe0_L0.png", "attn_maps_probe1_L1.png", "attn_metrics_induction.png", "head_view.html",
+            "metrics.json"} <= written
+    summary = json.loads((tmp_path / "heads" / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["step"] == 30 and [p["text"] for p in summary["probes"]] == PROBES  # probes stored in the checkpoint
+    assert np.array(summary["metrics"]["sink"]).shape == (2, 2)
+
+
+def test_wandb_disabled_writes_and_computes_nothing(run, tmp_path):
     out = tmp_path / "out"
     result = run_entry("train.py", *run["overrides"], "train.max_iters=5", f"out_dir={out}", "wandb.mode=disabled",
                        cwd=tmp_path, env=run["env"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "ckpt.pt").is_file() and not (out / "wandb").exists()
     assert not any(Path(run["env"]["WANDB_DIR"]).iterdir())
+    assert "attention report" not in result.stdout
 
 
 def samples_of(stdout: str) -> list[str]:

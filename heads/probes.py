@@ -1,0 +1,63 @@
+"""Probe texts: the fixed inputs whose attention is pictured during a whole run.
+
+By default one probe per group of the held-out split (English, Chinese, the bilingual pairs, or
+your own text): the longest of the first `SCAN_LINES` lines of the group's first document (real
+text, not a title or a cast list), continued with the lines after it, cut at `max_tokens` tokens. Fixed for the run and stored in the checkpoint,
+so pictures of any checkpoint show the same text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.batches import TokenBins
+from data.sources import DataError
+from data.tokenizer import Tokenizer
+
+SCAN_LINES = 200
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    text: str
+
+    def ids(self, tokenizer: Tokenizer, max_tokens: int) -> list[int]:
+        ids = tokenizer.encode(self.text)[:max_tokens]
+        if len(ids) < 2:
+            raise DataError(f"probe {self.name!r} ({self.text!r}) has fewer than 2 tokens: give a longer probe text")
+        return ids
+
+
+def passage(text: str, tokenizer: Tokenizer, max_tokens: int) -> str | None:
+    """From the longest of the first SCAN_LINES lines to max_tokens tokens later (None for empty text)."""
+    lines = text.split("\n")
+    scanned = [len(line.strip()) for line in lines[:SCAN_LINES]]
+    if max(scanned, default=0) == 0:
+        return None
+    start = scanned.index(max(scanned))
+    ids = tokenizer.encode("\n".join(lines[start:]))[:max_tokens]
+    return tokenizer.decode_bytes(ids).decode("utf-8", errors="ignore")  # a cut character is dropped
+
+
+def default_probes(bins: TokenBins, max_tokens: int, scan_tokens: int = 20000) -> list[Probe]:
+    """One probe per group of the validation split, taken from its first documents."""
+    tokens = bins.splits["val"]
+    tokenizer = bins.tokenizer
+    probes = []
+    for group, layout in bins.groups("val").items():
+        ids = tokens[layout["start"] : min(layout["end"], layout["start"] + scan_tokens)].tolist()
+        for document in tokenizer.decode(ids).split("<|endoftext|>"):
+            text = passage(document, tokenizer, max_tokens)
+            if text:
+                probes.append(Probe(group, text))
+                break
+    return probes
+
+
+def configured_probes(texts: list[str] | None, bins: TokenBins | None, max_tokens: int) -> list[Probe]:
+    """The probes a config asks for: its own texts, or the defaults from the validation split."""
+    if texts:
+        return [Probe(f"probe{i}", str(text)) for i, text in enumerate(texts)]
+    if bins is None:
+        raise DataError("no probe texts: give wandb.probes=[...] (or probes=[...]), or prepare the data")
+    return default_probes(bins, max_tokens)
