@@ -2,20 +2,40 @@
 
     python sample.py                                  # one sample per default prompt, from out/
     python sample.py prompt="ROMEO:" num_samples=3 temperature=0.7
-    python sample.py prompt="中国" max_new_tokens=100 top_k=50 out_dir=out
+    python sample.py "prompt='中国'" max_new_tokens=100 top_p=0.9 out_dir=out   # quote non-ASCII text for hydra
     python sample.py 'prompt=["", "KING:"]'           # several prompts; "" starts from <|endoftext|>
+    python sample.py prompt_file=prompts.txt format=jsonl > samples.jsonl
 """
 from __future__ import annotations
 
+import json
 import sys
+import time
+from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from data.sources import DataError, decode_utf8
 from model.generation import sample_next_token
 from trainer.checkpoint import CheckpointError, load_model
-from trainer.runtime import ConfigError, resolve_device
+from trainer.runtime import ConfigError, resolve_device, resolve_dtype
+
+FORMATS = ("text", "jsonl")
+
+
+def read_prompts(cfg: DictConfig) -> list[str]:
+    """`prompt_file` (one prompt a line) when set, else `prompt` (one string or a list)."""
+    if cfg.prompt_file:
+        path = Path(cfg.prompt_file)
+        if not path.is_file():
+            raise ConfigError(f"prompt_file={path} does not exist: give a UTF-8 text file, one prompt a line")
+        prompts = [line for line in decode_utf8(path.read_bytes(), f"prompt_file={path}").splitlines() if line.strip()]
+        if not prompts:
+            raise ConfigError(f"prompt_file={path} holds no prompt: write one prompt a line")
+        return prompts
+    return [str(p) for p in cfg.prompt] if isinstance(cfg.prompt, ListConfig) else [str(cfg.prompt)]
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -24,59 +44,73 @@ def check_settings(cfg: DictConfig) -> None:
         sample_next_token(torch.zeros(1, 2), cfg.temperature, cfg.top_k, cfg.top_p)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for key in ("num_samples", "max_new_tokens"):
-        minimum = 1 if key == "num_samples" else 0
+    for key, minimum in (("num_samples", 1), ("max_new_tokens", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < minimum:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= {minimum}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
 
 
-def prompts_of(cfg: DictConfig) -> list[str]:
-    """`prompt` is one string or a list of them."""
-    return [str(p) for p in cfg.prompt] if isinstance(cfg.prompt, ListConfig) else [str(cfg.prompt)]
-
-
-def sample(cfg: DictConfig) -> list[tuple[str, str]]:
-    """(prompt, text) for num_samples samples of every prompt; text includes the prompt."""
+def main_sample(cfg: DictConfig) -> None:
     check_settings(cfg)
+    if cfg.stream and cfg.num_samples > 1:
+        raise ConfigError(f"stream=true needs num_samples=1 (got {cfg.num_samples}): the samples of a prompt are "
+                          "generated together as one batch; use stream=false")
+    prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer, _ = load_model(cfg.out_dir, device)
+    model.to(dtype)  # inference only: half-size weights halve the memory read for every new token
     block_size = model.config.block_size
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    results = []
-    for prompt in prompts_of(cfg):
+    stream = cfg.stream if cfg.stream is not None else (cfg.format == "text" and cfg.num_samples == 1)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # one seed, the same text every time
+    total = len(prompts) * cfg.num_samples
+    for p, prompt in enumerate(prompts):
         prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
         if len(prompt_ids) > block_size:
-            print(f"warning: the prompt is {len(prompt_ids)} tokens; keeping its last {block_size} (block_size)", file=sys.stderr)
+            print(f"warning: prompt {p + 1} is {len(prompt_ids)} tokens; keeping its last {block_size} (block_size)",
+                  file=sys.stderr)
             prompt_ids = prompt_ids[-block_size:]
+        if stream:
+            print(f"--- sample {p + 1}/{total} (prompt {prompt!r}) ---")
+            print(prompt, end="", flush=True)
+        # the num_samples samples of a prompt are one batch: each new token reads the weights once for all
+        decoders = [tokenizer.stream_decoder() for _ in range(cfg.num_samples)]
+        pieces: list[list[str]] = [[] for _ in range(cfg.num_samples)]
+        new_ids: list[list[int]] = [[] for _ in range(cfg.num_samples)]
+        started = time.perf_counter()
         idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)
-        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_kv_cache, generator)
-        for row in out.tolist():
-            # <|endoftext|> separates documents: show it as a line break, not as markup
-            text = "\n".join(tokenizer.decode(part) for part in split_at(row, tokenizer.eot_id)).strip("\n")
-            results.append((prompt, text))
-    return results
-
-
-def split_at(ids: list[int], separator: int) -> list[list[int]]:
-    parts: list[list[int]] = [[]]
-    for i in ids:
-        if i == separator:
-            parts.append([])
-        else:
-            parts[-1].append(i)
-    return parts
+        for next_ids in model.generate_tokens(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                              cfg.use_kv_cache, generator):
+            for row, token_id in enumerate(next_ids[:, 0].tolist()):
+                new_ids[row].append(token_id)
+                pieces[row].append(decoders[row].feed(token_id))
+            if stream:
+                print(pieces[0][-1], end="", flush=True)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        for row in range(cfg.num_samples):
+            pieces[row].append(decoders[row].flush())
+            text = "".join(pieces[row])
+            if cfg.format == "jsonl":
+                print(json.dumps({"prompt": prompt, "sample": row, "text": text, "tokens": new_ids[row],
+                                  "tokens_per_second": round(len(new_ids[row]) / seconds, 1)}, ensure_ascii=False))
+            elif stream:
+                print(pieces[row][-1])
+            else:
+                print(f"--- sample {p * cfg.num_samples + row + 1}/{total} (prompt {prompt!r}) ---")
+                print(prompt + text)
+        if cfg.format == "text":
+            n_new = sum(len(ids) for ids in new_ids)
+            print(f"[{n_new} tokens in {seconds:.2f}s, {n_new / seconds:.0f} tokens/s]", file=sys.stderr)
 
 
 @hydra.main(config_path="config", config_name="sample", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        results = sample(cfg)
-    except (ConfigError, CheckpointError) as e:
+        main_sample(cfg)
+    except (ConfigError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    for i, (prompt, text) in enumerate(results):
-        print(f"--- sample {i + 1}/{len(results)} (prompt {prompt!r}) ---")
-        print(text)
 
 
 if __name__ == "__main__":

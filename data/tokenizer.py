@@ -8,6 +8,7 @@ Byte-level means every string round-trips exactly: the 256 single bytes are alwa
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import json
 import os
@@ -58,6 +59,9 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(list(ids), errors="replace")
 
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
     def token_byte_lengths(self) -> list[int]:
         """UTF-8 bytes each id stands for; special tokens count 0 (they are not text)."""
         lengths = [len(token) for token in self.ranks]
@@ -100,6 +104,25 @@ class Tokenizer:
             return cls(spec["name"], spec["pattern"], ranks, spec["special_tokens"])
         except (ValueError, KeyError, TypeError) as e:
             raise TokenizerError(f"tokenizer file {path} is not a valid tokenizer ({e}): prepare the data again") from None
+
+
+class StreamDecoder:
+    """Decodes ids one at a time for streaming output. Bytes of a character split across tokens
+    are held back until the character is complete, so no U+FFFD is printed for them;
+    <|endoftext|> becomes a line break."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_id: int) -> str:
+        if token_id == self.tokenizer.eot_id:
+            return self.flush() + "\n"
+        return self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
+
+    def flush(self) -> str:
+        """What is left at the end: bytes that never completed a character become U+FFFD."""
+        return self.decoder.decode(b"", final=True)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

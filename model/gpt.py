@@ -3,6 +3,7 @@ tied LM head; attention maps for inspection; generation with a KV cache."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -139,7 +140,7 @@ class GPT(nn.Module):
         return torch.stack(weights)
 
     @torch.no_grad()
-    def generate(
+    def generate_tokens(
         self,
         idx: torch.Tensor,
         max_new_tokens: int,
@@ -148,8 +149,8 @@ class GPT(nn.Module):
         top_p: float | None = None,
         use_kv_cache: bool = True,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy.
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens next-token ids (B, 1), one at a time, continuing idx (B, T).
 
         The model always sees the last block_size tokens at positions 0..block_size-1. With the
         KV cache, each new token costs one row of attention while the sequence fits in
@@ -172,4 +173,19 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, -1, :])  # (B, vocab): the next-token prediction
             next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
-        return idx
+            yield next_id
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_kv_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens generated tokens -> (B, T + max_new_tokens);
+        temperature 0 is greedy. See generate_tokens for what happens past block_size."""
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generator))
+        return torch.cat([idx, *new], dim=1)

@@ -135,16 +135,46 @@ def test_empty_prompt_starts_from_endoftext(run):
     assert text and "<|endoftext|>" not in text
 
 
+def test_streaming_prints_exactly_what_non_streaming_prints(run):
+    args = [f"out_dir={run['out']}", "max_new_tokens=40", "prompt='国王'", "temperature=1.0", "top_k=20"]
+    streamed = run_entry("sample.py", *args, "stream=true", cwd=run["tmp"], env=run["env"])
+    whole = run_entry("sample.py", *args, "stream=false", cwd=run["tmp"], env=run["env"])
+    assert streamed.returncode == 0 and whole.returncode == 0, streamed.stderr[-2000:] + whole.stderr[-2000:]
+    assert streamed.stdout == whole.stdout
+
+
+def test_jsonl_output_parses_one_object_per_sample(run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the king\n\n国王\n", encoding="utf-8")
+    result = run_entry("sample.py", f"out_dir={run['out']}", f"prompt_file={prompts}", "num_samples=2",
+                       "max_new_tokens=12", "format=jsonl", cwd=run["tmp"], env=run["env"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in records] == [("the king", 0), ("the king", 1), ("国王", 0), ("国王", 1)]
+    assert all(len(r["tokens"]) == 12 and r["tokens_per_second"] > 0 and isinstance(r["text"], str) for r in records)
+
+
 @pytest.mark.parametrize("override,message", [
     ("temperature=-1", "temperature=-1"),
     ("top_k=0", "top_k=0"),
     ("top_p=1.5", "top_p=1.5"),
+    ("top_p=0", "top_p=0"),
     ("max_new_tokens=-3", "max_new_tokens=-3"),
+    ("format=xml", "format='xml' must be one of text, jsonl"),
+    ("prompt_file=/nonexistent/prompts.txt", "prompt_file=/nonexistent/prompts.txt does not exist"),
 ])
 def test_sample_rejects_bad_settings_with_exit_code_2(run, override, message):
     result = run_entry("sample.py", f"out_dir={run['out']}", override, cwd=run["tmp"], env=run["env"])
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sample_names_the_byte_offset_of_a_prompt_file_that_is_not_utf8(run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("ok\nJosé".encode("latin-1"))
+    result = run_entry("sample.py", f"out_dir={run['out']}", f"prompt_file={prompts}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2
+    assert f"prompt_file={prompts} is not UTF-8 text (invalid byte 0xe9 at byte offset 6)" in result.stderr
 
 
 def test_sample_names_a_missing_or_corrupt_checkpoint(run, tmp_path):
@@ -156,6 +186,10 @@ def test_sample_names_a_missing_or_corrupt_checkpoint(run, tmp_path):
     (broken / "tokenizer.json").write_bytes((run["out"] / "tokenizer.json").read_bytes())
     result = run_entry("sample.py", f"out_dir={broken}", cwd=tmp_path, env=run["env"])
     assert result.returncode == 2 and "ckpt.pt is truncated or corrupt" in result.stderr
+    (broken / "ckpt.pt").write_bytes((run["out"] / "ckpt.pt").read_bytes())
+    (broken / "tokenizer.json").unlink()
+    result = run_entry("sample.py", f"out_dir={broken}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2 and "tokenizer.json is missing" in result.stderr
 
 
 @pytest.mark.parametrize("override,message", [

@@ -82,3 +82,22 @@ def test_stock_encoding_fails_clearly_without_download(monkeypatch):
         stock_tokenizer("gpt2")
     with pytest.raises(TokenizerError, match="must be one of"):
         stock_tokenizer("gpt5")
+
+
+def test_stream_decoder_holds_back_split_characters(tokenizer):
+    # force characters to be split across tokens: byte-level ids for the three bytes of each character
+    text = "中文 ok 😀!"
+    byte_ids = [tokenizer.ranks.index(bytes([b])) for b in text.encode("utf-8")]
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.feed(i) for i in byte_ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert pieces[0] == "" and pieces[2] == "中"  # nothing printed until the character is complete
+
+
+def test_stream_decoder_turns_endoftext_into_a_line_break_and_flushes_leftovers(tokenizer):
+    decoder = tokenizer.stream_decoder()
+    first = tokenizer.ranks.index("中".encode()[:1])
+    assert decoder.feed(first) == ""
+    assert decoder.feed(tokenizer.eot_id) == "\ufffd\n"  # an incomplete character cut by a document break
+    assert decoder.flush() == ""
