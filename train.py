@@ -1,9 +1,11 @@
 """Train the GPT: prepare the data if needed, then AdamW with warmup + cosine decay, periodic
-validation in bits per byte (overall, en, zh, pairs), checkpoints and a wandb run.
+validation in bits per byte (overall, en, zh, pairs), checkpoints, a wandb run and an attention
+report of every head.
 
     python train.py                  # GPU default (6 layers, 6 heads, 384 dims, context 256)
     python train.py preset=cpu       # sized for a 2-core CPU
     python train.py model.n_layer=8 train.max_iters=2000 wandb.mode=disabled
+    torchrun --standalone --nproc_per_node=8 train.py     # data parallel on 8 GPUs
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from data.batches import TokenBins, TrainSampler
 from data.prepare import DataConfig, prepare
@@ -23,21 +26,24 @@ from data.tokenizer import TokenizerError
 from heads.probes import configured_probes
 from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
+from trainer import distributed
 from trainer.checkpoint import CheckpointError, save_checkpoint
 from trainer.evaluate import evaluate
+from trainer.mfu import flops_per_token, peak_flops
 from trainer.runtime import ConfigError, autocast, resolve_device, resolve_dtype, seed_everything, to_device
 from trainer.schedule import learning_rate
 from trainer.wandb_run import start_run
 
 
 def make_optimizer(model: GPT, tc: DictConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases and norm gains)."""
+    """AdamW (fused kernel on CUDA and CPU); weight decay on matrices only, not on biases and gains."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=fused)
 
 
 def format_seconds(seconds: float) -> str:
@@ -45,19 +51,32 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def train(cfg: DictConfig) -> dict:
+def check_config(cfg: DictConfig, world_size: int) -> None:
     tc = cfg.train
-    for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval"):
+    for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval", "grad_accum"):
         if not isinstance(tc[key], int) or tc[key] < 1:
             raise ConfigError(f"train.{key}={tc[key]!r} must be a positive integer")
+    if tc.batch_size % (world_size * tc.grad_accum):
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
+            f"{world_size} x {tc.grad_accum}: it is the global batch of one optimizer step"
+        )
     for key in ("attn_every", "probe_tokens", "table_rows"):
-        if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < (0 if key == "attn_every" else 2):
-            raise ConfigError(f"wandb.{key}={cfg.wandb[key]!r} must be an integer >= {0 if key == 'attn_every' else 2}")
-    device = resolve_device(cfg.device)
+        minimum = 0 if key == "attn_every" else 2
+        if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < minimum:
+            raise ConfigError(f"wandb.{key}={cfg.wandb[key]!r} must be an integer >= {minimum}")
+
+
+def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
+    tc = cfg.train
+    check_config(cfg, ranks.world_size)
+    device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
 
     data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
-    prepare(data_cfg)
+    if ranks.is_main:
+        prepare(data_cfg)
+    distributed.barrier(ranks)  # the other ranks wait for the bins
     bins = TokenBins(data_cfg.dir)
     try:
         model_cfg = GPTConfig(vocab_size=bins.tokenizer.vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
@@ -66,16 +85,25 @@ def train(cfg: DictConfig) -> dict:
     bins.check_block_size(model_cfg.block_size)
     probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(model_cfg).to(device)
     optimizer = make_optimizer(model, tc, device)
-    sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 needs loss scaling
+    step_model = torch.compile(model) if cfg.compile else model
+    if ranks.distributed:
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank, ranks.world_size)
     out_dir = Path(cfg.out_dir)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    run = start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, run_config, out_dir)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} heads "
-          f"x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, attn_impl={model_cfg.attn_impl}"
-          f" | device {device}, {str(dtype).removeprefix('torch.')}")
+    run = start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, run_config, out_dir) if ranks.is_main else None
+    flops_per_step = flops_per_token(model) * tc.batch_size * model_cfg.block_size
+    peak, peak_source = peak_flops(device, dtype) if ranks.is_main else (None, "")
+    if ranks.is_main:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} heads "
+              f"x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, attn_impl={model_cfg.attn_impl}, "
+              f"pos_encoding={model_cfg.pos_encoding} | {device}, {str(dtype).removeprefix('torch.')}, "
+              f"compile={cfg.compile}, {ranks.world_size} process(es), grad_accum {tc.grad_accum}"
+              + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
     def evaluate_and_save(step: int) -> dict:
         metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
@@ -104,47 +132,67 @@ def train(cfg: DictConfig) -> dict:
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
         print_top_heads(report)
 
-    attn_every = cfg.wandb.attn_every if run is not None else 0  # wandb.mode=disabled computes nothing
-    tokens_per_step = tc.batch_size * model_cfg.block_size
+    attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     started = last_log = time.time()
     metrics: dict = {}
     for step in range(tc.max_iters + 1):
-        if step % tc.eval_interval == 0 or step == tc.max_iters:
+        eval_now = step % tc.eval_interval == 0 or step == tc.max_iters
+        report_now = attn_every > 0 and step > 0 and (step % attn_every == 0 or step == tc.max_iters)
+        if ranks.is_main and eval_now:
             metrics = evaluate_and_save(step)
-            last_log = time.time()  # do not count evaluation time as training throughput
-        if attn_every and step > 0 and (step % attn_every == 0 or step == tc.max_iters):
+        if ranks.is_main and report_now:
             report_heads(step)
-            last_log = time.time()
+        if eval_now or report_now:
+            distributed.barrier(ranks)  # the other ranks wait for rank 0
+            last_log = time.time()  # evaluation and reports do not count as training throughput
         if step == tc.max_iters:
             break
         lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        x, y = sampler.next_batch()
-        with autocast(device, dtype):
-            _, loss = model(to_device(x, device), to_device(y, device))
-        loss.backward()
+        x, y = sampler.next_batch()  # this rank's share of the global batch
+        step_loss = torch.zeros((), device=device)
+        for micro, (micro_x, micro_y) in enumerate(zip(x.chunk(tc.grad_accum), y.chunk(tc.grad_accum))):
+            if ranks.distributed:  # average gradients across ranks once, after the last micro-batch
+                step_model.require_backward_grad_sync = micro == tc.grad_accum - 1
+            with autocast(device, dtype):
+                _, loss = step_model(to_device(micro_x, device), to_device(micro_y, device))
+            loss = loss / tc.grad_accum
+            scaler.scale(loss).backward()
+            step_loss += loss.detach()
         if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
         if (step + 1) % tc.log_interval == 0:
-            loss_value = loss.item()  # the only host sync of a step, once per log interval
+            loss_value = distributed.mean_across_ranks(step_loss, ranks)  # the only host sync of a step
             if not math.isfinite(loss_value):
                 raise RuntimeError(f"training loss became {loss_value} at step {step + 1}: lower train.learning_rate")
             now = time.time()
-            tokens_per_second = tc.log_interval * tokens_per_step / max(now - last_log, 1e-9)
+            seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
+            tokens_per_second = tc.batch_size * model_cfg.block_size / seconds_per_step
+            flops_per_second = flops_per_step / seconds_per_step
             elapsed = now - started
             eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
-            print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
-                  f"{tokens_per_second / 1e3:.1f}k tok/s | {format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}")
+            if ranks.is_main:
+                mfu = f", MFU {100 * flops_per_second / peak:.1f}%" if peak else ""
+                print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
+                      f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu} | "
+                      f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}")
             if run is not None:
-                run.log({"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second}, step=step + 1)
+                entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
+                         "train/flops_per_second": flops_per_second}
+                if peak:
+                    entry["train/mfu"] = flops_per_second / peak
+                run.log(entry, step=step + 1)
             last_log = now
 
-    print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")
+    if ranks.is_main:
+        print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")
     if run is not None:
         run.summary.update(metrics)
         run_dir = Path(run.dir).parent
@@ -156,11 +204,14 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="config", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
+    ranks, device_name = distributed.setup(cfg.device)
     try:
-        train(cfg)
+        train(cfg, ranks, device_name)
     except (ConfigError, DataError, TokenizerError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.teardown(ranks)
 
 
 if __name__ == "__main__":

@@ -63,16 +63,25 @@ def windows(tokens: np.ndarray, starts: torch.Tensor, block_size: int) -> tuple[
 
 
 class TrainSampler:
-    """Random training windows from a seeded generator (its state can be saved and restored)."""
+    """Random training windows from a seeded generator.
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+    Every rank draws the same global batch and keeps its own slice of it, so the union over
+    ranks is exactly the batch a single process would train on.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, global_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world_size} processes")
+        self.tokens, self.block_size, self.global_batch = tokens, block_size, global_batch
+        self.rank_slice = slice(rank * global_batch // world_size, (rank + 1) * global_batch // world_size)
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (inputs, targets), each (global_batch / world_size, block_size)."""
         high = len(self.tokens) - self.block_size - 1
-        starts = torch.randint(0, high + 1, (self.batch_size,), generator=self.generator)
-        return windows(self.tokens, starts, self.block_size)
+        starts = torch.randint(0, high + 1, (self.global_batch,), generator=self.generator)
+        return windows(self.tokens, starts[self.rank_slice], self.block_size)
 
 
 def eval_starts(start: int, end: int, n_tokens: int, block_size: int, n_windows: int, seed: int = 0) -> torch.Tensor:

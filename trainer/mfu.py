@@ -1,0 +1,69 @@
+"""Model FLOPs and MFU: how much of the hardware's peak the training step uses.
+
+FLOPs per token follow the PaLM appendix: 6 N for the matrix multiplies of the forward and
+backward passes (N = parameters without the embedding lookups, with the LM head), plus
+12 n_layer n_head head_dim T for attention. The peak is a table for known GPUs (dense bf16/fp16
+tensor cores); on a CPU it is measured once, with a short matmul calibration cached on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from model import GPT
+
+# dense bf16 / fp16 tensor-core peak FLOP/s, by a substring of torch.cuda.get_device_name()
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-attention" / "cpu_peak.json"
+
+
+def flops_per_token(model: GPT) -> float:
+    c = model.config
+    n_matmul = sum(p.numel() for p in model.parameters()) - (model.wpe.weight.numel() if hasattr(model, "wpe") else 0)
+    return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def measure_cpu_peak(dtype: torch.dtype, seconds: float = 1.0, size: int = 1024) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on this CPU with the current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:
+    """(peak FLOP/s or None, where the number comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return peak, f"{name} table"
+        return None, f"{name}: not in the peak table"
+    if device.type != "cpu":
+        return None, f"no peak known for {device.type}"
+    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|{dtype}|{torch.__version__}"
+    try:
+        cached = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key not in cached:
+        cached[key] = measure_cpu_peak(dtype)
+        try:
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            CACHE.write_text(json.dumps(cached))
+        except OSError:
+            pass  # an unwritable cache only costs a second next time
+    return cached[key], "measured matmul peak"
