@@ -30,20 +30,10 @@ from trainer import distributed
 from trainer.checkpoint import CheckpointError, save_checkpoint
 from trainer.evaluate import evaluate
 from trainer.mfu import flops_per_token, peak_flops
+from trainer.optim import OPTIMIZERS, make_optimizers
 from trainer.runtime import ConfigError, autocast, resolve_device, resolve_dtype, seed_everything, to_device
-from trainer.schedule import learning_rate
+from trainer.schedule import decay_progress, learning_rate
 from trainer.wandb_run import start_run
-
-
-def make_optimizer(model: GPT, tc: DictConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (fused kernel on CUDA and CPU); weight decay on matrices only, not on biases and gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=fused)
 
 
 def format_seconds(seconds: float) -> str:
@@ -61,6 +51,8 @@ def check_config(cfg: DictConfig, world_size: int) -> None:
             f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
             f"{world_size} x {tc.grad_accum}: it is the global batch of one optimizer step"
         )
+    if tc.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={tc.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
     for key in ("attn_every", "probe_tokens", "table_rows"):
         minimum = 0 if key == "attn_every" else 2
         if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < minimum:
@@ -87,7 +79,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(model_cfg).to(device)
-    optimizer = make_optimizer(model, tc, device)
+    optimizers = make_optimizers(model, tc, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 needs loss scaling
     step_model = torch.compile(model) if cfg.compile else model
     if ranks.distributed:
@@ -108,10 +100,10 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     def evaluate_and_save(step: int) -> dict:
         metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
         groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if k.count("/") == 2 and k.endswith("bpb"))
-        print(f"eval step {step}: val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} ({groups})")
+        print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} ({groups})")
         state = {
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
             "step": step,
             "model_config": model_cfg.to_dict(),
             "config": run_config,
@@ -135,9 +127,12 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     started = last_log = time.time()
     metrics: dict = {}
+    last_step = tc.max_iters
     for step in range(tc.max_iters + 1):
-        eval_now = step % tc.eval_interval == 0 or step == tc.max_iters
-        report_now = attn_every > 0 and step > 0 and (step % attn_every == 0 or step == tc.max_iters)
+        if tc.max_seconds and last_step == tc.max_iters and distributed.any_rank(time.time() - started >= tc.max_seconds, ranks):
+            last_step = step  # the time budget is spent (on any rank): evaluate, save and stop here
+        eval_now = step % tc.eval_interval == 0 or step == last_step
+        report_now = attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
         if ranks.is_main and eval_now:
             metrics = evaluate_and_save(step)
         if ranks.is_main and report_now:
@@ -145,11 +140,14 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         if eval_now or report_now:
             distributed.barrier(ranks)  # the other ranks wait for rank 0
             last_log = time.time()  # evaluation and reports do not count as training throughput
-        if step == tc.max_iters:
+        if step == last_step:
             break
-        lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        progress = ((time.time() - started) / tc.max_seconds if tc.max_seconds
+                    else decay_progress(step, tc.warmup_iters, tc.lr_decay_iters))
+        lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
         x, y = sampler.next_batch()  # this rank's share of the global batch
         step_loss = torch.zeros((), device=device)
@@ -162,11 +160,13 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             scaler.scale(loss).backward()
             step_loss += loss.detach()
         if tc.grad_clip > 0:
-            scaler.unscale_(optimizer)
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
         if (step + 1) % tc.log_interval == 0:
             loss_value = distributed.mean_across_ranks(step_loss, ranks)  # the only host sync of a step

@@ -22,9 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak  # noqa: E402
+from trainer.optim import make_optimizers  # noqa: E402
 from trainer.runtime import autocast  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
@@ -59,10 +61,9 @@ def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int,
 def ours(attn_impl: str):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl))
-    from train import make_optimizer
-    from omegaconf import OmegaConf
-    tc = OmegaConf.create({"weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.99})
-    return model, make_optimizer(model, tc, torch.device("cpu"))
+    tc = OmegaConf.create({"optimizer": "adamw", "weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.99})
+    (optimizer,) = make_optimizers(model, tc, torch.device("cpu"))
+    return model, optimizer
 
 
 def theirs(nanogpt):

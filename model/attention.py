@@ -107,7 +107,7 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 attn_impl: str = "explicit", layer_idx: int = 0):
+                 attn_impl: str = "explicit", layer_idx: int = 0, qk_norm: bool = False):
         super().__init__()
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
@@ -123,6 +123,10 @@ class MultiHeadAttention(nn.Module):
         self.W_V = nn.Linear(n_embd, n_embd, bias=bias)
         self.W_O = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # QK-norm: RMS-normalise each head's queries and keys, so scores cannot blow up and
+        # larger learning rates stay stable (Dehghani et al. 2023; modded-nanogpt)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -149,6 +153,8 @@ class MultiHeadAttention(nn.Module):
         query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
         key = self.split_heads(self.W_K(source))  # (B, nh, T_k, hs)
         value = self.split_heads(self.W_V(source))  # (B, nh, T_k, hs)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
         if rotary is not None:  # RoPE: rotate queries and keys by their positions
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if kv_cache is not None:  # prepend the keys and values of earlier tokens

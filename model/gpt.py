@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.attention import ATTN_IMPLS
-from model.block import Block
+from model.block import Block, make_norm
 from model.generation import sample_next_token
 from model.kv_cache import KVCache
 from model.positions import POS_ENCODINGS, rotary_angles, sinusoidal_table
@@ -28,6 +28,11 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
     attn_impl: str = "explicit"  # explicit | sdpa | flash
     pos_encoding: str = "learned"  # learned | sinusoidal | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False  # RMS-normalise queries and keys per head
+    mlp: str = "gelu"  # gelu | relu2
+    tie_weights: bool = True  # the LM head shares the token embedding matrix
+    zero_init_proj: bool = False  # start W_O and the MLP's down projection at zero (blocks begin as identity)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -45,6 +50,9 @@ class GPTConfig:
             raise ValueError(f"model.attn_impl={self.attn_impl!r} must be one of {', '.join(ATTN_IMPLS)}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"model.pos_encoding={self.pos_encoding!r} must be one of {', '.join(POS_ENCODINGS)}")
+        for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name}={getattr(self, name)!r} must be one of {', '.join(allowed)}")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"model.pos_encoding=rope needs an even head_dim; n_embd / n_head = {self.n_embd // self.n_head}")
 
@@ -67,18 +75,23 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_impl, layer_idx)
+            Block(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_impl, layer_idx,
+                  config.norm, config.qk_norm, config.mlp)
             for layer_idx in range(config.n_layer)
         )
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config.norm, config.n_embd, config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
-        # so the stream's variance does not grow with depth
+        # so the stream's variance does not grow with depth; or start them at zero
         for block in self.blocks:
             for proj in (block.attn.W_O, block.mlp.down):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

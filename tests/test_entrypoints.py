@@ -32,12 +32,21 @@ def run(tmp_path_factory) -> dict:
 def test_train_reports_progress_eval_and_saves_a_checkpoint(run):
     stdout = run["stdout"]
     assert "step 30/30 | loss" in stdout and "tok/s" in stdout and "ETA" in stdout
-    assert "eval step 30: val loss" in stdout and "bpb" in stdout
+    assert "eval step 30 (" in stdout and "val loss" in stdout and "bpb" in stdout
     checkpoint = torch.load(run["out"] / "ckpt.pt", weights_only=True)
     assert checkpoint["step"] == 30
-    assert set(checkpoint) >= {"model", "optimizer", "model_config", "config", "tokenizer_hash"}
+    assert set(checkpoint) >= {"model", "optimizers", "model_config", "config", "tokenizer_hash", "probes"}
     assert (run["out"] / "tokenizer.json").is_file()
     assert not (run["tmp"] / "outputs").exists()  # hydra writes nothing and does not chdir
+
+
+def test_a_time_budget_stops_training_with_an_evaluated_checkpoint(run, tmp_path):
+    out = tmp_path / "out"
+    result = run_entry("train.py", *run["overrides"], "train.max_iters=100000", "train.max_seconds=3",
+                       "wandb.mode=disabled", f"out_dir={out}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert 0 < step < 100000 and f"eval step {step} (" in result.stdout
 
 
 def test_wandb_goes_offline_by_itself_without_a_key(run):

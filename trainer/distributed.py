@@ -52,6 +52,15 @@ def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> float:
     return value.item()
 
 
+def any_rank(flag: bool, ranks: Ranks) -> bool:
+    """True on every rank when it is true on at least one, so all ranks take the same branch."""
+    if not ranks.distributed:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()

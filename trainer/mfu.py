@@ -27,7 +27,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-at
 
 def flops_per_token(model: GPT) -> float:
     c = model.config
-    n_matmul = sum(p.numel() for p in model.parameters()) - (model.wpe.weight.numel() if hasattr(model, "wpe") else 0)
+    lookups = [model.wpe.weight] if hasattr(model, "wpe") else []
+    if not c.tie_weights:
+        lookups.append(model.wte.weight)  # untied: the embedding is only a lookup; the head is the matmul
+    n_matmul = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in lookups)
     return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.block_size
 
 

@@ -1,0 +1,35 @@
+"""Optimizers: AdamW for everything (nanoGPT), or Muon for the hidden matrices with AdamW for the
+rest (modded-nanogpt, nanochat).
+
+Muon orthogonalises each update of a 2-D weight matrix (Newton-Schulz iterations), which makes
+hidden-layer training markedly faster per step; embeddings, the LM head, norms and biases stay
+on AdamW. With adjust_lr_fn="match_rms_adamw" Muon's updates have AdamW's size, so one learning
+rate and one schedule serve both.
+"""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from model import GPT
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def adamw(params: list[torch.nn.Parameter], tc: DictConfig, device: torch.device) -> torch.optim.AdamW:
+    """Weight decay on matrices only, not on biases and gains; the fused kernel on CUDA and CPU."""
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=device.type in ("cuda", "cpu"))
+
+
+def make_optimizers(model: GPT, tc: DictConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.optimizer == "adamw":
+        return [adamw(params, tc, device)]
+    hidden = [p for p in model.blocks.parameters() if p.requires_grad and p.dim() == 2]
+    hidden_ids = {id(p) for p in hidden}
+    muon = torch.optim.Muon(hidden, lr=tc.learning_rate, weight_decay=tc.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return [muon, adamw([p for p in params if id(p) not in hidden_ids], tc, device)]
