@@ -34,7 +34,7 @@ def flops_per_token(model: GPT) -> float:
     return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.block_size
 
 
-def measure_cpu_peak(dtype: torch.dtype, seconds: float = 1.0, size: int = 1024) -> float:
+def measure_cpu_peak(dtype: torch.dtype, seconds: float = 2.0, size: int = 2048) -> float:
     """Best FLOP/s of a square matmul in `dtype` on this CPU with the current thread count."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
