@@ -21,7 +21,7 @@ import numpy as np
 
 from data.corpus import Document, split_documents
 from data.sources import CLEANING_VERSION, DEFAULT_SOURCES, DataError, custom_documents, custom_fingerprint, default_corpus
-from data.tokenizer import SPLIT_PATTERN, Tokenizer, stock_tokenizer, train_bpe
+from data.tokenizer import SPLIT_PATTERN, stock_tokenizer, train_bpe
 
 META_VERSION = 1
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from data.tokenizer import Tokenizer
 from heads.html_view import head_view_html
 from heads.labels import token_texts
-from heads.metrics import METRICS, head_metrics, induction_tokens
+from heads.metrics import head_metrics, induction_tokens
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import Probe
 from model import GPT

@@ -2,9 +2,8 @@
 pictures and the head view, and the report through train.py into an offline wandb run."""
 from __future__ import annotations
 
+import base64
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -108,7 +107,6 @@ def test_head_view_is_self_contained_and_holds_the_weights():
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     assert "老师" in page and page.count("</script>") == 1  # the probe name cannot close the script
     data = json.loads(page.split("const DATA = ", 1)[1].split(";\n", 1)[0].replace("<\\/", "</"))
-    import base64
     stored = np.frombuffer(base64.b64decode(data["probes"][0]["weights"]), dtype=np.uint8).reshape(1, 2, 4, 4)
     assert np.abs(stored / 255 - weights).max() <= 0.5 / 255 + 1e-9
 
