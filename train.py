@@ -10,6 +10,7 @@ report of every head.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,12 @@ from heads.probes import configured_probes
 from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
 from trainer import distributed
-from trainer.checkpoint import CheckpointError, save_checkpoint
+from trainer.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from trainer.evaluate import evaluate
 from trainer.mfu import flops_per_token, peak_flops
 from trainer.optim import OPTIMIZERS, make_optimizers
-from trainer.runtime import ConfigError, autocast, resolve_device, resolve_dtype, seed_everything, to_device
+from trainer.runtime import (ConfigError, autocast, resolve_device, resolve_dtype, rng_state, seed_everything,
+                             set_rng_state, to_device)
 from trainer.schedule import decay_progress, learning_rate
 from trainer.wandb_run import start_run
 
@@ -57,6 +59,53 @@ def check_config(cfg: DictConfig, world_size: int) -> None:
         minimum = 0 if key == "attn_every" else 2
         if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < minimum:
             raise ConfigError(f"wandb.{key}={cfg.wandb[key]!r} must be an integer >= {minimum}")
+
+
+class GracefulStop:
+    """The first SIGINT or SIGTERM asks the loop to finish its step, save and exit 0; a second
+    SIGINT stops at once (saves are atomic, so the last checkpoint stays loadable)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving (press Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
+           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> int:
+    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from."""
+    mode = str(cfg.train.resume).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"train.resume={cfg.train.resume!r} must be auto, true or false")
+    if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
+        return 0
+    checkpoint = load_checkpoint(out_dir, device)
+    saved = {**checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
+    wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
+    differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
+    if differing or "rng" not in checkpoint:
+        raise ConfigError(
+            f"cannot resume from {out_dir / CHECKPOINT}: " + ("it differs in " + ", ".join(differing) if differing
+                                                             else "it was saved without the state to continue exactly")
+            + "; use the checkpoint's settings, another out_dir, or train.resume=false to start over"
+        )
+    model.load_state_dict(checkpoint["model"])
+    for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(state)
+    set_rng_state(checkpoint["rng"])
+    sampler.generator.set_state(checkpoint["sampler"])
+    print(f"resuming from {out_dir / CHECKPOINT} at step {checkpoint['step']}")
+    return checkpoint["step"]
 
 
 def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
@@ -97,10 +146,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
               f"compile={cfg.compile}, {ranks.world_size} process(es), grad_accum {tc.grad_accum}"
               + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
-    def evaluate_and_save(step: int) -> dict:
-        metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
-        groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if k.count("/") == 2 and k.endswith("bpb"))
-        print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} ({groups})")
+    def save(step: int, metrics: dict) -> None:
+        """Everything needed to continue exactly: weights, optimizer, step, RNG and sampler state."""
         state = {
             "model": model.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in optimizers],
@@ -110,8 +157,16 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             "val_metrics": metrics,
             "tokenizer_hash": bins.tokenizer.hash,
             "probes": [[probe.name, probe.text] for probe in probes],
+            "rng": rng_state(),
+            "sampler": sampler.generator.get_state(),
         }
         save_checkpoint(out_dir, state, bins.tokenizer)
+
+    def evaluate_and_save(step: int) -> dict:
+        metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
+        groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if k.count("/") == 2 and k.endswith("bpb"))
+        print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} ({groups})")
+        save(step, metrics)
         if run is not None:
             run.log(metrics, step=step)
         return metrics
@@ -124,15 +179,18 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
         print_top_heads(report)
 
+    start_step = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
+    stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     started = last_log = time.time()
     metrics: dict = {}
     last_step = tc.max_iters
-    for step in range(tc.max_iters + 1):
+    for step in range(start_step, tc.max_iters + 1):
         if tc.max_seconds and last_step == tc.max_iters and distributed.any_rank(time.time() - started >= tc.max_seconds, ranks):
             last_step = step  # the time budget is spent (on any rank): evaluate, save and stop here
-        eval_now = step % tc.eval_interval == 0 or step == last_step
-        report_now = attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
+        fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
+        eval_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
+        report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
         if ranks.is_main and eval_now:
             metrics = evaluate_and_save(step)
         if ranks.is_main and report_now:
@@ -190,8 +248,15 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
                     entry["train/mfu"] = flops_per_second / peak
                 run.log(entry, step=step + 1)
             last_log = now
+        if distributed.any_rank(stop.requested, ranks):
+            if ranks.is_main:
+                save(step + 1, metrics)
+                print(f"interrupted after step {step + 1}: checkpoint in {out_dir / 'ckpt.pt'}; "
+                      f"run the same command again to continue (train.resume=auto)")
+            break
 
-    if ranks.is_main:
+    stop.restore()
+    if ranks.is_main and not stop.requested:
         print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")
     if run is not None:
         run.summary.update(metrics)
