@@ -54,7 +54,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     if name == "float16" and device.type == "cpu":
-        raise ConfigError("dtype=float16 is not supported for training on CPU: use bfloat16 or float32")
+        raise ConfigError("dtype=float16 is not supported on CPU: use bfloat16 or float32")
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("dtype=bfloat16 but this GPU has no bf16 support: use float16 or float32")
     return getattr(torch, name)
