@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig
 
 from data.sources import DataError, decode_utf8
 from model.generation import sample_next_token
-from trainer.checkpoint import CheckpointError, load_model
+from trainer.checkpoint import CHECKPOINTS, CheckpointError, load_model
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype
 
 FORMATS = ("text", "jsonl")
@@ -47,6 +47,8 @@ def check_settings(cfg: DictConfig) -> None:
     for key, minimum in (("num_samples", 1), ("max_new_tokens", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < minimum:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= {minimum}")
+    if cfg.checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint={cfg.checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
 
@@ -59,7 +61,7 @@ def main_sample(cfg: DictConfig) -> None:
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer, _ = load_model(cfg.out_dir, device)
+    model, tokenizer, _ = load_model(cfg.out_dir, device, cfg.checkpoint)
     model.to(dtype)  # inference only: half-size weights halve the memory read for every new token
     block_size = model.config.block_size
     stream = cfg.stream if cfg.stream is not None else (cfg.format == "text" and cfg.num_samples == 1)

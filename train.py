@@ -28,9 +28,10 @@ from heads.probes import configured_probes
 from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
 from trainer import distributed
-from trainer.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
+from trainer.checkpoint import CHECKPOINT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from trainer.evaluate import evaluate
 from trainer.mfu import flops_per_token, peak_flops
+from trainer.nonfinite import NonFiniteError, NonFiniteGuard
 from trainer.optim import OPTIMIZERS, make_optimizers
 from trainer.runtime import (ConfigError, autocast, resolve_device, resolve_dtype, rng_state, seed_everything,
                              set_rng_state, to_device)
@@ -45,7 +46,7 @@ def format_seconds(seconds: float) -> str:
 
 def check_config(cfg: DictConfig, world_size: int) -> None:
     tc = cfg.train
-    for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval", "grad_accum"):
+    for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval", "grad_accum", "max_nonfinite"):
         if not isinstance(tc[key], int) or tc[key] < 1:
             raise ConfigError(f"train.{key}={tc[key]!r} must be a positive integer")
     if tc.batch_size % (world_size * tc.grad_accum):
@@ -82,18 +83,19 @@ class GracefulStop:
 
 
 def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
-           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> int:
-    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from."""
+           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> tuple[int, float]:
+    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from and
+    the best val loss so far."""
     mode = str(cfg.train.resume).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"train.resume={cfg.train.resume!r} must be auto, true or false")
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
-        return 0
+        return 0, math.inf
     checkpoint = load_checkpoint(out_dir, device)
     saved = {**checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
     differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
-    if differing or "rng" not in checkpoint:
+    if differing or "best_val_loss" not in checkpoint:
         raise ConfigError(
             f"cannot resume from {out_dir / CHECKPOINT}: " + ("it differs in " + ", ".join(differing) if differing
                                                              else "it was saved without the state to continue exactly")
@@ -105,7 +107,7 @@ def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, mod
     set_rng_state(checkpoint["rng"])
     sampler.generator.set_state(checkpoint["sampler"])
     print(f"resuming from {out_dir / CHECKPOINT} at step {checkpoint['step']}")
-    return checkpoint["step"]
+    return checkpoint["step"], checkpoint["best_val_loss"]
 
 
 def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
@@ -113,6 +115,9 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     check_config(cfg, ranks.world_size)
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
+    out_dir = Path(cfg.out_dir)
+    if ranks.is_main:
+        check_writable(out_dir)  # now, not after an hour of training
 
     data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
     if ranks.is_main:
@@ -134,7 +139,6 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     if ranks.distributed:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank, ranks.world_size)
-    out_dir = Path(cfg.out_dir)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run = start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, run_config, out_dir) if ranks.is_main else None
     flops_per_step = flops_per_token(model) * tc.batch_size * model_cfg.block_size
@@ -146,7 +150,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
               f"compile={cfg.compile}, {ranks.world_size} process(es), grad_accum {tc.grad_accum}"
               + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
-    def save(step: int, metrics: dict) -> None:
+    def save(step: int, metrics: dict, best: bool = False) -> None:
         """Everything needed to continue exactly: weights, optimizer, step, RNG and sampler state."""
         state = {
             "model": model.state_dict(),
@@ -155,18 +159,23 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             "model_config": model_cfg.to_dict(),
             "config": run_config,
             "val_metrics": metrics,
+            "best_val_loss": best_val_loss,
             "tokenizer_hash": bins.tokenizer.hash,
             "probes": [[probe.name, probe.text] for probe in probes],
             "rng": rng_state(),
             "sampler": sampler.generator.get_state(),
         }
-        save_checkpoint(out_dir, state, bins.tokenizer)
+        save_checkpoint(out_dir, state, bins.tokenizer, best)
 
     def evaluate_and_save(step: int) -> dict:
+        nonlocal best_val_loss
         metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
         groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if k.count("/") == 2 and k.endswith("bpb"))
-        print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} ({groups})")
-        save(step, metrics)
+        best = metrics["val/loss"] < best_val_loss
+        best_val_loss = min(best_val_loss, metrics["val/loss"])
+        print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} "
+              f"({groups})" + (" | new best" if best else ""))
+        save(step, metrics, best)
         if run is not None:
             run.log(metrics, step=step)
         return metrics
@@ -179,7 +188,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
         print_top_heads(report)
 
-    start_step = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
+    start_step, best_val_loss = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
+    guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
     stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     started = last_log = time.time()
@@ -217,19 +227,21 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             loss = loss / tc.grad_accum
             scaler.scale(loss).backward()
             step_loss += loss.detach()
-        if tc.grad_clip > 0:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         for optimizer in optimizers:
-            scaler.step(optimizer)
+            scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # NaN or inf when the loss or any gradient is
+        if guard.update_allowed(grad_norm, step + 1):
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(grads, tc.grad_clip, grad_norm)
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+        for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         scaler.update()
 
         if (step + 1) % tc.log_interval == 0:
-            loss_value = distributed.mean_across_ranks(step_loss, ranks)  # the only host sync of a step
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"training loss became {loss_value} at step {step + 1}: lower train.learning_rate")
+            loss_value = distributed.mean_across_ranks(step_loss, ranks)
             now = time.time()
             seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
             tokens_per_second = tc.batch_size * model_cfg.block_size / seconds_per_step
@@ -240,14 +252,17 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
                 mfu = f", MFU {100 * flops_per_second / peak:.1f}%" if peak else ""
                 print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
                       f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu} | "
-                      f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}")
+                      f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
+                      + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
             if run is not None:
                 entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
-                         "train/flops_per_second": flops_per_second}
+                         "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
                 if peak:
                     entry["train/mfu"] = flops_per_second / peak
                 run.log(entry, step=step + 1)
             last_log = now
+        if guard.failure():
+            break  # raised below, once the wandb run is closed
         if distributed.any_rank(stop.requested, ranks):
             if ranks.is_main:
                 save(step + 1, metrics)
@@ -256,14 +271,17 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             break
 
     stop.restore()
-    if ranks.is_main and not stop.requested:
+    failure = guard.failure()
+    if ranks.is_main and not stop.requested and not failure:
         print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")
     if run is not None:
         run.summary.update(metrics)
         run_dir = Path(run.dir).parent
         offline = run.settings.mode == "offline"
-        run.finish()
+        run.finish(exit_code=1 if failure else 0)
         print(f"wandb: run in {run_dir}" + (f" (offline: upload with `wandb sync {run_dir}`)" if offline else ""))
+    if failure:
+        raise failure
     return metrics
 
 
@@ -275,6 +293,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError, TokenizerError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     finally:
         distributed.teardown(ranks)
 

@@ -141,12 +141,12 @@ def main() -> None:
     @hydra.main(config_path="../config", config_name="heads", version_base=None)
     def run(cfg: DictConfig) -> None:
         try:
-            model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device))
+            model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
             texts = list(cfg.probes) if cfg.probes else None
             probes = [Probe(f"probe{i}", t) for i, t in enumerate(texts)] if texts else [
                 Probe(name, text) for name, text in checkpoint.get("probes", [])]
             if not probes:
-                raise ConfigError(f"{cfg.out_dir}/ckpt.pt stores no probe texts: give probes=[\"...\", ...]")
+                raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
             report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows)
         except (CheckpointError, ConfigError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -1,13 +1,15 @@
-"""Checkpoints: atomic saves, and loads that never run code from the file."""
+"""Checkpoints: atomic saves, last and best, refusals that keep what is on disk, and loads that
+never run code from the file."""
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 import torch
 
 from data.tokenizer import train_bpe
-from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint
 
 
 class RunsCode:
@@ -28,9 +30,56 @@ def test_loading_a_checkpoint_never_executes_code_from_it(tmp_path):
     assert not marker.exists()
 
 
-def test_save_replaces_the_checkpoint_atomically_and_leaves_no_temp_file(tmp_path):
-    tokenizer = train_bpe(["some text to learn from"] * 5, vocab_size=260)
-    save_checkpoint(tmp_path, {"step": 1, "weights": torch.zeros(3)}, tokenizer)
-    save_checkpoint(tmp_path, {"step": 2, "weights": torch.ones(3)}, tokenizer)
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe(["some text to learn from"] * 5, vocab_size=260)
+
+
+def state(step: int, value: float) -> dict:
+    return {"step": step, "model": {"weight": torch.full((3,), value)}}
+
+
+def test_save_replaces_the_checkpoint_atomically_and_leaves_no_temp_file(tmp_path, tokenizer):
+    save_checkpoint(tmp_path, state(1, 0.0), tokenizer)
+    save_checkpoint(tmp_path, state(2, 1.0), tokenizer)
     assert load_checkpoint(tmp_path)["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "tokenizer.json"]
+
+
+def test_best_keeps_the_last_save_marked_best_while_last_moves_on(tmp_path, tokenizer):
+    save_checkpoint(tmp_path, state(1, 1.0), tokenizer, best=True)
+    save_checkpoint(tmp_path, state(2, 2.0), tokenizer, best=True)
+    save_checkpoint(tmp_path, state(3, 3.0), tokenizer)  # val loss got worse
+    assert load_checkpoint(tmp_path)["step"] == 3
+    assert load_checkpoint(tmp_path, name="best.pt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt.pt", "tokenizer.json"]
+
+
+def test_non_finite_weights_are_never_written_over_a_good_checkpoint(tmp_path, tokenizer):
+    save_checkpoint(tmp_path, state(1, 1.0), tokenizer, best=True)
+    before = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "best.pt")}
+    with pytest.raises(CheckpointError, match="not saving step 2: weight holds non-finite values"):
+        save_checkpoint(tmp_path, state(2, float("nan")), tokenizer, best=True)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, tokenizer, monkeypatch):
+    save_checkpoint(tmp_path, state(1, 1.0), tokenizer)
+    before = (tmp_path / "ckpt.pt").read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"\(No space left on device\): free disk space or choose a writable out_dir"):
+        save_checkpoint(tmp_path, state(2, 2.0), tokenizer)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "tokenizer.json"]  # no temp file left
+
+
+def test_an_out_dir_that_cannot_be_a_folder_is_reported_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="out_dir=.*a-file/out is not a writable folder"):
+        check_writable(blocker / "out")

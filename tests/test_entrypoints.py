@@ -194,11 +194,21 @@ def test_sample_names_a_missing_or_corrupt_checkpoint(run, tmp_path):
     (broken / "ckpt.pt").write_bytes((run["out"] / "ckpt.pt").read_bytes()[:1000])
     (broken / "tokenizer.json").write_bytes((run["out"] / "tokenizer.json").read_bytes())
     result = run_entry("sample.py", f"out_dir={broken}", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2 and "best.pt is missing" in result.stderr and "checkpoint=last" in result.stderr
+    result = run_entry("sample.py", f"out_dir={broken}", "checkpoint=last", cwd=tmp_path, env=run["env"])
     assert result.returncode == 2 and "ckpt.pt is truncated or corrupt" in result.stderr
     (broken / "ckpt.pt").write_bytes((run["out"] / "ckpt.pt").read_bytes())
     (broken / "tokenizer.json").unlink()
-    result = run_entry("sample.py", f"out_dir={broken}", cwd=tmp_path, env=run["env"])
+    result = run_entry("sample.py", f"out_dir={broken}", "checkpoint=last", cwd=tmp_path, env=run["env"])
     assert result.returncode == 2 and "tokenizer.json is missing" in result.stderr
+
+
+def test_training_keeps_the_last_and_the_best_checkpoint(run):
+    last = torch.load(run["out"] / "ckpt.pt", weights_only=True)
+    best = torch.load(run["out"] / "best.pt", weights_only=True)
+    assert last["step"] == 30 and best["val_metrics"]["val/loss"] == best["best_val_loss"] == last["best_val_loss"]
+    assert best["best_val_loss"] <= last["val_metrics"]["val/loss"]
+    assert run["stdout"].count("new best") >= 1
 
 
 @pytest.mark.parametrize("override,message", [
@@ -206,7 +216,16 @@ def test_sample_names_a_missing_or_corrupt_checkpoint(run, tmp_path):
     ("model.attn_impl=magic", "model.attn_impl='magic' must be one of"),
     ("model.block_size=100000", "model.block_size=100000 is not smaller than the"),
     ("device=tpu", "device='tpu' must be one of"),
+    ("device=cuda", "device=cuda but no CUDA GPU is visible"),
+    ("dtype=float16", "dtype=float16 is not supported on CPU: use bfloat16 or float32"),
+    ("dtype=int8", "dtype='int8' must be one of"),
+    ("model.pos_encoding=alibi", "model.pos_encoding='alibi' must be one of"),
+    ("model.n_layer=0", "model.n_layer=0 must be a positive integer"),
+    ("model.n_embd=-32", "model.n_embd=-32 must be a positive integer"),
     ("train.max_iters=0", "train.max_iters=0 must be a positive integer"),
+    ("train.batch_size=-8", "train.batch_size=-8 must be a positive integer"),
+    ("train.max_nonfinite=0", "train.max_nonfinite=0 must be a positive integer"),
+    ("train.resume=maybe", "train.resume='maybe' must be auto, true or false"),
 ])
 def test_train_rejects_bad_config_with_exit_code_2(run, tmp_path, override, message):
     result = run_entry("train.py", *run["overrides"], f"out_dir={tmp_path / 'out'}", override, cwd=tmp_path, env=run["env"])
