@@ -83,19 +83,19 @@ class GracefulStop:
 
 
 def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
-           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> tuple[int, float]:
-    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from and
-    the best val loss so far."""
+           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> tuple[int, float, float]:
+    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from, the
+    best val loss so far and the training seconds already spent (the LR schedule of a time budget)."""
     mode = str(cfg.train.resume).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"train.resume={cfg.train.resume!r} must be auto, true or false")
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
-        return 0, math.inf
+        return 0, math.inf, 0.0
     checkpoint = load_checkpoint(out_dir, device)
     saved = {**checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
     differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
-    if differing or "best_val_loss" not in checkpoint:
+    if differing or "elapsed" not in checkpoint:
         raise ConfigError(
             f"cannot resume from {out_dir / CHECKPOINT}: " + ("it differs in " + ", ".join(differing) if differing
                                                              else "it was saved without the state to continue exactly")
@@ -107,7 +107,7 @@ def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, mod
     set_rng_state(checkpoint["rng"])
     sampler.generator.set_state(checkpoint["sampler"])
     print(f"resuming from {out_dir / CHECKPOINT} at step {checkpoint['step']}")
-    return checkpoint["step"], checkpoint["best_val_loss"]
+    return checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"]
 
 
 def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
@@ -160,6 +160,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             "config": run_config,
             "val_metrics": metrics,
             "best_val_loss": best_val_loss,
+            "elapsed": time.time() - started,
             "tokenizer_hash": bins.tokenizer.hash,
             "probes": [[probe.name, probe.text] for probe in probes],
             "rng": rng_state(),
@@ -188,11 +189,12 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
         print_top_heads(report)
 
-    start_step, best_val_loss = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
+    start_step, best_val_loss, elapsed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
     stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
-    started = last_log = time.time()
+    last_log = time.time()
+    started = last_log - elapsed  # a resumed time budget goes on where it stopped
     metrics: dict = {}
     last_step = tc.max_iters
     for step in range(start_step, tc.max_iters + 1):
