@@ -92,7 +92,7 @@ def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, mod
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
         return 0, math.inf, 0.0
     checkpoint = load_checkpoint(out_dir, device)
-    saved = {**checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
+    saved = {**GPTConfig().to_dict(), **checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
     differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
     if differing or "elapsed" not in checkpoint:

@@ -5,7 +5,9 @@
 Each (backend, T) runs in a fresh process so its peak resident memory (ru_maxrss) can be read
 against a baseline taken after the inputs exist. The explicit path materialises the T x T
 scores and weights per head (and keeps them for the backward pass), so its memory grows as T^2;
-the fused kernels work in tiles and stay close to linear in T.
+the fused kernels work in tiles and stay close to linear in T. `additive` is the explicit path
+with additive scores (attn_dim = head_dim): attn_dim numbers per (query, key) pair, in chunks of
+queries, so its memory stays that of the explicit path while its time grows as T^2 x attn_dim.
 """
 from __future__ import annotations
 
@@ -16,15 +18,18 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.attention import explicit_attention, flash_attention, sdpa_attention  # noqa: E402
+from model.attention import (ADDITIVE_CHUNK_BYTES, additive_scores, explicit_attention, flash_attention,  # noqa: E402
+                             sdpa_attention)
 
 LENGTHS = (128, 256, 512, 1024, 2048)
+ADDITIVE_MAX_LENGTH = 512  # at T = 1024 one additive point took 13 s on a 2-core CPU (6 x 1.9 s)
 
 
 def flash_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -37,8 +42,12 @@ def measure_one(backend: str, T: int, args) -> dict:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, T, args.head_dim, generator=generator).to(device, dtype).requires_grad_()
                for _ in range(3))
-    run = {"explicit": lambda: explicit_attention(q, k, v)[0], "sdpa": lambda: sdpa_attention(q, k, v),
-           "flash": lambda: flash_attention(q, k, v)}[backend]
+    W_q, W_k = (torch.randn(args.heads, args.head_dim, args.head_dim, generator=generator).div(args.head_dim**0.5)
+                .to(device, dtype).requires_grad_() for _ in range(2))
+    v_score = torch.randn(args.heads, args.head_dim, generator=generator).mul(0.02).to(device, dtype).requires_grad_()
+    additive = partial(additive_scores, W_q=W_q, W_k=W_k, v=v_score)
+    run = {"explicit": lambda: explicit_attention(q, k, v)[0], "additive": lambda: explicit_attention(q, k, v, score=additive)[0],
+           "sdpa": lambda: sdpa_attention(q, k, v), "flash": lambda: flash_attention(q, k, v)}[backend]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -50,7 +59,7 @@ def measure_one(backend: str, T: int, args) -> dict:
             torch.cuda.synchronize()
         if i:  # the first call warms up
             times.append(time.perf_counter() - start)
-        q.grad = k.grad = v.grad = None
+        q.grad = k.grad = v.grad = W_q.grad = W_k.grad = v_score.grad = None
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -67,13 +76,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--additive-max-length", type=int, default=ADDITIVE_MAX_LENGTH,
+                        help="run the additive backend only up to this T")
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args)))
         return
 
-    backends = ["explicit", "sdpa"]
+    backends = ["explicit", "additive", "sdpa"]
     if flash_kernel_available(torch.device(args.device), getattr(torch, args.dtype)):
         backends.append("flash")
     passthrough = [f"--heads={args.heads}", f"--head-dim={args.head_dim}", f"--batch={args.batch}",
@@ -87,11 +98,18 @@ def main() -> None:
     for T in args.lengths:
         cells = []
         for backend in backends:
+            if backend == "additive" and T > args.additive_max_length:
+                cells += ["—", "—"]
+                continue
             out = subprocess.run([sys.executable, __file__, *passthrough, "--one", backend, str(T)],
                                  capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             cells += [f"{result['ms']:.1f}", f"{result['peak_mib']:.0f}"]
         print(f"| {T} | " + " | ".join(cells) + " |")
+    skipped = [T for T in args.lengths if T > args.additive_max_length]
+    print(f"additive: explicit attention with additive scores, attn_dim = head_dim, pairs in chunks of at most "
+          f"{ADDITIVE_CHUNK_BYTES / 2**20:g} MiB" + (f"; not run at T = {', '.join(map(str, skipped))} (over "
+          f"--additive-max-length={args.additive_max_length}: over 10 s a point on a 2-core CPU)" if skipped else ""))
     if "flash" not in backends:
         print(f"flash: no FlashAttention kernel on {args.device} with {args.dtype}; attn_impl=flash would run the "
               "sdpa row's kernel here")

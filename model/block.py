@@ -36,10 +36,11 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, attn_impl: str, layer_idx: int,
-                 norm: str = "layernorm", qk_norm: bool = False, activation: str = "gelu"):
+                 norm: str = "layernorm", qk_norm: bool = False, activation: str = "gelu",
+                 attn_score: str = "dot", attn_dim: int | None = None):
         super().__init__()
         self.ln_1 = make_norm(norm, n_embd, bias)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl, layer_idx, qk_norm)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl, layer_idx, qk_norm, attn_score, attn_dim)
         self.ln_2 = make_norm(norm, n_embd, bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.attention import ATTN_IMPLS
+from model.attention import ATTN_IMPLS, ATTN_SCORES
 from model.block import Block, make_norm
 from model.generation import sample_next_token
 from model.kv_cache import KVCache
@@ -27,6 +27,8 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
     attn_impl: str = "explicit"  # explicit | sdpa | flash
+    attn_score: str = "dot"  # dot (query . key / sqrt(head_dim)) | additive (v . tanh(W_q q + W_k k); explicit only)
+    attn_dim: int | None = None  # the additive score's hidden size per head; None = head_dim
     pos_encoding: str = "learned"  # learned | sinusoidal | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
     qk_norm: bool = False  # RMS-normalise queries and keys per head
@@ -48,6 +50,15 @@ class GPTConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"model.attn_impl={self.attn_impl!r} must be one of {', '.join(ATTN_IMPLS)}")
+        if self.attn_score not in ATTN_SCORES:
+            raise ValueError(f"model.attn_score={self.attn_score!r} must be one of {', '.join(ATTN_SCORES)}")
+        if self.attn_dim is not None and (not isinstance(self.attn_dim, int) or self.attn_dim < 1):
+            raise ValueError(f"model.attn_dim={self.attn_dim!r} must be a positive integer, or null for head_dim")
+        if self.attn_score == "additive" and self.attn_impl != "explicit":
+            raise ValueError(
+                f"model.attn_score=additive cannot run with model.attn_impl={self.attn_impl}: the fused kernels only "
+                f"compute dot-product scores; use model.attn_impl=explicit"
+            )
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"model.pos_encoding={self.pos_encoding!r} must be one of {', '.join(POS_ENCODINGS)}")
         for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
@@ -76,7 +87,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_impl, layer_idx,
-                  config.norm, config.qk_norm, config.mlp)
+                  config.norm, config.qk_norm, config.mlp, config.attn_score, config.attn_dim)
             for layer_idx in range(config.n_layer)
         )
         self.ln_f = make_norm(config.norm, config.n_embd, config.bias)

@@ -21,9 +21,15 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 
 # --- an independent reference: NumPy, float64, no torch in the math ----------------------------
 
-def numpy_multi_head_attention(x, source, W, b, n_head, causal):
+def numpy_dot_scores(q, k):
+    """q: (B, nh, T, hs), k: (B, nh, S, hs) -> (B, nh, T, S)"""
+    return np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(q.shape[-1])
+
+
+def numpy_multi_head_attention(x, source, W, b, n_head, causal, score=numpy_dot_scores):
     """x: (B, T, C) queries' input, source: (B, S, C) keys' and values' input; W, b: dicts of the
-    four projections as (C_out, C_in) matrices and (C_out,) biases (torch's Linear layout)."""
+    four projections as (C_out, C_in) matrices and (C_out,) biases (torch's Linear layout);
+    score(q, k) -> (B, nh, T, S) the scores before the mask."""
     B, T, C = x.shape
     S = source.shape[1]
     hs = C // n_head
@@ -34,7 +40,7 @@ def numpy_multi_head_attention(x, source, W, b, n_head, causal):
     q = heads(x @ W["Q"].T + b["Q"], T)
     k = heads(source @ W["K"].T + b["K"], S)
     v = heads(source @ W["V"].T + b["V"], S)
-    scores = np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(hs)
+    scores = score(q, k)
     if causal:
         for i in range(T):
             for j in range(S):
@@ -164,10 +170,10 @@ def test_rope_needs_an_even_head_dim():
 
 # --- causality, attention maps, the KV cache ---------------------------------------------------
 
-def tiny_gpt(attn_impl: str, pos_encoding: str, seed: int = 0, block_size: int = 12) -> GPT:
+def tiny_gpt(attn_impl: str, pos_encoding: str, seed: int = 0, block_size: int = 12, attn_score: str = "dot") -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig(vocab_size=40, block_size=block_size, n_layer=2, n_head=2, n_embd=24,
-                       attn_impl=attn_impl, pos_encoding=pos_encoding)
+                       attn_impl=attn_impl, pos_encoding=pos_encoding, attn_score=attn_score)
     return GPT(config).eval()
 
 

@@ -1,8 +1,11 @@
 """Model FLOPs and MFU: how much of the hardware's peak the training step uses.
 
 FLOPs per token follow the PaLM appendix: 6 N for the matrix multiplies of the forward and
-backward passes (N = parameters without the embedding lookups, with the LM head), plus
-12 n_layer n_head head_dim T for attention. The peak is a table for known GPUs (dense bf16/fp16
+backward passes (N = parameters without the embedding lookups, with the LM head), plus, for
+attention, 3 n_layer n_head T (score + 2 head_dim): forward and backward over T keys per head, a
+score costing 2 head_dim for a dot product (12 n_layer n_embd T in all, as PaLM) or 3 attn_dim
+for an additive one (the add, then the multiply-add with v), and the weighted sum of values
+2 head_dim. The peak is a table for known GPUs (dense bf16/fp16
 tensor cores); on a CPU it is measured once, with a short matmul calibration cached on disk.
 """
 from __future__ import annotations
@@ -31,7 +34,9 @@ def flops_per_token(model: GPT) -> float:
     if not c.tie_weights:
         lookups.append(model.wte.weight)  # untied: the embedding is only a lookup; the head is the matmul
     n_matmul = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in lookups)
-    return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.block_size
+    head_dim = c.n_embd // c.n_head
+    score = 2 * head_dim if c.attn_score == "dot" else 3 * (c.attn_dim or head_dim)
+    return 6 * n_matmul + 3 * c.n_layer * c.n_head * c.block_size * (score + 2 * head_dim)
 
 
 def measure_cpu_peak(dtype: torch.dtype, seconds: float = 2.0, size: int = 2048) -> float:

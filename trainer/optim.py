@@ -2,9 +2,9 @@
 rest (modded-nanogpt, nanochat).
 
 Muon orthogonalises each update of a 2-D weight matrix (Newton-Schulz iterations), which makes
-hidden-layer training markedly faster per step; embeddings, the LM head, norms and biases stay
-on AdamW. With adjust_lr_fn="match_rms_adamw" Muon's updates have AdamW's size, so one learning
-rate and one schedule serve both.
+hidden-layer training markedly faster per step; embeddings, the LM head, norms, biases and the
+per-head parameters of additive attention stay on AdamW. With adjust_lr_fn="match_rms_adamw"
+Muon's updates have AdamW's size, so one learning rate and one schedule serve both.
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def make_optimizers(model: GPT, tc: DictConfig, device: torch.device) -> list[to
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "adamw":
         return [adamw(params, tc, device)]
-    hidden = [p for p in model.blocks.parameters() if p.requires_grad and p.dim() == 2]
+    # the blocks' Linear weights; not every 2-D parameter is a matrix to orthogonalise (additive
+    # attention's v holds one vector per head)
+    hidden = [m.weight for m in model.blocks.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
     hidden_ids = {id(p) for p in hidden}
     muon = torch.optim.Muon(hidden, lr=tc.learning_rate, weight_decay=tc.weight_decay, adjust_lr_fn="match_rms_adamw")
     return [muon, adamw([p for p in params if id(p) not in hidden_ids], tc, device)]
