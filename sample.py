@@ -47,6 +47,8 @@ def check_settings(cfg: DictConfig) -> None:
     for key, minimum in (("num_samples", 1), ("max_new_tokens", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < minimum:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= {minimum}")
+    if cfg.compile and not cfg.use_kv_cache:
+        raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
     if cfg.checkpoint not in CHECKPOINTS:
         raise ConfigError(f"checkpoint={cfg.checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
     if cfg.format not in FORMATS:
@@ -63,6 +65,8 @@ def main_sample(cfg: DictConfig) -> None:
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer, _ = load_model(cfg.out_dir, device, cfg.checkpoint)
     model.to(dtype)  # inference only: half-size weights halve the memory read for every new token
+    if cfg.compile:
+        model.compile_decoding()
     block_size = model.config.block_size
     stream = cfg.stream if cfg.stream is not None else (cfg.format == "text" and cfg.num_samples == 1)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # one seed, the same text every time

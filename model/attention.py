@@ -33,10 +33,17 @@ ATTN_SCORES = ("dot", "additive")
 ADDITIVE_CHUNK_BYTES = 8 * 2**20
 
 
-def future_mask(T_q: int, T_k: int, device: torch.device) -> torch.Tensor:
-    """True where query i may not look: keys after it. The T_q queries are the last T_q of the T_k
-    positions (T_q < T_k when earlier keys come from a KV cache), hence the diagonal offset."""
-    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).triu(T_k - T_q + 1)  # (T_q, T_k)
+Positions = tuple[torch.Tensor, torch.Tensor]  # where the queries (T_q,) and the keys (T_k,) sit
+
+
+def last_positions(T_q: int, T_k: int, device: torch.device) -> Positions:
+    """Without a KV cache: the T_q queries are the last T_q of the T_k key positions."""
+    return torch.arange(T_k - T_q, T_k, device=device), torch.arange(T_k, device=device)
+
+
+def future_mask(query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """True where a query may not look: the keys at positions after its own -> (T_q, T_k)."""
+    return key_positions[None, :] > query_positions[:, None]
 
 
 ScoreFunction = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
@@ -170,17 +177,20 @@ def explicit_attention(
     causal: bool = True,
     dropout_p: float = 0.0,
     score: ScoreFunction = dot_product_scores,
+    positions: Positions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention, one named step per line; scaled dot-product scores unless `score` says otherwise.
 
-    query: (B, nh, T_q, hs); key, value: (B, nh, T_k, hs).
+    query: (B, nh, T_q, hs); key, value: (B, nh, T_k, hs). positions: where the queries and keys
+    sit, for the causal mask (default: the queries are the last T_q of the T_k positions).
     Returns context (B, nh, T_q, hs) and the attention weights (B, nh, T_q, T_k).
     """
     # 1-2. scores: how well each query matches every key (dot_product_scores or additive_scores)
     scores = score(query, key, causal=causal)  # (B, nh, T_q, T_k)
     # 3. causal mask: a query may not see keys in its future (-inf becomes weight 0)
     if causal:
-        scores = scores.masked_fill(future_mask(query.size(-2), key.size(-2), query.device), float("-inf"))
+        future = future_mask(*(positions or last_positions(query.size(-2), key.size(-2), query.device)))
+        scores = scores.masked_fill(future, float("-inf"))
     # 4. softmax over the keys: each row of weights sums to one
     weights = torch.softmax(scores, dim=-1)  # (B, nh, T_q, T_k)
     # 5. dropout on the weights (training only), as in the original Transformer
@@ -190,11 +200,12 @@ def explicit_attention(
     return context, weights
 
 
-def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
+def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
+                   positions: Positions | None = None) -> torch.Tensor:
     """The same as explicit_attention through torch's fused kernel (no weights returned)."""
     T_q, T_k = query.size(-2), key.size(-2)
-    if causal and T_q != T_k:  # is_causal aligns the mask top-left; cached queries need bottom-right
-        allowed = ~future_mask(T_q, T_k, query.device)
+    if causal and (positions is not None or T_q != T_k):  # is_causal is only the square T x T mask
+        allowed = ~future_mask(*(positions or last_positions(T_q, T_k, query.device)))
         return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=causal)
 
@@ -202,15 +213,17 @@ def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.
 _flash_notice_given = False
 
 
-def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
+def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
+                    positions: Positions | None = None) -> torch.Tensor:
     """SDPA restricted to the FlashAttention kernel, where one exists for this device, dtype and mask.
 
-    Flash kernels exist on CUDA for fp16/bf16, with no mask or a square causal one. Elsewhere we
-    say once, loudly, which kernel runs instead, rather than claim flash.
+    Flash kernels exist on CUDA for fp16/bf16, with no mask or a square causal one (not the mask
+    of KV-cache decoding). Elsewhere we say once, loudly, which kernel runs instead, rather than
+    claim flash.
     """
     global _flash_notice_given
     T_q, T_k = query.size(-2), key.size(-2)
-    square_or_unmasked = not causal or T_q == T_k or T_q == 1  # one cached query may see every key
+    square_or_unmasked = not causal or (positions is None and T_q == T_k)
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and square_or_unmasked:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -221,11 +234,12 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
         _flash_notice_given = True
         warnings.warn(
             f"attn_impl=flash: no FlashAttention kernel for device={query.device.type} "
-            f"dtype={str(query.dtype).removeprefix('torch.')} (T_q={T_q}, T_k={T_k}); using PyTorch SDPA's "
-            "default kernel instead (same math, not flash). Flash needs CUDA with bfloat16 or float16.",
+            f"dtype={str(query.dtype).removeprefix('torch.')} (T_q={T_q}, T_k={T_k}"
+            f"{', KV-cache mask' if positions is not None else ''}); using PyTorch SDPA's default kernel instead "
+            "(same math, not flash). Flash needs CUDA with bfloat16 or float16 and no mask but the square causal one.",
             stacklevel=2,
         )
-    return sdpa_attention(query, key, value, causal, dropout_p)
+    return sdpa_attention(query, key, value, causal, dropout_p, positions)
 
 
 FUSED = {"sdpa": sdpa_attention, "flash": flash_attention}
@@ -285,11 +299,13 @@ class MultiHeadAttention(nn.Module):
         causal: bool | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C); context: (B, S, C) for cross-attention. rotary: (cos, sin) of x's positions
-        for RoPE. Returns the output (B, T, C) and, with return_weights (which forces the explicit
-        path), the attention weights (B, nh, T, T_k)."""
+        for RoPE. With kv_cache, positions (T,) says where x's tokens go in it. Returns the output
+        (B, T, C) and, with return_weights (which forces the explicit path), the attention weights
+        (B, nh, T, T_k), T_k = the cache's length with a cache."""
         source = x if context is None else context
         causal = context is None if causal is None else causal
         query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
@@ -299,13 +315,16 @@ class MultiHeadAttention(nn.Module):
             query, key = self.q_norm(query), self.k_norm(key)
         if rotary is not None:  # RoPE: rotate queries and keys by their positions
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
-        if kv_cache is not None:  # prepend the keys and values of earlier tokens
-            key, value = kv_cache.update(self.layer_idx, key, value)  # (B, nh, T_past + T, hs)
+        attend_positions = None
+        if kv_cache is not None:  # store this step's keys and values; attend to every slot of the cache
+            key, value = kv_cache.update(self.layer_idx, key, value, positions)  # (B, nh, max_length, hs)
+            attend_positions = (positions, kv_cache.key_positions)  # the mask hides the slots not written yet
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if self.attn_impl == "explicit" or return_weights:
-            attended, weights = explicit_attention(query, key, value, causal, dropout_p, self.score)  # context vectors
+            attended, weights = explicit_attention(query, key, value, causal, dropout_p, self.score,
+                                                   attend_positions)  # context vectors
         else:
-            attended = FUSED[self.attn_impl](query, key, value, causal, dropout_p)
+            attended = FUSED[self.attn_impl](query, key, value, causal, dropout_p, attend_positions)
         out = self.resid_dropout(self.W_O(self.merge_heads(attended)))  # (B, T, C)
         return out, weights

@@ -44,9 +44,10 @@ class Block(nn.Module):
         self.ln_2 = make_norm(norm, n_embd, bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
-    def forward(self, x: torch.Tensor, rotary=None, kv_cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, rotary=None, kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attn(self.ln_1(x), rotary=rotary, kv_cache=kv_cache, return_weights=return_weights)
+        attended, weights = self.attn(self.ln_1(x), rotary=rotary, kv_cache=kv_cache, positions=positions,
+                                      return_weights=return_weights)
         x = x + attended  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x, weights

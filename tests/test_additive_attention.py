@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from conftest import REPO
-from test_attention import POS_ENCODINGS, numpy_multi_head_attention, projections, tiny_gpt
+from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
 import model.attention as attention
 from model import GPT, GPTConfig
-from model.attention import MultiHeadAttention, additive_scores, explicit_attention, future_mask
+from model.attention import MultiHeadAttention, additive_scores, explicit_attention, future_mask, last_positions
 from trainer.optim import make_optimizers
 
 ONE_QUERY_PER_CHUNK = 1  # chunk_bytes below one query's pairs: every chunk holds a single query
@@ -96,7 +96,7 @@ def test_causal_chunks_skip_the_masked_pairs():
     query, key = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 8, 4)
     W = torch.randn(2, 4, 3)
     scores = additive_scores(query, key, W, W, torch.randn(2, 3), causal=True, chunk_bytes=ONE_QUERY_PER_CHUNK)
-    hidden = future_mask(6, 8, query.device)
+    hidden = future_mask(*last_positions(6, 8, query.device))
     assert torch.all(scores[:, :, hidden] == float("-inf")) and torch.isfinite(scores[:, :, ~hidden]).all()
 
 
@@ -115,68 +115,15 @@ def test_additive_attention_runs_under_bf16_autocast_with_float32_pairs():
 
 # --- inside the GPT ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-def test_future_tokens_never_change_past_logits(pos_encoding):
-    model = tiny_gpt("explicit", pos_encoding, attn_score="additive")
-    idx = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(0))
-    for t in (0, 6, 11):
-        changed = idx.clone()
-        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % 40
-        with torch.no_grad():
-            a, b = model(idx)[0], model(changed)[0]
-        assert torch.equal(a[:, : t + 1], b[:, : t + 1])
-        if t < 11:
-            assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+# causality, KV-cache equality and attention maps of additive scores are tested in
+# test_attention.py with every scoring
 
-
-@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-@pytest.mark.parametrize("prompt_length,new_tokens", [(1, 8), (5, 20), (12, 6)])  # 12 = block_size; 20, 6 run past it
-def test_greedy_generation_is_identical_with_and_without_kv_cache(pos_encoding, prompt_length, new_tokens):
-    model = tiny_gpt("explicit", pos_encoding, seed=prompt_length, attn_score="additive")
-    prompt = torch.randint(0, 40, (2, prompt_length), generator=torch.Generator().manual_seed(3))
-    cached = model.generate(prompt, new_tokens, temperature=0, use_kv_cache=True)
-    uncached = model.generate(prompt, new_tokens, temperature=0, use_kv_cache=False)
-    assert cached.shape == (2, prompt_length + new_tokens)
-    assert torch.equal(cached, uncached)
-
-
-@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-def test_cached_logits_equal_full_recomputation(pos_encoding):
-    from model.kv_cache import KVCache
-
-    model = tiny_gpt("explicit", pos_encoding, attn_score="additive").double()
-    idx = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(1))
-    full, _ = model.hidden_states(idx)
-    cache = KVCache(model.config.n_layer, model.config.block_size)
-    first, _ = model.hidden_states(idx[:, :5], cache)
-    rest = [model.hidden_states(idx[:, t:t + 1], cache)[0] for t in range(5, 9)]
-    assert (torch.cat([first, *rest], dim=1) - full).abs().max().item() < 1e-12
-
-
-@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
-def test_attention_maps_are_the_additive_weights_of_the_forward_pass(pos_encoding, monkeypatch):
-    model = tiny_gpt("explicit", pos_encoding, attn_score="additive")
-    idx = torch.randint(0, 40, (3, 10), generator=torch.Generator().manual_seed(2))
-    maps = model.attention_maps(idx)
-    assert maps.shape == (2, 3, 2, 10, 10) and not maps.requires_grad
-    assert torch.allclose(maps.sum(-1), torch.ones(2, 3, 2, 10))
-    assert torch.all(maps.triu(1) == 0)
-
-    used = []
-    original = attention.explicit_attention
-
-    def recording(*args, **kwargs):
-        context, weights = original(*args, **kwargs)
-        used.append(weights.detach())
-        return context, weights
-
-    monkeypatch.setattr(attention, "explicit_attention", recording)
-    with torch.no_grad():
-        model(idx)
-    assert torch.equal(torch.stack(used), maps)
-    dot = tiny_gpt("explicit", pos_encoding)
+def test_additive_maps_differ_from_dot_product_maps_of_the_same_weights():
+    model = tiny_gpt("explicit", "learned", attn_score="additive")
+    dot = tiny_gpt("explicit", "learned")
     dot.load_state_dict(model.state_dict(), strict=False)  # the same weights, without W_q, W_k, v
-    assert not torch.allclose(dot.attention_maps(idx), maps)
+    idx = torch.randint(0, 40, (3, 10), generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(dot.attention_maps(idx), model.attention_maps(idx))
 
 
 # --- configuration and optimizers --------------------------------------------------------------

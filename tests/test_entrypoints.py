@@ -137,6 +137,15 @@ def test_greedy_samples_are_the_same_with_and_without_kv_cache(run):
     assert cached.stdout == uncached.stdout
 
 
+@pytest.mark.slow
+def test_compiled_decoding_samples_the_same_greedy_text(run):
+    args = [f"out_dir={run['out']}", "temperature=0", "max_new_tokens=24", "stream=false"]
+    eager = run_entry("sample.py", *args, cwd=run["tmp"], env=run["env"])
+    compiled = run_entry("sample.py", *args, "compile=true", cwd=run["tmp"], env=run["env"])
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert compiled.stdout == eager.stdout
+
+
 def test_empty_prompt_starts_from_endoftext(run):
     result = run_entry("sample.py", f"out_dir={run['out']}", "prompt=", "max_new_tokens=15", cwd=run["tmp"], env=run["env"])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -171,9 +180,11 @@ def test_jsonl_output_parses_one_object_per_sample(run, tmp_path):
     ("max_new_tokens=-3", "max_new_tokens=-3"),
     ("format=xml", "format='xml' must be one of text, jsonl"),
     ("prompt_file=/nonexistent/prompts.txt", "prompt_file=/nonexistent/prompts.txt does not exist"),
+    ("checkpoint=middle", "checkpoint='middle' must be one of last, best"),
+    ("compile=true use_kv_cache=false", "compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true"),
 ])
 def test_sample_rejects_bad_settings_with_exit_code_2(run, override, message):
-    result = run_entry("sample.py", f"out_dir={run['out']}", override, cwd=run["tmp"], env=run["env"])
+    result = run_entry("sample.py", f"out_dir={run['out']}", *override.split(), cwd=run["tmp"], env=run["env"])
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
