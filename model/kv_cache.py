@@ -5,7 +5,7 @@ it, the new token's query attends to the stored keys and values and only one row
 
 The buffers have a fixed size, max_length positions, allocated once and written in place at each
 token's position. Every decoding step therefore sees tensors of the same shapes, which is what
-lets torch.compile (and CUDA graphs) turn the step into one fixed program. The positions not yet
+lets torch.compile turn the step into one fixed program. The positions not yet
 written lie after every query, so the causal mask hides them: attention never reads them.
 """
 from __future__ import annotations
