@@ -3,6 +3,7 @@ tied LM head; attention maps for inspection; generation with a KV cache."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -178,11 +179,14 @@ class GPT(nn.Module):
         kernels read the weights far faster than eager PyTorch; on a GPU into Triton kernels
         (untested here: no GPU). The weights are frozen into the compiled code (inference only).
         Costs tens of seconds up front."""
-        import torch._inductor.config
+        import torch._inductor.config as inductor
 
         # freezing applies to graphs compiled without autograd only, so training is unaffected
         # (passed through torch.compile's options= instead, it measured 30 % slower here)
-        torch._inductor.config.freezing = True
+        inductor.freezing = True
+        inductor.autotune_num_choices_displayed = 0  # the kernel timings are the compiler's business,
+        inductor.max_autotune_report_choices_stats = False  # not the reader's
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # raised inside torch's autotuner
         self.compiled_decode = torch.compile(self.next_token_logits, mode="max-autotune", fullgraph=True, dynamic=False)
 
     @torch.no_grad()
