@@ -228,8 +228,7 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
-                                                  is_causal=causal and T_q == T_k)
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=causal)
     if not _flash_notice_given:
         _flash_notice_given = True
         warnings.warn(

@@ -28,6 +28,7 @@ class KVCache:
         if self.keys[layer] is None:  # allocated on first use, in the dtype autocast produced
             self.keys[layer] = key.new_zeros(B, nh, self.max_length, hs)
             self.values[layer] = value.new_zeros(B, nh, self.max_length, hs)
+        if self.key_positions is None:  # shared by every layer
             self.key_positions = torch.arange(self.max_length, device=key.device)
         self.keys[layer].index_copy_(2, positions, key)
         self.values[layer].index_copy_(2, positions, value)
