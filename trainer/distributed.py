@@ -1,9 +1,10 @@
 """Data parallel training across processes with PyTorch's DDP, launched by torchrun.
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process. NCCL
-connects GPUs, gloo connects CPU processes. Every rank draws the same global batch and trains on
-its own slice of it, so N processes take exactly the optimizer steps one process would take
-with the whole batch. Only rank 0 writes checkpoints, samples and wandb.
+connects GPUs, gloo connects CPU processes (and carries the host-side flags of GPU runs). Every
+rank draws the same global batch and trains on its own slice of it, so N processes take exactly
+the optimizer steps one process would take with the whole batch. Only rank 0 writes
+checkpoints, samples and wandb.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def setup(device_name: str) -> tuple[Ranks, str]:
     if use_cuda:
         torch.cuda.set_device(ranks.local_rank)
         device_name = f"cuda:{ranks.local_rank}"
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    # NCCL for the gradients on the GPUs, gloo for the host-side flags any_rank exchanges
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return ranks, device_name
 
 
@@ -53,7 +55,8 @@ def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> float:
 
 
 def any_rank(flag: bool, ranks: Ranks) -> bool:
-    """True on every rank when it is true on at least one, so all ranks take the same branch."""
+    """True on every rank when it is true on at least one, so all ranks take the same branch. The
+    flag goes through host memory (gloo), so the host never waits for a GPU to finish its work."""
     if not ranks.distributed:
         return flag
     value = torch.tensor([float(flag)])

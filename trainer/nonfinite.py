@@ -1,10 +1,13 @@
-"""Non-finite steps: a NaN or inf loss or gradient must never reach the weights.
+"""Non-finite steps: a NaN or inf loss or gradient must never reach the weights, and watching for
+one must not make the host wait for the device every step.
 
 Every step's gradient norm (over all parameters, after DDP has averaged the gradients, so every
-rank decides alike) is checked before the optimizer runs. A non-finite one skips the update and
-is counted; `train.max_nonfinite` of them in a row stop training with an error naming the steps,
-and the last checkpoint, written from finite weights, stays as it was. Reading that one number
-is the single host sync of a training step: the price of never applying a broken update.
+rank decides alike) is tested on the device, and a non-finite one skips the update. Fused AdamW
+skips on the device itself (it takes the `found_inf` flag GradScaler hands it), so nothing
+waits; an optimizer that cannot (torch's Muon) needs the flag on the host, one sync per step.
+The guard keeps each step's norm on the device and reads them at log time, with the loss: it
+prints the skipped steps, and once `train.max_nonfinite` of them came in a row it stops training
+with an error naming them. The last checkpoint, written from finite weights, stays as it was.
 """
 from __future__ import annotations
 
@@ -18,34 +21,65 @@ class NonFiniteError(Exception):
     """Training produced non-finite losses or gradients too many steps in a row."""
 
 
+def skips_on_device(optimizers: list[torch.optim.Optimizer]) -> bool:
+    """True when every optimizer can skip an update from a flag on the device (fused Adam/AdamW)."""
+    return all(getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in optimizers)
+
+
+def step_unless(nonfinite: torch.Tensor, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler) -> None:
+    """Update the weights unless `nonfinite` (a 0-dim bool tensor on the device) is true."""
+    if skips_on_device(optimizers):
+        for optimizer in optimizers:
+            # the fused kernel leaves weights, moments and step count untouched when found_inf is 1
+            # (with fp16, GradScaler puts its own inf/NaN check in its place)
+            optimizer.found_inf = nonfinite.float()
+            scaler.step(optimizer)
+    elif not nonfinite.item():  # the host sync
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+
+
 class NonFiniteGuard:
     def __init__(self, max_in_row: int, verbose: bool = True):
         self.max_in_row = max_in_row
         self.verbose = verbose
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, gradient norm on the device), not yet read
         self.in_row = 0
-        self.skipped = 0  # over the whole run
+        self.skipped = 0  # over the whole run, as of the last read
         self.last_step = 0
+        self.failed: NonFiniteError | None = None
 
-    def update_allowed(self, grad_norm: torch.Tensor, step: int) -> bool:
-        """True when the gradients of `step` (1-based) are finite; otherwise count a skipped step."""
-        norm = float(grad_norm)  # the host sync
+    def check(self, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
+        """The flag `step` (1-based) is skipped by: true when grad_norm is NaN or inf. No host sync."""
+        self.pending.append((step, grad_norm.detach()))
+        return ~torch.isfinite(grad_norm)
+
+    def read(self) -> None:
+        """Count the steps checked since the last read, in order (the host sync: call at log time)."""
+        if not self.pending:
+            return
+        norms = torch.stack([norm for _, norm in self.pending]).tolist()
+        for (step, _), norm in zip(self.pending, norms):
+            self._count(norm, step)
+        self.pending.clear()
+
+    def _count(self, norm: float, step: int) -> None:
         if math.isfinite(norm):
             self.in_row = 0
-            return True
+            return
         self.in_row += 1
         self.skipped += 1
         self.last_step = step
         if self.verbose:
             print(f"step {step}: gradient norm is {norm}, update skipped ({self.in_row} in a row, "
                   f"{self.skipped} in this run)", file=sys.stderr, flush=True)
-        return False
+        if self.in_row == self.max_in_row and self.failed is None:
+            self.failed = NonFiniteError(
+                f"non-finite loss or gradients at {self.in_row} steps in a row (steps {step - self.in_row + 1} to "
+                f"{step}): training stopped and the last checkpoint keeps the last finite weights; lower "
+                "train.learning_rate, raise train.warmup_iters, or use dtype=float32"
+            )
 
     def failure(self) -> NonFiniteError | None:
-        """The error to stop with once max_in_row steps in a row were skipped, else None."""
-        if self.in_row < self.max_in_row:
-            return None
-        return NonFiniteError(
-            f"non-finite loss or gradients at {self.in_row} steps in a row (steps {self.last_step - self.in_row + 1} to "
-            f"{self.last_step}): training stopped and the last checkpoint keeps the last finite weights; lower "
-            "train.learning_rate, raise train.warmup_iters, or use dtype=float32"
-        )
+        """The error to stop with once max_in_row steps in a row were skipped (as of the last read), else None."""
+        return self.failed
