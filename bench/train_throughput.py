@@ -1,20 +1,31 @@
 """Training-step throughput on this machine, ours beside karpathy/nanoGPT's model.py.
 
-    python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--batch 8 --steps 10]
+    python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--batch 8 --steps 15]
 
 The GPU default architecture (6 layers, 6 heads, 384 dims, context 256, vocab 8192, no bias,
 dropout 0) and the same batch for both models. Ours: attn_impl explicit | sdpa | flash, fp32 and
 bf16 autocast, torch.compile off and on; nanoGPT: fp32 and bf16, compile off and on, with its own
 optimizer set-up (configure_optimizers). nanoGPT's code is read from the folder you give (a
 clone of its repository) and is never part of this project. Each setting: warm-up steps (which
-include compilation), then the mean of timed steps; tokens/s, model FLOP/s and the fraction of
-the measured bf16 matmul peak. Without --nanogpt only our rows are printed.
+include compilation), then timed steps: the median and the best step time, and from the best
+one tokens/s, model FLOP/s and the fraction of the measured bf16 matmul peak (itself the best of
+2 s of matmuls; this machine's speed drifts by 5-10 % over seconds, so like is compared with
+like). Without --nanogpt only our rows are printed.
+
+The last row is a floor: the step's matrix multiplies alone, in bf16, back to back, with nothing
+else (no elementwise work, no optimizer). No implementation of this architecture and batch steps
+faster on this CPU, so it bounds what any speed-up over nanoGPT can be.
+
+The process starts with glibc's malloc set to reuse freed memory (trainer.runtime.reuse_host_memory,
+as train.py does on a CPU); it is process-wide, so nanoGPT's rows get it too. --malloc-defaults
+leaves glibc's defaults, as nanoGPT's own train.py runs.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +38,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import autocast  # noqa: E402
+from trainer.runtime import autocast, reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 
@@ -39,23 +50,62 @@ def load_nanogpt(folder: Path):
     return module
 
 
-def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int) -> float:
-    """Seconds per training step (forward, backward, clip, AdamW) after warm-up."""
+def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int) -> list[float]:
+    """The seconds of each timed training step (forward, backward, clip, AdamW), after warm-up."""
     device = torch.device("cpu")
     step_model = torch.compile(model) if compile_ else model
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
     y = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
-    for i in range(warmup + steps):
-        if i == warmup:
-            started = time.perf_counter()
+    times = []
+    for _ in range(warmup + steps):
+        started = time.perf_counter()
         with autocast(device, dtype):
             _, loss = step_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - started) / steps
+        times.append(time.perf_counter() - started)
+    return times[warmup:]
+
+
+def matmul_floor(batch: int, repeats: int = 10) -> list[float]:
+    """Seconds per step of the step's matrix multiplies alone (bf16, `repeats` times): per layer
+    the four weight matrices (Q, K and V fused into one; W_O; the MLP's two), each forward and its
+    two backward products; the attention's two batched products forward and four backward; the
+    LM head's three. The attention products run over the full T x T and count half, the most a
+    causal kernel can skip."""
+    n_layer, C, T, V = ARCH["n_layer"], ARCH["n_embd"], ARCH["block_size"], ARCH["vocab_size"]
+    head_dim, M = C // ARCH["n_head"], batch * T  # M: tokens per step
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=torch.bfloat16)
+
+    weights = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V))]
+    q, k, w = r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, T)
+
+    def linears(layers: int, which: slice) -> None:
+        for _ in range(layers):
+            for x, weight, grad_out in weights[which]:
+                x @ weight.t(), grad_out @ weight, grad_out.t() @ x  # forward, input grad, weight grad
+
+    def attention() -> None:
+        for _ in range(n_layer):
+            q @ k.transpose(1, 2), w @ k  # scores, context
+            w @ k, w.transpose(1, 2) @ q, q @ k.transpose(1, 2), w.transpose(1, 2) @ q  # their backward
+
+    def timed(fn) -> list[float]:
+        fn()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return times
+
+    parts = timed(lambda: linears(n_layer, slice(0, 4))), timed(lambda: linears(1, slice(4, 5))), timed(attention)
+    return [blocks + head + attn / 2 for blocks, head, attn in zip(*parts)]
 
 
 def ours(attn_impl: str):
@@ -77,35 +127,44 @@ def main() -> None:
     parser.add_argument("--nanogpt", type=Path, help="folder of a karpathy/nanoGPT clone (holds model.py)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults (see above)")
     args = parser.parse_args()
-    flops = flops_per_token(GPT(GPTConfig(**ARCH))) * args.batch * ARCH["block_size"]
+    malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
+    tokens_per_step = args.batch * ARCH["block_size"]
+    flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens_per_step
     peak = measure_cpu_peak(torch.bfloat16, seconds=2.0)
     print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, cpu "
           f"({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
-          f"measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"malloc: {malloc}; measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
     settings = [("ours", impl) for impl in ("explicit", "sdpa", "flash")]
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
     if nanogpt:
         settings.append(("nanoGPT", "its default (sdpa)"))
-    print("| model | attention | dtype | compile | ms/step | tokens/s | GFLOP/s | % of bf16 peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of bf16 peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def row(who: str, attention: str, dtype: str, compile_: str, times: list[float]) -> float:
+        """Print one row; tokens/s and FLOP/s from the best step, as the peak is the best matmul."""
+        seconds = min(times)
+        print(f"| {who} | {attention} | {dtype} | {compile_} | {statistics.median(times) * 1e3:.0f} | {seconds * 1e3:.0f} | "
+              f"{tokens_per_step / seconds:,.0f} | {flops / seconds / 1e9:.0f} | {100 * flops / seconds / peak:.0f}% |",
+              flush=True)
+        return tokens_per_step / seconds
+
     best = {}
     for who, attention in settings:
         for dtype in (torch.float32, torch.bfloat16):
             for compile_ in (False, True):
                 model, optimizer = ours(attention) if who == "ours" else theirs(nanogpt)
-                seconds = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps)
-                tokens = args.batch * ARCH["block_size"] / seconds
+                times = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps)
+                tokens = row(who, attention, str(dtype).removeprefix("torch."), "on" if compile_ else "off", times)
                 best[who] = max(best.get(who, 0.0), tokens)
-                print(f"| {who} | {attention} | {str(dtype).removeprefix('torch.')} | {'on' if compile_ else 'off'} | "
-                      f"{seconds * 1e3:.0f} | {tokens:,.0f} | {flops / seconds / 1e9:.0f} | {100 * flops / seconds / peak:.0f}% |",
-                      flush=True)
                 torch._dynamo.reset()
-    if nanogpt:
-        print(f"best: ours {best['ours']:,.0f} tokens/s, nanoGPT {best['nanoGPT']:,.0f} tokens/s "
-              f"-> {best['ours'] / best['nanoGPT']:.2f}x")
-
+    floor = row("floor: matmuls alone", "-", "bfloat16", "-", matmul_floor(args.batch))
+    print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"
+          + (f", nanoGPT {best['nanoGPT']:,.0f} tokens/s -> {best['ours'] / best['nanoGPT']:.2f}x; the floor is "
+             f"{floor / best['nanoGPT']:.2f}x nanoGPT's best" if nanogpt else ""))
 
 if __name__ == "__main__":
     main()
