@@ -4,8 +4,9 @@ recipe, same model size, on the default corpus, the same time budget each.
     python bench/time_to_quality.py [--minutes 10] [--out bench/results]
 
 Runs the real train.py twice (preset=cpu, and preset=cpu recipe=fast) with train.max_seconds,
-evaluating every 50 steps, reads the evaluation lines, prints the curves as a table and the
-time the faster recipe needs to reach the baseline's final bpb, and saves a PNG plot.
+from scratch (train.resume=false: a run left in its folder starts over), evaluating every 50
+steps, reads the evaluation lines, prints the curves as a table and the time the faster recipe
+needs to reach the baseline's final bpb, and saves a PNG plot.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ RECIPES = {"baseline (nanoGPT-style)": [], "fast recipe": ["recipe=fast"]}
 def curve(name: str, extra: list[str], minutes: float, out: Path) -> list[tuple[float, int, float]]:
     """[(seconds, step, val bpb)] of one run."""
     cmd = [sys.executable, str(REPO / "train.py"), "preset=cpu", *extra, "train.max_iters=1000000",
-           f"train.max_seconds={minutes * 60}", "train.eval_interval=50", "wandb.mode=disabled",
+           f"train.max_seconds={minutes * 60}", "train.eval_interval=50", "wandb.mode=disabled", "train.resume=false",
            f"out_dir={out / re.sub(r'[^a-z]+', '-', name)}"]
     print(f"running {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
