@@ -22,7 +22,6 @@ import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +33,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.timing import timed_training_step  # noqa: E402
 from heads.labels import token_texts  # noqa: E402
 from heads.plots import layer_figure  # noqa: E402
 from heads.probes import Probe  # noqa: E402
@@ -41,7 +41,7 @@ from heads.report import png_bytes  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import autocast, resolve_dtype  # noqa: E402
+from trainer.runtime import resolve_dtype  # noqa: E402
 
 SCORES = ("dot", "additive")
 TOKENS_PER_SECOND = re.compile(r"^step \d+/\d+ \| .* \| ([\d.]+)k tok/s \|", re.MULTILINE)
@@ -63,16 +63,9 @@ def step_times(steps: int, overrides: list[str]) -> tuple[dict[str, list[float]]
     times: dict[str, list[float]] = {score: [] for score in SCORES}
     for i in range(steps + 1):  # the first step of each warms up
         for score, (model, optimizers) in setups.items():
-            started = time.perf_counter()
-            with autocast(device, dtype):
-                _, loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            for optimizer in optimizers:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            seconds = timed_training_step(model, model, optimizers, x, y, dtype, cfg.train.grad_clip)
             if i:
-                times[score].append(time.perf_counter() - started)
+                times[score].append(seconds)
     return times, str(dtype).removeprefix("torch.")
 
 

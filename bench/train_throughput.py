@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bench.timing import timed_training_step  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import autocast, reuse_host_memory  # noqa: E402
+from trainer.runtime import reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 
@@ -52,21 +53,11 @@ def load_nanogpt(folder: Path):
 
 def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int) -> list[float]:
     """The seconds of each timed training step (forward, backward, clip, AdamW), after warm-up."""
-    device = torch.device("cpu")
     step_model = torch.compile(model) if compile_ else model
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
     y = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
-    times = []
-    for _ in range(warmup + steps):
-        started = time.perf_counter()
-        with autocast(device, dtype):
-            _, loss = step_model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - started)
+    times = [timed_training_step(step_model, model, [optimizer], x, y, dtype, 1.0) for _ in range(warmup + steps)]
     return times[warmup:]
 
 

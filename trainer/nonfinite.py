@@ -46,7 +46,6 @@ class NonFiniteGuard:
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, gradient norm on the device), not yet read
         self.in_row = 0
         self.skipped = 0  # over the whole run, as of the last read
-        self.last_step = 0
         self.failed: NonFiniteError | None = None
 
     def check(self, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
@@ -69,7 +68,6 @@ class NonFiniteGuard:
             return
         self.in_row += 1
         self.skipped += 1
-        self.last_step = step
         if self.verbose:
             print(f"step {step}: gradient norm is {norm}, update skipped ({self.in_row} in a row, "
                   f"{self.skipped} in this run)", file=sys.stderr, flush=True)
