@@ -18,7 +18,6 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from data.batches import TokenBins, TrainSampler
 from data.prepare import DataConfig, prepare
@@ -30,12 +29,13 @@ from model import GPT, GPTConfig
 from trainer import distributed
 from trainer.checkpoint import CHECKPOINT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from trainer.evaluate import evaluate
-from trainer.mfu import flops_per_token, peak_flops
-from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device, step_unless
+from trainer.mfu import flops_per_token, mfu, peak_flops
+from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
 from trainer.optim import OPTIMIZERS, make_optimizers
-from trainer.runtime import (ConfigError, autocast, resolve_device, resolve_dtype, reuse_host_memory, rng_state,
-                             seed_everything, set_rng_state, to_device)
+from trainer.runtime import (ConfigError, resolve_device, resolve_dtype, reuse_host_memory, rng_state, seed_everything,
+                             set_rng_state)
 from trainer.schedule import decay_progress, learning_rate
+from trainer.step import loss_scaler, train_step
 from trainer.wandb_run import start_run
 
 
@@ -83,15 +83,19 @@ class GracefulStop:
 
 
 def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
-           optimizers: list, sampler: TrainSampler, tokenizer_hash: str) -> tuple[int, float, float]:
+           optimizers: list, sampler: TrainSampler, tokenizer_hash: str,
+           ranks: distributed.Ranks = distributed.Ranks()) -> tuple[int, float, float]:
     """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from, the
-    best val loss so far and the training seconds already spent (the LR schedule of a time budget)."""
+    best val loss so far and the training seconds already spent (the LR schedule of a time budget).
+
+    The checkpoint is read into host memory and only the weights and optimizer state move to
+    `device` (by load_state_dict): the random states must stay CPU ByteTensors."""
     mode = str(cfg.train.resume).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"train.resume={cfg.train.resume!r} must be auto, true or false")
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
         return 0, math.inf, 0.0
-    checkpoint = load_checkpoint(out_dir, device)
+    checkpoint = load_checkpoint(out_dir)
     saved = {**GPTConfig().to_dict(), **checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
     differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
@@ -104,7 +108,13 @@ def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, mod
     model.load_state_dict(checkpoint["model"])
     for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
         optimizer.load_state_dict(state)
-    set_rng_state(checkpoint["rng"])
+    saved_rngs = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]  # one per rank
+    if ranks.rank < len(saved_rngs):
+        set_rng_state(saved_rngs[ranks.rank], device)
+    if ranks.is_main and len(saved_rngs) != ranks.world_size:
+        print(f"note: {out_dir / CHECKPOINT} was saved by {len(saved_rngs)} process(es), this run has "
+              f"{ranks.world_size}: ranks without a saved random state keep their seeded one (dropout masks "
+              "differ from an uninterrupted run; the batches do not)")
     sampler.generator.set_state(checkpoint["sampler"])
     print(f"resuming from {out_dir / CHECKPOINT} at step {checkpoint['step']}")
     return checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"]
@@ -122,9 +132,9 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         check_writable(out_dir)  # now, not after an hour of training
 
     data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
-    if ranks.is_main:
+    if ranks.local_rank == 0:  # one process per node: nodes need not share a file system
         prepare(data_cfg)
-    distributed.barrier(ranks)  # the other ranks wait for the bins
+    distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
     bins = TokenBins(data_cfg.dir)
     try:
         model_cfg = GPTConfig(vocab_size=bins.tokenizer.vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
@@ -136,10 +146,9 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(model_cfg).to(device)
     optimizers = make_optimizers(model, tc, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 needs loss scaling
-    step_model = torch.compile(model) if cfg.compile else model
-    if ranks.distributed:
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = loss_scaler(device, dtype)
+    step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
+    micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of a rank sees
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank, ranks.world_size)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run = start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, run_config, out_dir) if ranks.is_main else None
@@ -152,8 +161,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
               f"compile={cfg.compile}, {ranks.world_size} process(es), grad_accum {tc.grad_accum}"
               + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
-    def save(step: int, metrics: dict, best: bool = False) -> None:
-        """Everything needed to continue exactly: weights, optimizer, step, RNG and sampler state."""
+    def save(step: int, metrics: dict, rngs: list[dict], best: bool = False) -> None:
+        """Everything needed to continue exactly: weights, optimizer, step, every rank's RNG and the sampler state."""
         state = {
             "model": model.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in optimizers],
@@ -165,20 +174,20 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             "elapsed": time.time() - started,
             "tokenizer_hash": bins.tokenizer.hash,
             "probes": [[probe.name, probe.text] for probe in probes],
-            "rng": rng_state(),
+            "rng": rngs,  # one per rank, in rank order
             "sampler": sampler.generator.get_state(),
         }
         save_checkpoint(out_dir, state, bins.tokenizer, best)
 
-    def evaluate_and_save(step: int) -> dict:
+    def evaluate_and_save(step: int, rngs: list[dict]) -> dict:
         nonlocal best_val_loss
-        metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, tc.batch_size, device, dtype)
+        metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, micro_batch, device, dtype)
         groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if k.count("/") == 2 and k.endswith("bpb"))
         best = metrics["val/loss"] < best_val_loss
         best_val_loss = min(best_val_loss, metrics["val/loss"])
         print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb {metrics['val/bpb']:.3f} "
               f"({groups})" + (" | new best" if best else ""))
-        save(step, metrics, best)
+        save(step, metrics, rngs, best)
         if run is not None:
             run.log(metrics, step=step)
         return metrics
@@ -191,7 +200,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
         print_top_heads(report)
 
-    start_step, best_val_loss, elapsed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash)
+    start_step, best_val_loss, elapsed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler,
+                                                bins.tokenizer.hash, ranks)
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
     sync_every_step = not skips_on_device(optimizers)  # Muon must know on the host whether to step
     stop = GracefulStop()
@@ -206,8 +216,10 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
         fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
         eval_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
         report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
-        if ranks.is_main and eval_now:
-            metrics = evaluate_and_save(step)
+        if eval_now:
+            rngs = distributed.gather_to_main(rng_state(device), ranks)  # every rank's random state
+            if ranks.is_main:
+                metrics = evaluate_and_save(step, rngs)
         if ranks.is_main and report_now:
             report_heads(step)
         if eval_now or report_now:
@@ -223,26 +235,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
                 group["lr"] = lr
 
         x, y = sampler.next_batch()  # this rank's share of the global batch
-        step_loss = torch.zeros((), device=device)
-        for micro, (micro_x, micro_y) in enumerate(zip(x.chunk(tc.grad_accum), y.chunk(tc.grad_accum))):
-            if ranks.distributed:  # average gradients across ranks once, after the last micro-batch
-                step_model.require_backward_grad_sync = micro == tc.grad_accum - 1
-            with autocast(device, dtype):
-                _, loss = step_model(to_device(micro_x, device), to_device(micro_y, device))
-            loss = loss / tc.grad_accum
-            scaler.scale(loss).backward()
-            step_loss += loss.detach()
-        for optimizer in optimizers:
-            scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)  # NaN or inf when the loss or any gradient is
-        nonfinite = guard.check(grad_norm, step + 1)
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(grads, tc.grad_clip, grad_norm)
-        step_unless(nonfinite, optimizers, scaler)
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        scaler.update()
+        step_loss = train_step(step_model, model, optimizers, scaler, guard, x, y, step + 1, tc.grad_accum,
+                               tc.grad_clip, dtype, device, ddp)
 
         log_now = (step + 1) % tc.log_interval == 0
         if log_now or sync_every_step:
@@ -255,24 +249,26 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             flops_per_second = flops_per_step / seconds_per_step
             elapsed = now - started
             eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
+            utilisation = mfu(flops_per_second, peak, ranks.world_size) if peak else None
             if ranks.is_main:
-                mfu = f", MFU {100 * flops_per_second / peak:.1f}%" if peak else ""
+                mfu_text = f", MFU {100 * utilisation:.1f}%" if peak else ""
                 print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
-                      f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu} | "
+                      f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu_text} | "
                       f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
                       + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
             if run is not None:
                 entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
                          "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
                 if peak:
-                    entry["train/mfu"] = flops_per_second / peak
+                    entry["train/mfu"] = utilisation
                 run.log(entry, step=step + 1)
             last_log = now
         if guard.failure():
             break  # raised below, once the wandb run is closed
         if distributed.any_rank(stop.requested, ranks):
+            rngs = distributed.gather_to_main(rng_state(device), ranks)
             if ranks.is_main:
-                save(step + 1, metrics)
+                save(step + 1, metrics, rngs)
                 print(f"interrupted after step {step + 1}: checkpoint in {out_dir / 'ckpt.pt'}; "
                       f"run the same command again to continue (train.resume=auto)")
             break

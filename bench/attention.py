@@ -25,15 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.attention import (ADDITIVE_CHUNK_BYTES, additive_scores, explicit_attention, flash_attention,  # noqa: E402
-                             sdpa_attention)
+from model.attention import (additive_chunk_bytes, additive_scores, explicit_attention, flash_attention,  # noqa: E402
+                             flash_kernel_exists, sdpa_attention)
 
 LENGTHS = (128, 256, 512, 1024, 2048)
 ADDITIVE_MAX_LENGTH = 512  # at T = 1024 one additive point took 13 s on a 2-core CPU (6 x 1.9 s)
-
-
-def flash_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
 def measure_one(backend: str, T: int, args) -> dict:
@@ -85,7 +81,7 @@ def main() -> None:
         return
 
     backends = ["explicit", "additive", "sdpa"]
-    if flash_kernel_available(torch.device(args.device), getattr(torch, args.dtype)):
+    if flash_kernel_exists(torch.device(args.device), getattr(torch, args.dtype), args.head_dim, square_or_unmasked=True):
         backends.append("flash")
     passthrough = [f"--heads={args.heads}", f"--head-dim={args.head_dim}", f"--batch={args.batch}",
                    f"--dtype={args.dtype}", f"--device={args.device}", f"--repeats={args.repeats}"]
@@ -108,7 +104,7 @@ def main() -> None:
         print(f"| {T} | " + " | ".join(cells) + " |")
     skipped = [T for T in args.lengths if T > args.additive_max_length]
     print(f"additive: explicit attention with additive scores, attn_dim = head_dim, pairs in chunks of at most "
-          f"{ADDITIVE_CHUNK_BYTES / 2**20:g} MiB" + (f"; not run at T = {', '.join(map(str, skipped))} (over "
+          f"{additive_chunk_bytes(torch.device(args.device)) / 2**20:g} MiB" + (f"; not run at T = {', '.join(map(str, skipped))} (over "
           f"--additive-max-length={args.additive_max_length}: over 10 s a point on a 2-core CPU)" if skipped else ""))
     if "flash" not in backends:
         print(f"flash: no FlashAttention kernel on {args.device} with {args.dtype}; attn_impl=flash would run the "

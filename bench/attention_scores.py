@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.timing import timed_training_step  # noqa: E402
+from bench.timing import TimedSteps  # noqa: E402
 from heads.labels import token_texts  # noqa: E402
 from heads.plots import layer_figure  # noqa: E402
 from heads.probes import Probe  # noqa: E402
@@ -59,11 +59,12 @@ def step_times(steps: int, overrides: list[str]) -> tuple[dict[str, list[float]]
     for score in SCORES:
         torch.manual_seed(cfg.seed)
         model = GPT(GPTConfig(vocab_size=cfg.data.vocab_size, **{**OmegaConf.to_container(cfg.model), "attn_score": score}))
-        setups[score] = (model, make_optimizers(model, cfg.train, device))
+        setups[score] = TimedSteps(model, model, make_optimizers(model, cfg.train, device), dtype, device,
+                                   cfg.train.grad_clip)
     times: dict[str, list[float]] = {score: [] for score in SCORES}
     for i in range(steps + 1):  # the first step of each warms up
-        for score, (model, optimizers) in setups.items():
-            seconds = timed_training_step(model, model, optimizers, x, y, dtype, cfg.train.grad_clip)
+        for score, timed_step in setups.items():
+            seconds = timed_step(x, y)
             if i:
                 times[score].append(seconds)
     return times, str(dtype).removeprefix("torch.")

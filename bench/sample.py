@@ -61,7 +61,7 @@ def main() -> None:
     compile_seconds = {}
     for name, arch in ARCHITECTURES.items():
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=8192, dropout=0.0, bias=False, **arch)).eval().to(dtype)  # as sample.py
+        model = GPT(GPTConfig(vocab_size=8192, dropout=0.0, bias=False, **arch)).eval().to_inference_dtype(dtype)  # as sample.py
         inside = min(240, arch["block_size"] - PROMPT_TOKENS)
         rows = [(batch, new_tokens) for batch, new_tokens in ((1, inside), (1, 512), (8, inside))]
         results = {row: tokens_per_second(model, row[1], row[0], False, args.repeats) + tokens_per_second(

@@ -1,20 +1,24 @@
-"""Training-step throughput on this machine, ours beside karpathy/nanoGPT's model.py.
+"""Training-step throughput on this machine (CPU or CUDA GPU), ours beside karpathy/nanoGPT's model.py.
 
-    python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--batch 8 --steps 15]
+    python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--device cuda] [--batch 8 --steps 15]
 
 The GPU default architecture (6 layers, 6 heads, 384 dims, context 256, vocab 8192, no bias,
-dropout 0) and the same batch for both models. Ours: attn_impl explicit | sdpa | flash, fp32 and
-bf16 autocast, torch.compile off and on; nanoGPT: fp32 and bf16, compile off and on, with its own
-optimizer set-up (configure_optimizers). nanoGPT's code is read from the folder you give (a
-clone of its repository) and is never part of this project. Each setting: warm-up steps (which
+dropout 0) and the same batch for both models (default: 8 sequences on a CPU, 64 on a GPU, the
+GPU default's batch). Ours: attn_impl explicit | sdpa | flash, fp32 (TF32 on a GPU, as train.py
+sets it) and bf16 autocast, torch.compile off and on; nanoGPT: fp32 and bf16, compile off and on,
+with its own optimizer set-up (configure_optimizers). nanoGPT's code is read from the folder you
+give (a clone of its repository) and is never part of this project. Both run train.py's own
+training step (bench/timing.py: trainer.step.train_step, with the loss scaler, the non-finite
+guard and the host-to-device copy), synchronised on a GPU. Each setting: warm-up steps (which
 include compilation), then timed steps: the median and the best step time, and from the best
-one tokens/s, model FLOP/s and the fraction of the measured bf16 matmul peak (itself the best of
-2 s of matmuls; this machine's speed drifts by 5-10 % over seconds, so like is compared with
-like). Without --nanogpt only our rows are printed.
+one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured bf16 matmul peak
+(the best of 2 s of matmuls; a CPU's speed drifts by 5-10 % over seconds, so like is compared
+with like), on a GPU the dense bf16 peak of trainer/mfu.py's table (MFU). Without --nanogpt only
+our rows are printed.
 
 The last row is a floor: the step's matrix multiplies alone, in bf16, back to back, with nothing
 else (no elementwise work, no optimizer). No implementation of this architecture and batch steps
-faster on this CPU, so it bounds what any speed-up over nanoGPT can be.
+faster on this device, so it bounds what any speed-up over nanoGPT can be.
 
 The process starts with glibc's malloc set to reuse freed memory (trainer.runtime.reuse_host_memory,
 as train.py does on a CPU); it is process-wide, so nanoGPT's rows get it too. --malloc-defaults
@@ -35,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bench.timing import timed_training_step  # noqa: E402
+from bench.timing import TimedSteps, synchronize  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from trainer.mfu import flops_per_token, measure_cpu_peak  # noqa: E402
+from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import reuse_host_memory  # noqa: E402
+from trainer.runtime import resolve_device, reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 
@@ -51,17 +55,19 @@ def load_nanogpt(folder: Path):
     return module
 
 
-def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int) -> list[float]:
-    """The seconds of each timed training step (forward, backward, clip, AdamW), after warm-up."""
-    step_model = torch.compile(model) if compile_ else model
+def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int,
+               device: torch.device) -> list[float]:
+    """The seconds of each timed training step (train.py's: forward, backward, clip, AdamW), after warm-up."""
+    model.to(device)
+    step = TimedSteps(torch.compile(model) if compile_ else model, model, [optimizer], dtype, device)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
-    y = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)
-    times = [timed_training_step(step_model, model, [optimizer], x, y, dtype, 1.0) for _ in range(warmup + steps)]
+    x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)  # on the host, as
+    y = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)  # train.py's batches
+    times = [step(x, y) for _ in range(warmup + steps)]
     return times[warmup:]
 
 
-def matmul_floor(batch: int, repeats: int = 10) -> list[float]:
+def matmul_floor(batch: int, device: torch.device, repeats: int = 10) -> list[float]:
     """Seconds per step of the step's matrix multiplies alone (bf16, `repeats` times): per layer
     the four weight matrices (Q, K and V fused into one; W_O; the MLP's two), each forward and its
     two backward products; the attention's two batched products forward and four backward; the
@@ -71,7 +77,7 @@ def matmul_floor(batch: int, repeats: int = 10) -> list[float]:
     head_dim, M = C // ARCH["n_head"], batch * T  # M: tokens per step
 
     def r(*shape):
-        return torch.randn(*shape, dtype=torch.bfloat16)
+        return torch.randn(*shape, dtype=torch.bfloat16, device=device)
 
     weights = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V))]
     q, k, w = r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, T)
@@ -90,8 +96,10 @@ def matmul_floor(batch: int, repeats: int = 10) -> list[float]:
         fn()
         times = []
         for _ in range(repeats):
+            synchronize(device)
             started = time.perf_counter()
             fn()
+            synchronize(device)
             times.append(time.perf_counter() - started)
         return times
 
@@ -99,40 +107,49 @@ def matmul_floor(batch: int, repeats: int = 10) -> list[float]:
     return [blocks + head + attn / 2 for blocks, head, attn in zip(*parts)]
 
 
-def ours(attn_impl: str):
+def ours(attn_impl: str, device: torch.device):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl))
+    model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl)).to(device)
     tc = OmegaConf.create({"optimizer": "adamw", "weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.99})
-    (optimizer,) = make_optimizers(model, tc, torch.device("cpu"))
+    (optimizer,) = make_optimizers(model, tc, device)
     return model, optimizer
 
 
-def theirs(nanogpt):
+def theirs(nanogpt, device: torch.device):
     torch.manual_seed(0)
-    model = nanogpt.GPT(nanogpt.GPTConfig(**ARCH))
-    return model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    model = nanogpt.GPT(nanogpt.GPTConfig(**ARCH)).to(device)
+    return model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", type=Path, help="folder of a karpathy/nanoGPT clone (holds model.py)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="sequences per step (default: 8 on a CPU, 64 on a GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults (see above)")
     args = parser.parse_args()
-    malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
+    device = resolve_device(args.device)  # on CUDA also train.py's TF32 setting for fp32 matmuls
+    args.batch = args.batch or (64 if device.type == "cuda" else 8)
     tokens_per_step = args.batch * ARCH["block_size"]
     flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens_per_step
-    peak = measure_cpu_peak(torch.bfloat16, seconds=2.0)
-    print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, cpu "
-          f"({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
-          f"malloc: {malloc}; measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    if device.type == "cuda":
+        peak, source = peak_flops(device, torch.bfloat16)
+        if peak is None:
+            raise SystemExit(f"{source}: add its dense bf16 peak to trainer/mfu.py's GPU_PEAK_FLOPS")
+        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; bf16 peak {peak / 1e12:.0f} TFLOP/s ({source})"
+    else:
+        malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
+        peak = measure_cpu_peak(torch.bfloat16, seconds=2.0)
+        machine = (f"cpu ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
+                   f"malloc: {malloc}; measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, {machine}")
     settings = [("ours", impl) for impl in ("explicit", "sdpa", "flash")]
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
     if nanogpt:
         settings.append(("nanoGPT", "its default (sdpa)"))
-    print("| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of bf16 peak |")
+    print("| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of bf16 peak (MFU) |")
     print("|---|---|---|---|---|---|---|---|---|")
 
     def row(who: str, attention: str, dtype: str, compile_: str, times: list[float]) -> float:
@@ -147,12 +164,12 @@ def main() -> None:
     for who, attention in settings:
         for dtype in (torch.float32, torch.bfloat16):
             for compile_ in (False, True):
-                model, optimizer = ours(attention) if who == "ours" else theirs(nanogpt)
-                times = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps)
+                model, optimizer = ours(attention, device) if who == "ours" else theirs(nanogpt, device)
+                times = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps, device)
                 tokens = row(who, attention, str(dtype).removeprefix("torch."), "on" if compile_ else "off", times)
                 best[who] = max(best.get(who, 0.0), tokens)
                 torch._dynamo.reset()
-    floor = row("floor: matmuls alone", "-", "bfloat16", "-", matmul_floor(args.batch))
+    floor = row("floor: matmuls alone", "-", "bfloat16", "-", matmul_floor(args.batch, device))
     print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"
           + (f", nanoGPT {best['nanoGPT']:,.0f} tokens/s -> {best['ours'] / best['nanoGPT']:.2f}x; the floor is "
              f"{floor / best['nanoGPT']:.2f}x nanoGPT's best" if nanogpt else ""))

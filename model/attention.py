@@ -27,10 +27,17 @@ from model.positions import apply_rotary
 
 ATTN_IMPLS = ("explicit", "sdpa", "flash")
 ATTN_SCORES = ("dot", "additive")
-# additive scores: at most this many bytes of (query, key) pair vectors at a time. Chunks that fit
-# in the CPU's cache run fastest: a CPU-preset training step took ~0.6 s with 4-8 MiB chunks,
-# 1.1 s with 64 MiB and 1.7 s with all pairs at once (dot products: ~0.35 s; 2-core EPYC, bf16)
-ADDITIVE_CHUNK_BYTES = 8 * 2**20
+# additive scores: at most this many bytes of (query, key) pair vectors at a time. On a CPU, chunks
+# that fit in its cache run fastest: a CPU-preset training step took ~0.6 s with 4-8 MiB chunks,
+# 1.1 s with 64 MiB and 1.7 s with all pairs at once (dot products: ~0.35 s; 2-core EPYC, bf16).
+# A GPU has no such cache to fit and one query row of the GPU default is 24 MiB of pairs, so there
+# the chunks are as large as memory comfortably allows: few chunks, few Python-level iterations.
+ADDITIVE_CHUNK_BYTES = {"cpu": 8 * 2**20, "cuda": 512 * 2**20}
+
+
+def additive_chunk_bytes(device: torch.device) -> int:
+    """How many bytes of pair vectors one chunk of additive scores may hold on `device`."""
+    return ADDITIVE_CHUNK_BYTES.get(device.type, ADDITIVE_CHUNK_BYTES["cuda"])
 
 
 Positions = tuple[torch.Tensor, torch.Tensor]  # where the queries (T_q,) and the keys (T_k,) sit
@@ -64,12 +71,14 @@ def dot_product_scores(query: torch.Tensor, key: torch.Tensor, causal: bool = Tr
 
 
 def additive_scores(query: torch.Tensor, key: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, v: torch.Tensor,
-                    causal: bool = True, chunk_bytes: int = ADDITIVE_CHUNK_BYTES) -> torch.Tensor:
+                    causal: bool = True, chunk_bytes: int | None = None) -> torch.Tensor:
     """Additive scores (Bahdanau et al. 2015), per head: score(q_i, k_j) = v . tanh(W_q q_i + W_k k_j).
 
     query: (B, nh, T_q, hs); key: (B, nh, T_k, hs); W_q, W_k: (nh, hs, attn_dim); v: (nh, attn_dim).
     Returns scores (B, nh, T_q, T_k); with causal, the pairs the mask hides are not computed (-inf).
+    chunk_bytes: the pair vectors held at a time (None: additive_chunk_bytes of the device).
     """
+    chunk_bytes = chunk_bytes or additive_chunk_bytes(query.device)
     # 1. project the queries and the keys into the attention space, once
     query_proj = query @ W_q  # (B, nh, T_q, attn_dim)
     key_proj = key @ W_k  # (B, nh, T_k, attn_dim)
@@ -84,6 +93,13 @@ def query_chunks(T_q: int, T_k: int, rows: int, causal: bool) -> Iterator[tuple[
     for start in range(0, T_q, rows):
         stop = min(start + rows, T_q)
         yield slice(start, stop), stop + T_k - T_q if causal else T_k
+
+
+def chunk_rows(query_proj: torch.Tensor, T_k: int, chunk_bytes: int) -> int:
+    """How many queries of query_proj (B, nh, T_q, attn_dim) one chunk of pair vectors with T_k keys
+    holds in chunk_bytes (at least one)."""
+    B, nh, T_q, attn_dim = query_proj.shape
+    return min(T_q, max(1, chunk_bytes // (B * nh * T_k * attn_dim * query_proj.element_size())))
 
 
 class AdditivePairScores(torch.autograd.Function):
@@ -141,7 +157,7 @@ class AdditivePairScores(torch.autograd.Function):
         of those pairs, (B, nh, rows, n_keys, attn_dim), in the one reused buffer."""
         B, nh, T_q, attn_dim = query_2x.shape
         T_k = key_2x.size(2)
-        rows = min(T_q, max(1, chunk_bytes // (B * nh * T_k * attn_dim * query_2x.element_size())))
+        rows = chunk_rows(query_2x, T_k, chunk_bytes)
         buffer = query_2x.new_empty(B * nh * rows * T_k * attn_dim)
         for chunk, n_keys in query_chunks(T_q, T_k, rows, causal):
             shape = (B, nh, chunk.stop - chunk.start, n_keys, attn_dim)
@@ -164,7 +180,7 @@ class AdditiveScore(nn.Module):
         self.W_q = nn.Parameter(torch.randn(n_head, head_dim, attn_dim) / math.sqrt(head_dim))
         self.W_k = nn.Parameter(torch.randn(n_head, head_dim, attn_dim) / math.sqrt(head_dim))
         self.v = nn.Parameter(0.02 * torch.randn(n_head, attn_dim))
-        self.chunk_bytes = ADDITIVE_CHUNK_BYTES
+        self.chunk_bytes: int | None = None  # None: by device (additive_chunk_bytes)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, causal: bool = True) -> torch.Tensor:
         return additive_scores(query, key, self.W_q, self.W_k, self.v, causal, self.chunk_bytes)
@@ -213,18 +229,29 @@ def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.
 _flash_notice_given = False
 
 
+def flash_kernel_exists(device: torch.device, dtype: torch.dtype, head_dim: int, square_or_unmasked: bool,
+                        capability: tuple[int, int] | None = None) -> bool:
+    """Whether PyTorch has a FlashAttention kernel for these inputs: CUDA at compute capability 8.0
+    or newer (Ampere, Ada, Hopper; V100 and T4 have none), fp16 or bf16, head_dim a multiple of 8
+    up to 256, and no mask but the square causal one. capability: the GPU's, looked up if None."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16) or not square_or_unmasked:
+        return False
+    if head_dim % 8 or head_dim > 256:
+        return False
+    return (capability or torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
 def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
                     positions: Positions | None = None) -> torch.Tensor:
     """SDPA restricted to the FlashAttention kernel, where one exists for this device, dtype and mask.
 
-    Flash kernels exist on CUDA for fp16/bf16, with no mask or a square causal one (not the mask
-    of KV-cache decoding). Elsewhere we say once, loudly, which kernel runs instead, rather than
-    claim flash.
+    Where none exists (flash_kernel_exists) we say once, loudly, which kernel runs instead, rather
+    than claim flash.
     """
     global _flash_notice_given
     T_q, T_k = query.size(-2), key.size(-2)
     square_or_unmasked = not causal or (positions is None and T_q == T_k)
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and square_or_unmasked:
+    if flash_kernel_exists(query.device, query.dtype, query.size(-1), square_or_unmasked):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -234,8 +261,9 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
         warnings.warn(
             f"attn_impl=flash: no FlashAttention kernel for device={query.device.type} "
             f"dtype={str(query.dtype).removeprefix('torch.')} (T_q={T_q}, T_k={T_k}"
-            f"{', KV-cache mask' if positions is not None else ''}); using PyTorch SDPA's default kernel instead "
-            "(same math, not flash). Flash needs CUDA with bfloat16 or float16 and no mask but the square causal one.",
+            f"{', KV-cache mask' if positions is not None else ''}, head_dim={query.size(-1)}); using PyTorch SDPA's "
+            "default kernel instead (same math, not flash). Flash needs a CUDA GPU of compute capability 8.0 or newer, "
+            "bfloat16 or float16, head_dim a multiple of 8 up to 256, and no mask but the square causal one.",
             stacklevel=2,
         )
     return sdpa_attention(query, key, value, causal, dropout_p, positions)
@@ -314,6 +342,9 @@ class MultiHeadAttention(nn.Module):
             query, key = self.q_norm(query), self.k_norm(key)
         if rotary is not None:  # RoPE: rotate queries and keys by their positions
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
+        # one dtype for all three, the one autocast gave the projections: CUDA autocast runs the
+        # QK-norm in fp32, and fp32 queries would send the fused kernels off flash
+        query, key = query.to(value.dtype), key.to(value.dtype)
         attend_positions = None
         if kv_cache is not None:  # store this step's keys and values; attend to every slot of the cache
             key, value = kv_cache.update(self.layer_idx, key, value, positions)  # (B, nh, max_length, hs)

@@ -94,6 +94,7 @@ class GPT(nn.Module):
         self.ln_f = make_norm(config.norm, config.n_embd, config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.compiled_decode = None  # set by compile_decoding
+        self.cache: KVCache | None = None  # allocated by kv_cache, reused by every later generation
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
@@ -132,8 +133,8 @@ class GPT(nn.Module):
         rotary = None
         if self.config.pos_encoding == "learned":
             x = x + self.wpe(positions)
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.sinusoids[positions]
+        elif self.config.pos_encoding == "sinusoidal":  # added in fp32 (the table's), then one rounding to x's dtype
+            x = (x + self.sinusoids[positions]).to(x.dtype)
         else:
             rotary = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
         x = self.drop(x)
@@ -172,13 +173,30 @@ class GPT(nn.Module):
         x, _ = self.hidden_states(idx, kv_cache, positions=positions)
         return self.lm_head(x[:, -1, :])
 
+    def to_inference_dtype(self, dtype: torch.dtype) -> GPT:
+        """Cast the weights to `dtype` for generation (bf16 halves the memory each new token reads),
+        but not the position tables: sines, cosines and RoPE's angles keep fp32 precision, and the
+        rotation or sum is rounded to `dtype` once, after it is computed."""
+        for param in self.parameters():
+            param.data = param.data.to(dtype)  # in place: the tied head keeps sharing the embedding
+        return self
+
+    def kv_cache(self, batch: int, device: torch.device) -> KVCache:
+        """The KV cache for a generation of `batch` sequences: allocated once and reused while batch,
+        dtype and device stay the same, so a compiled decoding step always writes the same buffers."""
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
+        if self.cache is None or not self.cache.fits(batch, dtype, device):
+            c = self.config
+            self.cache = KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
+        return self.cache
+
     def compile_decoding(self) -> None:
         """torch.compile the step that turns one new token into the next token's logits with the KV
         cache: the step generation repeats for every token. Its shapes never change (the cache
-        has a fixed size), so it compiles once: on a CPU into generated C++ whose matrix-vector
-        kernels read the weights far faster than eager PyTorch; on a GPU into Triton kernels
-        (untested here: no GPU). The weights are frozen into the compiled code (inference only).
-        Costs tens of seconds up front."""
+        has a fixed size and fixed addresses), so it compiles once: on a CPU into generated C++
+        whose matrix-vector kernels read the weights far faster than eager PyTorch; on a GPU into
+        Triton kernels replayed as one CUDA graph per token (mode max-autotune). The weights are
+        frozen into the compiled code (inference only). Costs tens of seconds up front."""
         import torch._inductor.config as inductor
 
         # freezing applies to graphs compiled without autograd only, so training is unaffected
@@ -188,6 +206,15 @@ class GPT(nn.Module):
         inductor.max_autotune_report_choices_stats = False  # not the reader's
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # raised inside torch's autotuner
         self.compiled_decode = torch.compile(self.next_token_logits, mode="max-autotune", fullgraph=True, dynamic=False)
+
+    def decode_step(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """The logits (B, vocab) after one new token (B, 1) at `positions` (1,), compiled when
+        compile_decoding was called."""
+        if self.compiled_decode is None:
+            return self.next_token_logits(next_id, kv_cache, positions)
+        # a new replay: the last step's logits (a CUDA graph's output buffer) were already read
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled_decode(next_id, kv_cache, positions)
 
     @torch.no_grad()
     def generate_tokens(
@@ -211,18 +238,18 @@ class GPT(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
         block_size = self.config.block_size
-        decode = self.compiled_decode or self.next_token_logits
-        kv_cache, length = None, 0  # length: the tokens the cache holds
+        kv_cache = self.kv_cache(idx.size(0), idx.device) if use_kv_cache else None
+        length = 0  # the tokens of this generation the cache holds (0: none yet)
         next_id = idx[:, -1:]  # (B, 1): the token the next cached step reads
         for _ in range(max_new_tokens):
-            if not use_kv_cache:
+            if kv_cache is None:
                 logits = self.next_token_logits(idx[:, -block_size:])
-            elif kv_cache is None or length == block_size:
+            elif length in (0, block_size):
                 window = idx[:, -block_size:]  # (re)fill the cache with the cropped window
-                kv_cache, length = KVCache(self.config.n_layer, block_size), window.size(1)
+                length = window.size(1)
                 logits = self.next_token_logits(window, kv_cache, torch.arange(length, device=idx.device))
             else:  # only the token sampled last, at the next position
-                logits = decode(next_id, kv_cache, torch.tensor([length], device=idx.device))
+                logits = self.decode_step(next_id, kv_cache, torch.tensor([length], device=idx.device))
                 length += 1
             next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
-import model.attention as attention
 from model import GPT, GPTConfig
 from model.attention import MultiHeadAttention, additive_scores, explicit_attention, future_mask, last_positions
 from trainer.optim import make_optimizers
@@ -34,7 +33,7 @@ def additive_parameters(module: MultiHeadAttention):
     return [p.detach().numpy() for p in (module.score.W_q, module.score.W_k, module.score.v)]
 
 
-@pytest.mark.parametrize("chunk_bytes", [ONE_QUERY_PER_CHUNK, attention.ADDITIVE_CHUNK_BYTES])
+@pytest.mark.parametrize("chunk_bytes", [ONE_QUERY_PER_CHUNK, None])
 @pytest.mark.parametrize("B,T,C,n_head,attn_dim", [(2, 7, 24, 3, None), (1, 1, 16, 4, 3), (3, 12, 40, 5, 11)])
 def test_additive_self_attention_matches_numpy_reference(B, T, C, n_head, attn_dim, chunk_bytes):
     torch.manual_seed(B * 100 + T)

@@ -242,7 +242,8 @@ def test_cached_logits_equal_full_recomputation(attn_score, pos_encoding):
     model = tiny_gpt("explicit", pos_encoding, attn_score=attn_score).double()
     idx = torch.randint(0, 40, (2, 9))
     full, _ = model.hidden_states(idx)
-    cache = KVCache(model.config.n_layer, model.config.block_size)
+    c = model.config
+    cache = KVCache(c.n_layer, 2, c.n_head, c.block_size, c.n_embd // c.n_head, torch.float64, torch.device("cpu"))
     first, _ = model.hidden_states(idx[:, :5], cache, positions=torch.arange(5))
     rest = [model.hidden_states(idx[:, t:t + 1], cache, positions=torch.tensor([t]))[0] for t in range(5, 9)]
     assert (torch.cat([first, *rest], dim=1) - full).abs().max().item() < 1e-12

@@ -14,7 +14,6 @@ from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
 from trainer.checkpoint import load_checkpoint
 from trainer.nonfinite import NonFiniteGuard, step_unless
 from trainer.optim import make_optimizers
-from trainer.runtime import ConfigError, resolve_dtype
 
 
 @pytest.fixture
@@ -184,9 +183,3 @@ def test_a_custom_folder_without_text_is_named(setup, content):
     result = train(setup, f"data.text_paths=[{folder}]")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert str(folder) in result.stderr
-
-
-def test_bfloat16_on_a_gpu_without_it_is_a_config_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    with pytest.raises(ConfigError, match="dtype=bfloat16 but this GPU has no bf16 support: use float16 or float32"):
-        resolve_dtype("bfloat16", torch.device("cuda"))

@@ -90,8 +90,10 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(out_dir: Path, device: torch.device | str = "cpu", name: str = CHECKPOINT) -> dict:
-    """The checkpoint file `name` (ckpt.pt or best.pt) of out_dir, loaded without running any code."""
+def load_checkpoint(out_dir: Path, name: str = CHECKPOINT) -> dict:
+    """The checkpoint file `name` (ckpt.pt or best.pt) of out_dir, loaded into host memory without
+    running any code. Its tensors stay on the CPU: load_state_dict moves weights and optimizer
+    state to their device, and the random states it holds must stay CPU ByteTensors."""
     out_dir = Path(out_dir)
     path = out_dir / name
     if not out_dir.is_dir():
@@ -100,7 +102,7 @@ def load_checkpoint(out_dir: Path, device: torch.device | str = "cpu", name: str
         other = "checkpoint=last reads ckpt.pt" if name == BEST else "checkpoint=best reads best.pt"
         raise CheckpointError(f"{path} is missing: train first, or point out_dir at a folder holding {name} ({other})")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line[:160]}): train again or restore a copy") from None
@@ -111,7 +113,7 @@ def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "
     `which` is last (ckpt.pt) or best (best.pt, the lowest val loss)."""
     if which not in CHECKPOINTS:
         raise CheckpointError(f"checkpoint={which!r} must be one of {', '.join(CHECKPOINTS)}")
-    checkpoint = load_checkpoint(out_dir, device, CHECKPOINTS[which])
+    checkpoint = load_checkpoint(out_dir, CHECKPOINTS[which])
     tokenizer_path = Path(out_dir) / TOKENIZER
     if not tokenizer_path.is_file():
         raise CheckpointError(

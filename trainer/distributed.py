@@ -4,15 +4,23 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single pro
 connects GPUs, gloo connects CPU processes (and carries the host-side flags of GPU runs). Every
 rank draws the same global batch and trains on its own slice of it, so N processes take exactly
 the optimizer steps one process would take with the whole batch. Only rank 0 writes
-checkpoints, samples and wandb.
+checkpoints, samples and wandb; every node's local rank 0 prepares the data (nodes need not
+share a file system), and the other ranks wait for it for up to DATA_TIMEOUT.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+# how long the other ranks wait while their node prepares the data (tokenizing a large data=custom
+# corpus can outlast the process group's default 30 minutes)
+DATA_TIMEOUT = timedelta(hours=6)
+_host_group: dist.ProcessGroup | None = None  # gloo, with DATA_TIMEOUT: host-side waits and exchanges
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,40 @@ def setup(device_name: str) -> tuple[Ranks, str]:
         device_name = f"cuda:{ranks.local_rank}"
     # NCCL for the gradients on the GPUs, gloo for the host-side flags any_rank exchanges
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+    global _host_group
+    _host_group = dist.new_group(backend="gloo", timeout=DATA_TIMEOUT)
     return ranks, device_name
+
+
+def wrap_model(model: torch.nn.Module, compile_: bool, ranks: Ranks,
+               device: torch.device) -> tuple[torch.nn.Module, DistributedDataParallel | None]:
+    """The module the training step calls, and the DDP wrapper (None on one process).
+
+    DDP wraps the model first and torch.compile compiles the wrapper: then the compiler splits
+    the graph at DDP's gradient buckets and each bucket's all-reduce overlaps the rest of the
+    backward pass. (Compiled first and wrapped after, DDP sees one opaque backward and can only
+    all-reduce when it is over.) The wrapper is returned too: its require_backward_grad_sync
+    holds the all-reduce back until the last micro-batch."""
+    ddp = None
+    if ranks.distributed:
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = ddp or model
+    return (torch.compile(step_model) if compile_ else step_model), ddp
+
+
+def wait_for_data(ranks: Ranks) -> None:
+    """Hold every rank until each node's local rank 0 has prepared the data (up to DATA_TIMEOUT)."""
+    if ranks.distributed:
+        dist.barrier(group=_host_group)
+
+
+def gather_to_main(value: object, ranks: Ranks) -> list[object] | None:
+    """Every rank's `value`, in rank order, on rank 0 (None on the others); [value] on one process."""
+    if not ranks.distributed:
+        return [value]
+    gathered = [None] * ranks.world_size if ranks.is_main else None
+    dist.gather_object(value, gathered, dst=0, group=_host_group)
+    return gathered
 
 
 def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> float:
@@ -70,5 +111,6 @@ def barrier(ranks: Ranks) -> None:
 
 
 def teardown(ranks: Ranks) -> None:
-    if ranks.distributed and dist.is_initialized():
+    """Leave the process group, if this process joined one (torchrun with one process too)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

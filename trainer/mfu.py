@@ -75,3 +75,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, 
         except OSError:
             pass  # an unwritable cache only costs a second next time
     return cached[key], "measured matmul peak"
+
+
+def mfu(flops_per_second: float, peak: float, world_size: int) -> float:
+    """Model FLOPs utilisation: the FLOP/s of the global batch (every process's tokens) over the
+    peak of all the processes' devices together, `world_size` times one device's `peak`."""
+    return flops_per_second / (peak * world_size)

@@ -8,10 +8,12 @@ waits; an optimizer that cannot (torch's Muon) needs the flag on the host, one s
 The guard keeps each step's norm on the device and reads them at log time, with the loss: it
 prints the skipped steps, and once `train.max_nonfinite` of them came in a row it stops training
 with an error naming them. The last checkpoint, written from finite weights, stays as it was.
+With fp16 loss scaling, an overflow that GradScaler recovers from by itself (it skips the step
+and halves its scale, often several times early in a run) is skipped but not counted
+(trainer.step.unrecoverable says which steps count).
 """
 from __future__ import annotations
 
-import math
 import sys
 
 import torch
@@ -43,27 +45,29 @@ class NonFiniteGuard:
     def __init__(self, max_in_row: int, verbose: bool = True):
         self.max_in_row = max_in_row
         self.verbose = verbose
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, gradient norm on the device), not yet read
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, norm, counted) on the device, not yet read
         self.in_row = 0
         self.skipped = 0  # over the whole run, as of the last read
         self.failed: NonFiniteError | None = None
 
-    def check(self, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
-        """The flag `step` (1-based) is skipped by: true when grad_norm is NaN or inf. No host sync."""
-        self.pending.append((step, grad_norm.detach()))
-        return ~torch.isfinite(grad_norm)
+    def check(self, grad_norm: torch.Tensor, step: int, counted: torch.Tensor | None = None) -> None:
+        """Remember `step`'s (1-based) gradient norm and whether it counts as non-finite (default: the
+        norm is NaN or inf). No host sync."""
+        counted = ~torch.isfinite(grad_norm) if counted is None else counted
+        self.pending.append((step, grad_norm.detach(), counted))
 
     def read(self) -> None:
         """Count the steps checked since the last read, in order (the host sync: call at log time)."""
         if not self.pending:
             return
-        norms = torch.stack([norm for _, norm in self.pending]).tolist()
-        for (step, _), norm in zip(self.pending, norms):
-            self._count(norm, step)
+        norms = torch.stack([norm for _, norm, _ in self.pending]).tolist()
+        counted = torch.stack([flag for _, _, flag in self.pending]).tolist()
+        for (step, _, _), norm, count in zip(self.pending, norms, counted):
+            self._count(norm, step, count)
         self.pending.clear()
 
-    def _count(self, norm: float, step: int) -> None:
-        if math.isfinite(norm):
+    def _count(self, norm: float, step: int, counted: bool) -> None:
+        if not counted:
             self.in_row = 0
             return
         self.in_row += 1
