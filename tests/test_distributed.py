@@ -1,21 +1,26 @@
-"""Data parallel training through torchrun: two gloo processes on CPU take the same steps as one."""
+"""Data parallel training through torchrun: two gloo processes on CPU take the same steps as one, and
+one process resumes from their checkpoint."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus
 from test_entrypoints import run_history
 
 
+def overrides(tmp_path, name: str, corpus) -> list[str]:
+    return [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+            f"out_dir={tmp_path / name}", "train.max_iters=10", "train.log_interval=1", "train.eval_interval=100",
+            "train.batch_size=8", "dtype=float32", "model.dropout=0.0", "wandb.attn_every=0"]
+
+
 def train_losses(tmp_path, name: str, launcher: list[str], env: dict, corpus) -> list[float]:
     out = tmp_path / name
-    overrides = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
-                 f"out_dir={out}", "train.max_iters=10", "train.log_interval=1", "train.eval_interval=100",
-                 "train.batch_size=8", "dtype=float32", "model.dropout=0.0", "wandb.attn_every=0"]
-    result = subprocess.run([*launcher, str(REPO / "train.py"), *overrides], cwd=tmp_path, env=env,
+    result = subprocess.run([*launcher, str(REPO / "train.py"), *overrides(tmp_path, name, corpus)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (out / "wandb").glob("offline-run-*")
@@ -33,3 +38,13 @@ def test_two_gloo_processes_match_one_process_at_every_step(tmp_path):
     double = train_losses(tmp_path, "two", torchrun, env, corpus)
     assert max(abs(a - b) for a, b in zip(single, double)) <= 1e-5
     assert single[-1] < single[0]
+
+    # each rank saved its own random state; one process resumes from them (it used to need as many)
+    checkpoint = torch.load(tmp_path / "two" / "ckpt.pt", weights_only=True)
+    assert len(checkpoint["rng"]) == 2 and all(state["torch"].dtype == torch.uint8 for state in checkpoint["rng"])
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides(tmp_path, "two", corpus),
+                              "train.max_iters=12"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "was saved by 2 process(es), this run has 1" in resumed.stdout
+    assert f"resuming from {tmp_path / 'two' / 'ckpt.pt'} at step 10" in resumed.stdout

@@ -65,6 +65,7 @@ def test_gradient_clipping_through_train_py_holds_the_weights_still(tiny_run):
     assert abs(clipped[30] - clipped[0]) < 0.01
 
 
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")  # meta weights hold no values
 def test_resume_keeps_random_states_on_the_cpu_whatever_the_device(tiny_run):
     """Weights and optimizer state go to the device; the RNG and sampler states must stay CPU
     ByteTensors (torch.set_rng_state and Generator.set_state take nothing else). `meta` stands in
