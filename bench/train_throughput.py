@@ -16,6 +16,9 @@ one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured b
 with like), on a GPU the dense bf16 peak of trainer/mfu.py's table (MFU). Without --nanogpt only
 our rows are printed.
 
+On a CPU without native bf16 (AVX2 only: bf16 is emulated there, ~100x slower than fp32) the bf16
+rows are left out and the peak and the floor are fp32's.
+
 The last row is a floor: the step's matrix multiplies alone, in bf16, back to back, with nothing
 else (no elementwise work, no optimizer). No implementation of this architecture and batch steps
 faster on this device, so it bounds what any speed-up over nanoGPT can be.
@@ -43,7 +46,7 @@ from bench.timing import TimedSteps, synchronize  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import resolve_device, reuse_host_memory  # noqa: E402
+from trainer.runtime import cpu_supports_bf16, resolve_device, reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 
@@ -67,8 +70,8 @@ def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int,
     return times[warmup:]
 
 
-def matmul_floor(batch: int, device: torch.device, repeats: int = 10) -> list[float]:
-    """Seconds per step of the step's matrix multiplies alone (bf16, `repeats` times): per layer
+def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: int = 10) -> list[float]:
+    """Seconds per step of the step's matrix multiplies alone (in `dtype`, `repeats` times): per layer
     the four weight matrices (Q, K and V fused into one; W_O; the MLP's two), each forward and its
     two backward products; the attention's two batched products forward and four backward; the
     LM head's three. The attention products run over the full T x T and count half, the most a
@@ -77,7 +80,7 @@ def matmul_floor(batch: int, device: torch.device, repeats: int = 10) -> list[fl
     head_dim, M = C // ARCH["n_head"], batch * T  # M: tokens per step
 
     def r(*shape):
-        return torch.randn(*shape, dtype=torch.bfloat16, device=device)
+        return torch.randn(*shape, dtype=dtype, device=device)
 
     weights = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V))]
     q, k, w = r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, T)
@@ -134,6 +137,8 @@ def main() -> None:
     args.batch = args.batch or (64 if device.type == "cuda" else 8)
     tokens_per_step = args.batch * ARCH["block_size"]
     flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens_per_step
+    fast = torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32  # peak, floor
+    dtypes = (torch.float32, torch.bfloat16) if fast == torch.bfloat16 else (torch.float32,)
     if device.type == "cuda":
         peak, source = peak_flops(device, torch.bfloat16)
         if peak is None:
@@ -141,15 +146,16 @@ def main() -> None:
         machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; bf16 peak {peak / 1e12:.0f} TFLOP/s ({source})"
     else:
         malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
-        peak = measure_cpu_peak(torch.bfloat16, seconds=2.0)
+        peak = measure_cpu_peak(fast, seconds=2.0)
         machine = (f"cpu ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
-                   f"malloc: {malloc}; measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+                   f"malloc: {malloc}; measured {str(fast).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} GFLOP/s"
+                   + ("" if fast == torch.bfloat16 else "; no native bf16 on this CPU: bf16 rows left out"))
     print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, {machine}")
     settings = [("ours", impl) for impl in ("explicit", "sdpa", "flash")]
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
     if nanogpt:
         settings.append(("nanoGPT", "its default (sdpa)"))
-    print("| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of bf16 peak (MFU) |")
+    print(f"| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of {str(fast).removeprefix('torch.')} peak (MFU) |")
     print("|---|---|---|---|---|---|---|---|---|")
 
     def row(who: str, attention: str, dtype: str, compile_: str, times: list[float]) -> float:
@@ -162,14 +168,14 @@ def main() -> None:
 
     best = {}
     for who, attention in settings:
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in dtypes:
             for compile_ in (False, True):
                 model, optimizer = ours(attention, device) if who == "ours" else theirs(nanogpt, device)
                 times = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps, device)
                 tokens = row(who, attention, str(dtype).removeprefix("torch."), "on" if compile_ else "off", times)
                 best[who] = max(best.get(who, 0.0), tokens)
                 torch._dynamo.reset()
-    floor = row("floor: matmuls alone", "-", "bfloat16", "-", matmul_floor(args.batch, device))
+    floor = row("floor: matmuls alone", "-", str(fast).removeprefix("torch."), "-", matmul_floor(args.batch, device, fast))
     print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"
           + (f", nanoGPT {best['nanoGPT']:,.0f} tokens/s -> {best['ours'] / best['nanoGPT']:.2f}x; the floor is "
              f"{floor / best['nanoGPT']:.2f}x nanoGPT's best" if nanogpt else ""))
