@@ -11,15 +11,16 @@ give (a clone of its repository) and is never part of this project. Both run tra
 training step (bench/timing.py: trainer.step.train_step, with the loss scaler, the non-finite
 guard and the host-to-device copy), synchronised on a GPU. Each setting: warm-up steps (which
 include compilation), then timed steps: the median and the best step time, and from the best
-one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured bf16 matmul peak
-(the best of 2 s of matmuls; a CPU's speed drifts by 5-10 % over seconds, so like is compared
-with like), on a GPU the dense bf16 peak of trainer/mfu.py's table (MFU). Without --nanogpt only
+one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured matmul peak (the
+best of 2 s of matmuls; a CPU's speed drifts by 5-10 % over seconds, so like is compared with
+like), on a GPU the dense bf16/fp16 peak of trainer/mfu.py's table (MFU). Without --nanogpt only
 our rows are printed.
 
-On a CPU without native bf16 (AVX2 only: bf16 is emulated there, ~100x slower than fp32) the bf16
-rows are left out and the peak and the floor are fp32's.
+The low-precision rows, the peak and the floor use the dtype train.py's dtype=auto picks: bf16, or
+fp16 on GPUs without native bf16, or on a CPU without native bf16 (AVX2 only: bf16 is emulated
+there, ~100x slower than fp32) fp32 alone, its bf16 rows left out.
 
-The last row is a floor: the step's matrix multiplies alone, in bf16, back to back, with nothing
+The last row is a floor: the step's matrix multiplies alone, in that dtype, back to back, with nothing
 else (no elementwise work, no optimizer). No implementation of this architecture and batch steps
 faster on this device, so it bounds what any speed-up over nanoGPT can be.
 
@@ -46,7 +47,7 @@ from bench.timing import TimedSteps, synchronize  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import cpu_supports_bf16, resolve_device, reuse_host_memory  # noqa: E402
+from trainer.runtime import resolve_device, resolve_dtype, reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 
@@ -61,7 +62,6 @@ def load_nanogpt(folder: Path):
 def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int,
                device: torch.device) -> list[float]:
     """The seconds of each timed training step (train.py's: forward, backward, clip, AdamW), after warm-up."""
-    model.to(device)
     step = TimedSteps(torch.compile(model) if compile_ else model, model, [optimizer], dtype, device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)  # on the host, as
@@ -137,19 +137,19 @@ def main() -> None:
     args.batch = args.batch or (64 if device.type == "cuda" else 8)
     tokens_per_step = args.batch * ARCH["block_size"]
     flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens_per_step
-    fast = torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32  # peak, floor
-    dtypes = (torch.float32, torch.bfloat16) if fast == torch.bfloat16 else (torch.float32,)
+    fast = resolve_dtype("auto", device)  # train.py's choice: the peak's and the floor's dtype
+    dtypes = (torch.float32,) if fast == torch.float32 else (torch.float32, fast)
     if device.type == "cuda":
-        peak, source = peak_flops(device, torch.bfloat16)
+        peak, source = peak_flops(device, fast)
         if peak is None:
             raise SystemExit(f"{source}: add its dense bf16 peak to trainer/mfu.py's GPU_PEAK_FLOPS")
-        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; bf16 peak {peak / 1e12:.0f} TFLOP/s ({source})"
+        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {str(fast).removeprefix('torch.')} peak {peak / 1e12:.0f} TFLOP/s ({source})"
     else:
         malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
         peak = measure_cpu_peak(fast, seconds=2.0)
         machine = (f"cpu ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
                    f"malloc: {malloc}; measured {str(fast).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} GFLOP/s"
-                   + ("" if fast == torch.bfloat16 else "; no native bf16 on this CPU: bf16 rows left out"))
+                   + ("" if fast != torch.float32 else "; no native bf16 on this CPU: bf16 rows left out"))
     print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, {machine}")
     settings = [("ours", impl) for impl in ("explicit", "sdpa", "flash")]
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None

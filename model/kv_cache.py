@@ -18,7 +18,6 @@ import torch
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, max_length: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
-        self.max_length = max_length
         shape = (n_layer, batch, n_head, max_length, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (n_layer, B, nh, max_length, hs)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
