@@ -17,9 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from data.sources import DataError, decode_utf8
+from data.sources import decode_utf8
 from model.generation import sample_next_token
-from trainer.checkpoint import CHECKPOINTS, CheckpointError, load_model
+from trainer.checkpoint import CHECKPOINTS, load_model
+from trainer.cli import run_entry
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype
 
 FORMATS = ("text", "jsonl")
@@ -117,11 +118,7 @@ def main_sample(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="config", config_name="sample", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        main_sample(cfg)
-    except (ConfigError, CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_entry(lambda: main_sample(cfg), interrupted=lambda: "sampling stopped")
 
 
 if __name__ == "__main__":

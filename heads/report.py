@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,37 +128,39 @@ def print_top_heads(report: HeadReport) -> None:
         f"{name} L{t['layer']}H{t['head']} {t['value']:.2f}" for name, t in report.top_heads().items()))
 
 
+def report_checkpoint(cfg) -> None:
+    """python -m heads.report: the report of one checkpoint, written to files (and to wandb)."""
+    from trainer.checkpoint import load_model
+    from trainer.runtime import ConfigError, resolve_device
+    from trainer.wandb_run import start_run
+
+    model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
+    texts = list(cfg.probes) if cfg.probes else None
+    probes = [Probe(f"probe{i}", t) for i, t in enumerate(texts)] if texts else [
+        Probe(name, text) for name, text in checkpoint.get("probes", [])]
+    if not probes:
+        raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
+    report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows)
+    folder = Path(cfg.report_dir) if cfg.report_dir else Path(cfg.out_dir) / "heads"
+    written = write_report(report, folder, checkpoint.get("step"))
+    print(f"wrote {len(written)} files to {folder}/ (open head_view.html in a browser)")
+    print_top_heads(report)
+    if cfg.wandb:
+        wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(cfg.out_dir).name}",
+                              {"checkpoint": str(cfg.out_dir), "step": checkpoint.get("step")}, Path(cfg.out_dir))
+        log_report(wandb_run, report, step=int(checkpoint.get("step") or 0))
+        wandb_run.finish()
+
+
 def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from trainer.checkpoint import CheckpointError, load_model
-    from trainer.runtime import ConfigError, resolve_device
-    from trainer.wandb_run import start_run
-    from data.sources import DataError
+    from trainer.cli import run_entry
 
     @hydra.main(config_path="../config", config_name="heads", version_base=None)
     def run(cfg: DictConfig) -> None:
-        try:
-            model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
-            texts = list(cfg.probes) if cfg.probes else None
-            probes = [Probe(f"probe{i}", t) for i, t in enumerate(texts)] if texts else [
-                Probe(name, text) for name, text in checkpoint.get("probes", [])]
-            if not probes:
-                raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
-            report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows)
-        except (CheckpointError, ConfigError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        folder = Path(cfg.report_dir) if cfg.report_dir else Path(cfg.out_dir) / "heads"
-        written = write_report(report, folder, checkpoint.get("step"))
-        print(f"wrote {len(written)} files to {folder}/ (open head_view.html in a browser)")
-        print_top_heads(report)
-        if cfg.wandb:
-            wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(cfg.out_dir).name}",
-                                  {"checkpoint": str(cfg.out_dir), "step": checkpoint.get("step")}, Path(cfg.out_dir))
-            log_report(wandb_run, report, step=int(checkpoint.get("step") or 0))
-            wandb_run.finish()
+        run_entry(lambda: report_checkpoint(cfg), interrupted=lambda: "the report is incomplete")
 
     run()
 

@@ -12,7 +12,8 @@ import pytest
 
 from data.batches import TokenBins
 from data.corpus import Document, split_documents
-from data.prepare import DataConfig, prepare
+from data.config import DataConfig
+from data.prepare import prepare
 from data.sources import (DataError, clean_tagged_line, custom_documents, hsk_pair_documents,
                           peoples_daily_documents, shakespeare_documents)
 from data.tokenizer import Tokenizer

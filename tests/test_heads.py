@@ -113,7 +113,8 @@ def test_head_view_is_self_contained_and_holds_the_weights():
 
 def test_default_probes_take_real_text_from_each_validation_group(tiny_corpus, tmp_path):
     from data.batches import TokenBins
-    from data.prepare import DataConfig, prepare
+    from data.config import DataConfig
+    from data.prepare import prepare
     from heads.probes import default_probes
 
     cfg = DataConfig(name="t", root=str(tmp_path / "prepared"), text_paths=[str(tiny_corpus)], vocab_size=320)
