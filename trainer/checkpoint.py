@@ -1,11 +1,12 @@
 """Checkpoints: one folder holds ckpt.pt (the last save), best.pt (the save with the lowest val
 loss so far) and tokenizer.json.
 
-Saves are atomic (temp file in the same folder, fsync, rename), so a crash, a kill -9 or a full
-disk mid-save leaves the previous checkpoint loadable; weights that are not finite are never
-written. best.pt is a hard link to the ckpt.pt it was (no second copy on disk). Loads use
-torch.load(weights_only=True): a checkpoint holds only tensors and plain Python values, and
-loading one never runs code from it.
+Saves are atomic (a temp file of this process in the same folder, fsync, rename), so a crash, a
+kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint loadable and the temp
+file is removed; weights that are not finite are never written. best.pt is a hard link to the
+ckpt.pt it was (no second copy on disk). Loads use torch.load(weights_only=True), so loading never
+runs code from the file, and are checked before anything uses them: the model settings must be
+known, every tensor present with the model's shape, and every weight finite.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import contextlib
 import os
 import pickle
 import shutil
+import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -28,7 +32,52 @@ TOKENIZER = "tokenizer.json"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be read; the message names the file and the fix."""
+    """A checkpoint that cannot be written or read; the message names the file and the fix."""
+
+
+class RecordingWriter:
+    """A file for torch.save that keeps the OSError of a failed write. torch.save turns it into
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, which hides the cause
+    (a full disk) from the user."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through write(file) into a temp file of this process, fsync, rename. The temp
+    file is removed whatever stops the write (an OSError, a second Ctrl-C); the old file stays."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers never share a temp file
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def save_torch(state: dict, file: BinaryIO) -> None:
+    """torch.save, raising the OSError behind a failed write instead of torch's RuntimeError."""
+    writer = RecordingWriter(file)
+    try:
+        torch.save(state, writer)
+    except RuntimeError:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
 
 
 def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool = False) -> Path:
@@ -42,27 +91,27 @@ def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool
     if broken:
         raise CheckpointError(f"not saving step {state.get('step')}: {broken[0]} holds non-finite values; "
                               f"{path} keeps the last finite weights")
-    tmp = path.with_name(path.name + ".tmp")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out_dir / TOKENIZER)
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        tokenizer_path = out_dir / TOKENIZER
+        tokenizer_json = tokenizer.to_json().encode("utf-8")
+        if not tokenizer_path.is_file() or tokenizer_path.read_bytes() != tokenizer_json:
+            atomic_write(tokenizer_path, lambda f: f.write(tokenizer_json))
+        atomic_write(path, lambda f: save_torch(state, f))
         if best:
-            link = out_dir / (BEST + ".tmp")
-            link.unlink(missing_ok=True)
+            link = out_dir / f"{BEST}.{os.getpid()}.tmp"
             try:
-                os.link(path, link)  # the same file under a second name, replaced atomically
-            except OSError:  # a file system without hard links: a copy instead
-                shutil.copyfile(path, link)
-            link.replace(out_dir / BEST)
+                link.unlink(missing_ok=True)
+                try:
+                    os.link(path, link)  # the same file under a second name, replaced atomically
+                except OSError:  # a file system without hard links: a copy instead
+                    shutil.copyfile(path, link)
+                link.replace(out_dir / BEST)
+            finally:
+                with contextlib.suppress(OSError):
+                    link.unlink(missing_ok=True)
         sync_folder(out_dir)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write the checkpoint in {out_dir} ({e.strerror or e}): free disk space or choose a "
                               f"writable out_dir; the checkpoints already there are unchanged") from None
     return path
@@ -102,10 +151,60 @@ def load_checkpoint(out_dir: Path, name: str = CHECKPOINT) -> dict:
         other = "checkpoint=last reads ckpt.pt" if name == BEST else "checkpoint=best reads best.pt"
         raise CheckpointError(f"{path} is missing: train first, or point out_dir at a folder holding {name} ({other})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
+        with warnings.catch_warnings():  # torch warns about files in its legacy format; they load the same
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path} is truncated or corrupt (not a torch checkpoint): train again or restore a copy") from None
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, which could run code "
+                              "when loaded: it was not loaded and nothing in it was run; use a checkpoint written by "
+                              "train.py") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line[:160]}): train again or restore a copy") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint of train.py (it holds no model weights): point out_dir at "
+                              "a folder train.py wrote")
+    return checkpoint
+
+
+def saved_model_config(checkpoint: dict, path: Path) -> GPTConfig:
+    """The architecture a checkpoint was trained with, checked as the config is."""
+    settings = checkpoint.get("model_config")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path} has no model_config (the architecture it was trained with): it was not written "
+                              "by train.py; train again or restore a copy")
+    unknown = sorted(set(settings) - set(GPTConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(f"{path} has unknown model settings ({', '.join(map(str, unknown))}): it was written by "
+                              "another version of this code; use that version or train again")
+    try:
+        return GPTConfig(**settings)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has invalid model settings ({e}): train again or restore a copy") from None
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
+    """Load `weights` into `module` after checking that every tensor is there, with the module's
+    shape, and finite; the first problem is a CheckpointError naming the file and the tensor."""
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing or unexpected:
+        what = f"misses {missing[0]}" if missing else f"has {unexpected[0]}, which the model does not"
+        more = len(missing) + len(unexpected) - 1
+        raise CheckpointError(f"{path} {what}" + (f" (and {more} more tensor differences)" if more else "")
+                              + ": it does not fit its model_config; train again or restore a copy")
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise CheckpointError(f"{path}: {name} has shape {shape}, the model needs {tuple(expected[name].shape)}: "
+                                  "it does not fit its model_config; train again or restore a copy")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or inf values, so the model cannot run: use another "
+                                  "checkpoint (best.pt or ckpt.pt) or train again")
+    module.load_state_dict(weights)
 
 
 def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "last") -> tuple[GPT, Tokenizer, dict]:
@@ -113,6 +212,7 @@ def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "
     `which` is last (ckpt.pt) or best (best.pt, the lowest val loss)."""
     if which not in CHECKPOINTS:
         raise CheckpointError(f"checkpoint={which!r} must be one of {', '.join(CHECKPOINTS)}")
+    path = Path(out_dir) / CHECKPOINTS[which]
     checkpoint = load_checkpoint(out_dir, CHECKPOINTS[which])
     tokenizer_path = Path(out_dir) / TOKENIZER
     if not tokenizer_path.is_file():
@@ -126,10 +226,14 @@ def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "
         raise CheckpointError(str(e)) from None
     if checkpoint.get("tokenizer_hash") != tokenizer.hash:
         raise CheckpointError(
-            f"{Path(out_dir) / TOKENIZER} (hash {tokenizer.hash}) is not the tokenizer {CHECKPOINT} was trained with "
+            f"{tokenizer_path} (hash {tokenizer.hash}) is not the tokenizer {path.name} was trained with "
             f"({checkpoint.get('tokenizer_hash')}): restore the matching tokenizer.json"
         )
-    model = GPT(GPTConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+    config = saved_model_config(checkpoint, path)
+    if config.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(f"{path} has vocab_size {config.vocab_size} but {tokenizer_path} has "
+                              f"{tokenizer.vocab_size} tokens: restore the matching tokenizer.json")
+    model = GPT(config)
+    load_weights(model, checkpoint["model"], path)
     model.to(device).eval()
     return model, tokenizer, checkpoint

@@ -1,0 +1,179 @@
+"""The settings of every entry point as typed dataclasses, mirroring config/*.yaml field by field:
+train.py (RunConfig: TrainConfig, WandbConfig, data.config.DataConfig, the model dict),
+sample.py (SampleConfig) and python -m heads.report (HeadsConfig).
+
+Each entry point converts its hydra config once, first thing: `typed(RunConfig, cfg, "")` (see
+trainer/settings.py). After that every value has its type and range, so the code below never
+meets a string where it wants a number, and nothing has been read or written for a bad setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+from data.config import DataConfig
+from model import GPTConfig
+from trainer.checkpoint import CHECKPOINTS
+from trainer.optim import OPTIMIZERS
+from trainer.runtime import DEVICES, DTYPES, ConfigError
+from trainer.settings import setting
+from trainer.wandb_run import MODES
+
+FORMATS = ("text", "jsonl")  # sample.py's output formats
+RESUME = ("auto", "true", "false")
+# NumPy's global generator (seeded with the torch ones, see trainer.runtime.seed_everything) takes
+# seeds in [0, 2**32); torch would take more, but one range for every entry point is simpler
+SEED_LIMIT = 2**32
+# Sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf
+# and the probabilities turn NaN. 1e-30 keeps logits up to 3e8 finite, far beyond any trained
+# model's, and is already greedy in practice (so is anything below ~1e-3)
+MIN_TEMPERATURE = 1e-30
+
+
+def device_rule(name: str) -> str | None:
+    """auto, cpu, cuda, mps or cuda:N (whether it exists is resolve_device's business)."""
+    if name in DEVICES or re.fullmatch(r"cuda:\d+", name):
+        return None
+    return f"one of {', '.join(DEVICES)} (or cuda:N)"
+
+
+def not_blank(text: str) -> str | None:
+    return "a non-empty name" if not text.strip() else None
+
+
+def not_a_file(path: str) -> str | None:
+    return "a folder, not an existing file" if os.path.isfile(path) else None
+
+
+def seed_setting(default: int = 1337) -> Any:
+    return setting(default, minimum=0, below=SEED_LIMIT, fix="any integer from 0 to 2**32 - 1, e.g. seed=1337")
+
+
+def device_setting() -> Any:
+    return setting("auto", check=device_rule, fix="device=auto picks CUDA, else MPS, else the CPU")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The `train` group (config/train/default.yaml): optimisation and the loop's rhythm."""
+
+    batch_size: int = setting(64, minimum=1, fix="sequences per optimizer step, e.g. train.batch_size=64")
+    grad_accum: int = setting(1, minimum=1, fix="micro-batches per step, e.g. train.grad_accum=1")
+    max_iters: int = setting(5000, minimum=1, fix="optimizer steps, e.g. train.max_iters=5000")
+    resume: str = setting("auto", check=lambda mode: None if mode in RESUME else "auto, true or false",
+                          fix="auto continues from out_dir/ckpt.pt when it is there")
+    overwrite: bool = setting(False, fix="true lets a new run replace the checkpoints in out_dir")
+    max_seconds: float = setting(0.0, minimum=0, fix="a time budget in seconds, or train.max_seconds=0 for none")
+    eval_interval: int = setting(250, minimum=1, fix="steps between evaluations, e.g. train.eval_interval=250")
+    eval_windows: int = setting(64, minimum=1, fix="val windows per group, e.g. train.eval_windows=64")
+    log_interval: int = setting(10, minimum=1, fix="steps between log lines, e.g. train.log_interval=10")
+    learning_rate: float = setting(1e-3, above=0, fix="the peak learning rate, e.g. train.learning_rate=1e-3")
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, fix="adamw for everything, muon for the hidden matrices")
+    min_lr: float = setting(1e-4, minimum=0, fix="the learning rate at the end of the decay, e.g. train.min_lr=1e-4")
+    warmup_iters: int = setting(100, minimum=0, fix="steps of linear warmup, e.g. train.warmup_iters=100 (0 = none)")
+    lr_decay_iters: int = setting(5000, minimum=1,
+                                  fix="the step where the decay reaches min_lr, usually train.max_iters")
+    weight_decay: float = setting(0.1, minimum=0, fix="AdamW's decoupled weight decay, e.g. train.weight_decay=0.1")
+    beta1: float = setting(0.9, minimum=0, below=1, fix="Adam's momentum, e.g. train.beta1=0.9")
+    beta2: float = setting(0.99, minimum=0, below=1, fix="Adam's second-moment decay, e.g. train.beta2=0.99")
+    grad_clip: float = setting(1.0, minimum=0, fix="the gradient norm to clip to, or train.grad_clip=0 for none")
+    max_nonfinite: int = setting(10, minimum=1, fix="non-finite steps in a row before stopping, e.g. 10")
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    """The `wandb` group of config/train.yaml: the run and its attention report."""
+
+    mode: str = setting("auto", choices=MODES, fix="auto is online with an API key, else offline")
+    project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb.project=gpt-attention")
+    name: str | None = setting(None, fix="a run name, or null for wandb's own")
+    attn_every: int = setting(1000, minimum=0, fix="steps between attention reports, or wandb.attn_every=0 for none")
+    probes: list[str] | None = setting(None,
+                                       fix='wandb.probes=["text one", "text two"], or null for probes from the val split')
+    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
+    table_rows: int = setting(2000, minimum=1, fix="e.g. wandb.table_rows=2000")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """train.py's whole config (config/train.yaml with its groups)."""
+
+    out_dir: str = setting("out", path=True, fix="the folder for the checkpoints, e.g. out_dir=out")
+    device: str = device_setting()
+    dtype: str = setting("auto", choices=DTYPES,
+                         fix="auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32")
+    compile: bool = setting(False, fix="compile=true or compile=false")
+    seed: int = seed_setting()
+    model: dict[str, Any] = setting({}, fix="the model group, see config/model/gpt.yaml")
+    data: DataConfig = setting(DataConfig())
+    train: TrainConfig = setting(TrainConfig())
+    wandb: WandbConfig = setting(WandbConfig())
+
+    def __post_init__(self):
+        self.gpt_config()  # the model's settings too, before any data is read
+
+    def gpt_config(self, vocab_size: int = GPTConfig.vocab_size) -> GPTConfig:
+        """model.* as a GPTConfig; its vocab_size comes from the tokenizer, not from the config."""
+        known = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+        for key, value in self.model.items():
+            if key not in known:
+                why = ("comes from the tokenizer: set data.vocab_size" if key == "vocab_size"
+                       else f"the model settings are {', '.join(sorted(known))}")
+                raise ConfigError(f"model.{key}={value!r} is not a setting: {why}")
+        try:
+            return GPTConfig(vocab_size=vocab_size, **self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """sample.py's config (config/sample.yaml)."""
+
+    out_dir: str = setting("out", path=True, fix="the folder holding ckpt.pt, best.pt and tokenizer.json")
+    checkpoint: str = setting("best", choices=tuple(CHECKPOINTS),
+                              fix="best (lowest val loss) or last (the latest save)")
+    prompt: list[str] = setting(["ROMEO:", "中国人民", "我喜欢喝茶。 ="],
+                                check=lambda prompts: None if prompts else "a string or a non-empty list of strings",
+                                fix='prompt="" starts from <|endoftext|>')
+    prompt_file: str | None = setting(None, path=True, fix="a UTF-8 file with one prompt a line, or null")
+    num_samples: int = setting(1, minimum=1, fix="samples per prompt, e.g. num_samples=1")
+    max_new_tokens: int = setting(200, minimum=0, fix="e.g. max_new_tokens=200")
+    temperature: float = setting(0.8, minimum=0,
+                                 check=lambda t: None if t == 0 or t >= MIN_TEMPERATURE else
+                                 f"0 (greedy) or at least {MIN_TEMPERATURE:g} (smaller ones overflow the logits)",
+                                 fix="use temperature=0 for greedy decoding")
+    top_k: int | None = setting(200, minimum=1, fix="keep the k most likely tokens, or top_k=null for no filter")
+    top_p: float | None = setting(None, above=0, maximum=1, fix="e.g. top_p=0.9, or top_p=null for no nucleus filter")
+    seed: int = seed_setting()
+    device: str = device_setting()
+    dtype: str = setting("float32", choices=DTYPES, fix="float32 is exact everywhere")
+    use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
+    compile: bool = setting(False, fix="compile=true or compile=false")
+    stream: bool | None = setting(None, fix="null streams for num_samples=1 in text format")
+    format: str = setting("text", choices=FORMATS, fix="text for reading, jsonl for scripts")
+
+    def __post_init__(self):
+        if self.compile and not self.use_kv_cache:
+            raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
+        if self.stream and self.num_samples > 1:
+            raise ConfigError(f"stream=true needs num_samples=1 (got {self.num_samples}): the samples of a prompt "
+                              "are generated together as one batch; use stream=false")
+
+
+@dataclasses.dataclass
+class HeadsConfig:
+    """python -m heads.report's config (config/heads.yaml)."""
+
+    out_dir: str = setting("out", path=True, fix="the checkpoint folder, e.g. out_dir=out")
+    checkpoint: str = setting("last", choices=tuple(CHECKPOINTS), fix="last (ckpt.pt) or best (best.pt)")
+    report_dir: str | None = setting(None, path=True, check=not_a_file,
+                                     fix="a folder for the PNGs and head_view.html, or null for <out_dir>/heads")
+    probes: list[str] | None = setting(None, fix='probes=["text one", "text two"], or null for the checkpoint\'s')
+    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
+    table_rows: int = setting(2000, minimum=1, fix="e.g. table_rows=2000")
+    device: str = device_setting()
+    wandb: bool = setting(False, fix="wandb=true also logs the report to a new wandb run")
+    wandb_project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb_project=gpt-attention")
