@@ -1,13 +1,36 @@
-"""Documents and the train/validation split.
+"""Documents, their text as token-safe pieces, and the train/validation split.
 
 A document is the unit the split never cuts: a whole play, a whole newspaper paragraph, a whole
 sentence pair, or a whole user file. Each carries the group ("en", "zh", "pairs", "text") that
 validation bits per byte are reported for.
+
+Preparation streams the corpus instead of holding it in memory: a document arrives as Pieces of
+about PIECE_CHARS characters, cut only where the tokenizer cuts anyway, so its pieces encode to
+exactly the tokens of the whole document, and a BPE trained on pieces learns exactly the merges
+it would learn from the whole documents.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
+
+PIECE_CHARS = 1 << 16  # a long document is cut at the first token-safe point after this many characters
+
+BLANK_LINES = re.compile(r"\n{2,}")  # separates paragraphs (line breaks are \n only, see sources.read_text)
+# just after a line break between two non-spaces: every pre-tokenizer pattern in use (ours, gpt2's,
+# cl100k's) ends a match there, so no match, and so no BPE merge, crosses it (Python's \s covers
+# every character the patterns' \s does). A longer run of white space is no safe place: gpt2's
+# \s+(?!\S) splits it differently at the end of a text than before a non-space.
+TOKEN_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the culprit and the fix."""
 
 
 @dataclass(frozen=True)
@@ -17,28 +40,123 @@ class Document:
     text: str
 
 
-def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
-    """Deterministic split by whole documents, taken per group.
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of one document; the document's pieces, in order, make up its text."""
 
-    Within each group, documents are ranked by a hash of their name and the first
-    round(val_fraction * n) (at least one, when the group has two or more) go to validation.
-    The order inside each split is the corpus order, so the same inputs always give the same bins.
+    group: str
+    name: str  # the document's name (Document.source)
+    text: str
+    last: bool  # the document's last piece: <|endoftext|> follows it
+
+
+def pieces(chunks: Iterable[str], name: str, group: str, paragraphs: bool = False) -> Iterator[Piece]:
+    """The Pieces of the text that `chunks` make up when joined, holding only a few chunks at a time.
+
+    paragraphs=False: the text is one document, `name`. paragraphs=True: each stretch between blank
+    lines that is not only white space is a document, named f"{name}#{i}" with i counting those
+    documents from 0 (as [p for p in text.split("\\n\\n") if p.strip()] does for a text that neither
+    starts nor ends with a line break). Memory: a few chunks plus the longest stretch without a
+    token-safe cut (a line, in practice).
     """
+    buf, pos = "", 0  # the text not given out yet is buf[pos:]
+    count, open_doc = 0, False  # documents given out; whether the current one has given out a piece
+    for chunk in itertools.chain(chunks, [None]):  # None: the end of the text
+        final = chunk is None
+        buf, pos = buf[pos:] + (chunk or ""), 0
+        while True:
+            name_now = f"{name}#{count}" if paragraphs else name
+            blank = BLANK_LINES.search(buf, pos) if paragraphs else None
+            if blank and (blank.end() < len(buf) or final):  # a run of line breaks at the end may go on
+                end, resume = blank.start(), blank.end()  # the document ends at a blank line
+            elif final:
+                end, resume = len(buf), None  # the document ends with the text
+            else:  # inside a document: give out a piece once it is long enough and a safe cut follows
+                cut = TOKEN_SAFE_CUT.search(buf, pos + PIECE_CHARS - 1) if not blank else None
+                if cut is None:
+                    break  # wait for more text
+                yield Piece(group, name_now, buf[pos:cut.end()], last=False)
+                pos, open_doc = cut.end(), True
+                continue
+            text = buf[pos:end]
+            if open_doc or text.strip():  # only white space is no document
+                yield Piece(group, name_now, text, last=True)
+                count += 1
+            open_doc = False
+            if resume is None:
+                return
+            pos = resume
+
+
+def document_pieces(documents: Iterable[Document]) -> Iterator[Piece]:
+    """Documents held in memory (the default corpus) as the same stream of Pieces."""
+    for document in documents:
+        yield from pieces([document.text], document.source, document.group)
+
+
+def whole_documents(stream: Iterable[Piece]) -> list[Document]:
+    """The Documents a stream of Pieces makes up (in memory: for small corpora and tests)."""
+    documents, texts = [], []
+    for piece in stream:
+        texts.append(piece.text)
+        if piece.last:
+            documents.append(Document(piece.name, piece.group, "".join(texts)))
+            texts = []
+    return documents
+
+
+def name_digest(name: str) -> bytes:
+    """What the split ranks a document by: the sha256 of its name (32 bytes)."""
+    return hashlib.sha256(name.encode()).digest()
+
+
+def check_val_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={val_fraction} must be in (0, 1)")
-    val_names: set[str] = set()
-    for group in dict.fromkeys(d.group for d in documents):
-        members = [d for d in documents if d.group == group]
-        if len(members) < 2:
+        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive): "
+                        "the share of documents held out, e.g. data.val_fraction=0.1")
+
+
+def held_out(digests: dict[str, bytes], val_fraction: float) -> dict[str, np.ndarray]:
+    """Which documents go to validation: per group, a bool per document in corpus order.
+
+    `digests` holds, per group, the name_digest of each of its documents in corpus order, joined
+    (32 bytes a document, so a million documents cost 32 MB). Within each group, documents are
+    ranked by that sha256 and the first round(val_fraction * n) (at least one, when the group has
+    two or more) go to validation: membership depends on the names only, never on the order.
+    """
+    check_val_fraction(val_fraction)
+    masks = {}
+    for group, joined in digests.items():
+        keys = np.frombuffer(joined, dtype=">u8").reshape(-1, 4)  # a sha256 as 4 big-endian words
+        n = len(keys)
+        masks[group] = np.zeros(n, dtype=bool)
+        if n < 2:
             continue  # a single document cannot be split without cutting it
-        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
-        ranked = sorted(members, key=lambda d: hashlib.sha256(d.source.encode()).hexdigest())
-        val_names.update(d.source for d in ranked[:n_val])
-    train = [d for d in documents if d.source not in val_names]
-    val = [d for d in documents if d.source in val_names]
-    if not val:
-        raise ValueError(
+        n_val = min(n - 1, max(1, round(val_fraction * n)))
+        ranked = np.lexsort(keys.T[::-1])  # by the first word, then the second, ...: by the digest's bytes
+        while n_val < n and (keys[ranked[n_val]] == keys[ranked[n_val - 1]]).all():
+            n_val += 1  # a name given twice (the same file named twice) goes to one side only
+        masks[group][ranked[:n_val]] = True
+    if not any(mask.any() for mask in masks.values()):
+        raise DataError(
             "the corpus has fewer than two documents, so no whole document can be held out for "
             "validation: add more files (or blank-line-separated paragraphs)"
         )
+    return masks
+
+
+def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Deterministic split by whole documents, taken per group (see held_out).
+
+    The order inside each split is the corpus order, so the same inputs always give the same bins.
+    """
+    digests: dict[str, bytearray] = {}
+    for document in documents:
+        digests.setdefault(document.group, bytearray()).extend(name_digest(document.source))
+    masks = held_out(digests, val_fraction)
+    index = dict.fromkeys(masks, 0)
+    train, val = [], []
+    for document in documents:
+        (val if masks[document.group][index[document.group]] else train).append(document)
+        index[document.group] += 1
     return train, val

@@ -1,29 +1,56 @@
-"""Corpus -> split -> tokenizer -> token bins, once.
+"""Corpus -> split -> tokenizer -> token bins, once, streaming.
 
-Writes into one folder: `train.bin` and `val.bin` (flat np.memmap token streams, uint16 or uint32,
-documents separated by <|endoftext|>, each split laid out group by group), `tokenizer.json`, and
-`meta.json` (sizes, bytes and tokens per group, bytes per token, the tokenizer hash and a
-fingerprint of every input). Preparing again with the same inputs is a no-op; any change to the
-sources, the cleaning, the split or the tokenizer settings rebuilds. meta.json is written last,
-so a folder with a meta.json is complete.
+Writes into one folder: `train.bin` and `val.bin` (flat token streams for np.memmap, uint16 or
+uint32, documents separated by <|endoftext|>, each split laid out group by group),
+`tokenizer.json`, and `meta.json` (sizes, bytes and tokens per group, bytes per token, the
+tokenizer hash and a fingerprint of every input). Preparing again with the same inputs is a no-op;
+any change to the sources, the cleaning, the split or the tokenizer settings rebuilds.
+
+The corpus is never held in memory: it is read as a stream of token-safe pieces (data/corpus.py)
+three times: to learn the document names, which decide the split; to train the BPE; and to
+tokenize it a few MB at a time into a temp file per split and group. Memory is bounded by those
+batches, the BPE's sample and 40 bytes per document, not by the size of the text.
+
+Nothing already prepared is replaced until everything new is written: all goes to `*.tmp` files
+first; then meta.json is removed, the new files are renamed over the old ones and meta.json comes
+back last, so a folder with a meta.json is complete. One preparation at a time holds the folder's
+lock (a second waits, then finds the data up to date). Temp files are removed on every failure
+and on Ctrl-C; those of a killed run, by the next run (trainer/lock.py).
 
 Run alone: python -m data.prepare [data=custom data.text_paths=[...]]
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import random
+import shutil
 import time
+from array import array
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from data.config import DataConfig
-from data.corpus import Document, split_documents
-from data.sources import CLEANING_VERSION, DEFAULT_SOURCES, DataError, custom_documents, custom_fingerprint, default_corpus
-from data.tokenizer import SPLIT_PATTERN, stock_tokenizer, train_bpe
+from data.corpus import DataError, Piece, check_val_fraction, document_pieces, held_out, name_digest
+from data.sources import (CLEANING_VERSION, DEFAULT_SOURCES, custom_files, custom_fingerprint, custom_pieces,
+                          default_corpus)
+from data.tokenizer import SPLIT_PATTERN, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
+from trainer.lock import folder_lock, remove_debris
 
 META_VERSION = 1
+# the BPE learns from at most this much training text: all of it up to here, beyond a seeded random
+# share of its pieces spread over the whole split (the default corpus, ~10 MB, is always whole).
+# rustbpe's memory grows with its text, up to ~20 bytes a byte for Chinese (whose clauses, its
+# "words", rarely repeat): ~0.7 GB at this bound
+BPE_SAMPLE_BYTES = 32_000_000
+ENCODE_CHARS = 1 << 21  # text per encode_batch call: its token lists cost ~40 bytes a token
+PROGRESS_SECONDS = 30.0  # how often a long tokenization says how far it is
+SPLITS = ("train", "val")
+
+Stream = Callable[[], Iterator[Piece]]  # the corpus in corpus order; each call reads it anew
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -46,109 +73,266 @@ def bin_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def is_prepared(cfg: DataConfig) -> bool:
-    meta_path = cfg.dir / "meta.json"
-    if not meta_path.is_file():
-        return False
+def is_prepared(cfg: DataConfig, expected: str | None = None) -> bool:
+    """Whether cfg.dir holds bins, tokenizer and meta for this config (`expected`: its fingerprint,
+    when already computed). Anything missing, damaged or made from other inputs: no, rebuild."""
+    folder = cfg.dir
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((folder / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
-        bins_ok = all((cfg.dir / s["file"]).is_file() and (cfg.dir / s["file"]).stat().st_size == s["tokens"] * itemsize
+        bins_ok = all((folder / s["file"]).is_file() and (folder / s["file"]).stat().st_size == s["tokens"] * itemsize
                       for s in meta["splits"].values())
-        return meta["fingerprint"] == fingerprint(cfg) and bins_ok and (cfg.dir / "tokenizer.json").is_file()
-    except (ValueError, KeyError, TypeError):
-        return False  # unreadable meta: rebuild
+        if meta["fingerprint"] != (expected or fingerprint(cfg)) or not bins_ok:
+            return False
+        return Tokenizer.load(folder / "tokenizer.json").hash == meta["tokenizer_hash"]
+    except (OSError, ValueError, KeyError, TypeError, TokenizerError):
+        return False
 
 
-def load_documents(cfg: DataConfig) -> list[Document]:
+def corpus_stream(cfg: DataConfig) -> Stream:
+    """The configured corpus as a stream of Pieces: your files (read anew on every pass), or the
+    default corpus (downloaded when missing; ~10 MB, held in memory)."""
     if cfg.text_paths:
-        return custom_documents(list(cfg.text_paths))
+        files = custom_files(list(cfg.text_paths))
+        return lambda: custom_pieces(files)
     if not cfg.sources:
         raise DataError("data.sources is empty and data.text_paths is not set: name a source or give text files")
-    return default_corpus(list(cfg.sources), Path(cfg.downloads))
+    documents = default_corpus(list(cfg.sources), Path(cfg.downloads))
+    return lambda: document_pieces(documents)
 
 
-def write_split(path: Path, documents: list[Document], token_lists: list[list[int]], eot_id: int,
-                dtype: np.dtype) -> dict:
-    """Write one split as a flat token stream, group after group; return its layout for meta.json."""
-    groups: dict[str, dict] = {}
-    stream: list[int] = []
-    for group in dict.fromkeys(d.group for d in documents):
-        start = len(stream)
-        n_bytes = n_tokens = n_docs = 0
-        for doc, ids in zip(documents, token_lists):
-            if doc.group != group:
+class Inventory:
+    """What the first pass over the corpus learns: per group, in corpus order, each document's
+    name digest and UTF-8 size, and from the names which documents are held out for validation."""
+
+    def __init__(self, stream: Stream, val_fraction: float):
+        digests: dict[str, bytearray] = {}
+        self.sizes: dict[str, array] = {}
+        size = 0
+        for piece in stream():
+            size += len(piece.text.encode("utf-8"))
+            if piece.last:
+                digests.setdefault(piece.group, bytearray()).extend(name_digest(piece.name))
+                self.sizes.setdefault(piece.group, array("q")).append(size)
+                size = 0
+        self.val = held_out(digests, val_fraction)  # per group: is each document held out
+
+    def in_split(self, group: str, split: str) -> np.ndarray:
+        return self.val[group] if split == "val" else ~self.val[group]
+
+    def documents(self, split: str) -> int:
+        return sum(int(self.in_split(g, split).sum()) for g in self.val)
+
+    def text_bytes(self, split: str) -> int:
+        return sum(int(np.asarray(self.sizes[g])[self.in_split(g, split)].sum()) for g in self.val)
+
+    def with_splits(self, pieces: Iterator[Piece]) -> Iterator[tuple[str, Piece]]:
+        """Each piece with its split, by its document's place in its group."""
+        index = dict.fromkeys(self.val, 0)
+        for piece in pieces:
+            yield ("val" if self.val[piece.group][index[piece.group]] else "train"), piece
+            index[piece.group] += piece.last
+
+
+def bpe_texts(stream: Stream, inventory: Inventory) -> Iterator[str]:
+    """The text the BPE learns from: the training split's pieces, every one up to BPE_SAMPLE_BYTES,
+    beyond that a seeded random share of that size, spread over the whole split (so each
+    language and file of a large corpus is seen)."""
+    share = BPE_SAMPLE_BYTES / max(inventory.text_bytes("train"), 1)
+    rng = random.Random(0)
+    for split, piece in inventory.with_splits(stream()):
+        if split == "train" and (share >= 1 or rng.random() < share):
+            yield piece.text
+
+
+def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tokenizer:
+    if cfg.tokenizer_kind != "bpe":
+        return stock_tokenizer(cfg.tokenizer_kind)
+    train_bytes = inventory.text_bytes("train")
+    sample = f" (a {BPE_SAMPLE_BYTES / 1e6:.0f} MB sample of {train_bytes / 1e6:.0f} MB)" \
+        if train_bytes > BPE_SAMPLE_BYTES else ""
+    print(f"data: training a {cfg.vocab_size}-token BPE on {inventory.documents('train')} training documents{sample}",
+          flush=True)
+    return train_bpe(bpe_texts(stream, inventory), cfg.vocab_size)
+
+
+class Part:
+    """One group's share of one split: its tokens, each document's followed by <|endoftext|>, are
+    appended to `<split>.<group>.tmp` a batch at a time."""
+
+    def __init__(self, path: Path, dtype: np.dtype, eot_id: int):
+        self.path, self.dtype, self.eot_id = path, dtype, eot_id
+        self.file = open(path, "wb")
+        self.pending: list[int] = []
+        self.length = self.tokens = self.bytes = self.documents = 0  # length counts the <|endoftext|>s too
+
+    def add(self, piece: Piece, n_bytes: int, ids: list[int]) -> None:
+        self.pending += ids
+        self.tokens += len(ids)
+        self.bytes += n_bytes
+        if piece.last:
+            self.pending.append(self.eot_id)
+            self.documents += 1
+
+    def write(self) -> None:
+        self.file.write(np.asarray(self.pending, dtype=self.dtype).tobytes())
+        self.length += len(self.pending)
+        self.pending = []
+
+
+def tokenize(stream: Stream, inventory: Inventory, tokenizer: Tokenizer, out: Path) -> dict[str, dict[str, Part]]:
+    """Encode the corpus ENCODE_CHARS at a time into one Part per split and group, each split's
+    Parts in the order its groups first appear (the order of the bins' layout)."""
+    dtype = bin_dtype(tokenizer.vocab_size)
+    parts: dict[str, dict[str, Part]] = {split: {} for split in SPLITS}
+    total, done, reported = inventory.text_bytes("train") + inventory.text_bytes("val"), 0, time.time()
+    print(f"data: tokenizing {inventory.documents('train') + inventory.documents('val')} documents "
+          f"({total / 1e6:.1f} MB)", flush=True)
+    try:
+        batch: list[tuple[str, Piece]] = []
+        chars = 0
+        for split, piece in inventory.with_splits(stream()):
+            batch.append((split, piece))
+            chars += len(piece.text)
+            if chars < ENCODE_CHARS:
                 continue
-            stream += ids
-            stream.append(eot_id)
-            n_bytes += len(doc.text.encode("utf-8"))
-            n_tokens += len(ids)
-            n_docs += 1
-        groups[group] = {"start": start, "end": len(stream), "tokens": n_tokens, "bytes": n_bytes, "documents": n_docs}
-    tmp = path.with_name(path.name + ".tmp")
-    tokens = np.memmap(tmp, dtype=dtype, mode="w+", shape=(len(stream),))
-    tokens[:] = np.asarray(stream, dtype=dtype)
-    tokens.flush()
-    del tokens
-    tmp.replace(path)
+            done += encode_batch(batch, tokenizer, parts, out, dtype)
+            batch, chars = [], 0
+            if time.time() - reported > PROGRESS_SECONDS:
+                print(f"data: tokenized {done / 1e6:.0f} of {total / 1e6:.0f} MB", flush=True)
+                reported = time.time()
+        encode_batch(batch, tokenizer, parts, out, dtype)
+    finally:
+        for part in (p for split in parts.values() for p in split.values()):
+            part.file.close()
+    return parts
+
+
+def encode_batch(batch: list[tuple[str, Piece]], tokenizer: Tokenizer, parts: dict[str, dict[str, Part]],
+                 out: Path, dtype: np.dtype) -> int:
+    """Encode a batch of pieces (in parallel) and append their tokens to their Parts; return its bytes."""
+    done = 0
+    for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
+        if piece.group not in parts[split]:
+            parts[split][piece.group] = Part(out / f"{split}.{piece.group}.tmp", dtype, tokenizer.eot_id)
+        n_bytes = len(piece.text.encode("utf-8"))
+        parts[split][piece.group].add(piece, n_bytes, ids)
+        done += n_bytes
+    for part in (p for split in parts.values() for p in split.values() if p.pending):
+        part.write()
+    return done
+
+
+def join_parts(path: Path, parts: dict[str, Part]) -> dict:
+    """Lay a split's Parts out group after group in `path` (the first Part becomes it, the others
+    are appended and removed); return the split's layout for meta.json."""
+    first, *rest = parts.values()
+    with open(first.path, "ab") as joined:
+        for part in rest:
+            with open(part.path, "rb") as f:
+                shutil.copyfileobj(f, joined, 1 << 20)
+            part.path.unlink()
+    first.path.replace(path)
+    groups, start = {}, 0
+    for group, part in parts.items():
+        groups[group] = {"start": start, "end": start + part.length, "tokens": part.tokens, "bytes": part.bytes,
+                         "documents": part.documents}
+        start += part.length
     return {
-        "file": path.name,
-        "tokens": len(stream),
+        "file": path.name.removesuffix(".tmp"),
+        "tokens": start,
         "bytes": sum(g["bytes"] for g in groups.values()),
         "documents": sum(g["documents"] for g in groups.values()),
         "groups": groups,
     }
 
 
-def prepare(cfg: DataConfig) -> dict:
-    """Make sure cfg.dir holds bins, tokenizer and meta for this config; return the meta."""
-    out = cfg.dir
-    if is_prepared(cfg):
-        print(f"data: {out} is up to date")
-        return json.loads((out / "meta.json").read_text())
-    started = time.time()
-    documents = load_documents(cfg)
-    train_docs, val_docs = split_documents(documents, cfg.val_fraction)
-    if cfg.tokenizer_kind == "bpe":
-        print(f"data: training a {cfg.vocab_size}-token BPE on {len(train_docs)} training documents")
-        tokenizer = train_bpe((d.text for d in train_docs), cfg.vocab_size)
-    else:
-        tokenizer = stock_tokenizer(cfg.tokenizer_kind)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta is back
-    tokenizer.save(out / "tokenizer.json")
-    dtype = bin_dtype(tokenizer.vocab_size)
-    splits = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        splits[split] = write_split(out / f"{split}.bin", docs, tokenizer.encode_batch([d.text for d in docs]),
-                                    tokenizer.eot_id, dtype)
-    groups = list(dict.fromkeys(d.group for d in documents))
-    totals = {g: [sum(s["groups"].get(g, {}).get(k, 0) for s in splits.values()) for k in ("bytes", "tokens")]
-              for g in groups}
-    meta = {
-        "fingerprint": fingerprint(cfg),
-        "tokenizer_hash": tokenizer.hash,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": dtype.name,
-        "splits": splits,
-        "bytes_per_token": {g: round(b / max(t, 1), 3) for g, (b, t) in totals.items()},
-    }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(out / "meta.json")
+def build(cfg: DataConfig, expected: str) -> dict:
+    """Prepare cfg.dir from scratch (holding its lock); return the meta."""
+    out, started = cfg.dir, time.time()
+    check_val_fraction(cfg.val_fraction)
+    stream = corpus_stream(cfg)
+    print("data: reading the corpus to split it into training and validation documents", flush=True)
+    inventory = Inventory(stream, cfg.val_fraction)
+    tokenizer = make_tokenizer(cfg, stream, inventory)
+    try:
+        parts = tokenize(stream, inventory, tokenizer, out)
+        splits = {split: join_parts(out / f"{split}.bin.tmp", parts[split]) for split in SPLITS}
+        totals = {g: [sum(s["groups"].get(g, {}).get(k, 0) for s in splits.values()) for k in ("bytes", "tokens")]
+                  for g in inventory.val}  # every group, in corpus order
+        meta = {
+            "fingerprint": expected,
+            "tokenizer_hash": tokenizer.hash,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": bin_dtype(tokenizer.vocab_size).name,
+            "splits": splits,
+            "bytes_per_token": {g: round(b / max(t, 1), 3) for g, (b, t) in totals.items()},
+        }
+        (out / "tokenizer.json.tmp").write_text(tokenizer.to_json(), encoding="utf-8")
+        (out / "meta.json.tmp").write_text(json.dumps(meta, indent=2))
+    except BaseException:  # a full disk, Ctrl-C, anything: the old files stay, the new ones go
+        remove_debris(out)
+        raise
+    replace_prepared(out, ["tokenizer.json", *(s["file"] for s in splits.values())])
     print(f"data: prepared {out} in {time.time() - started:.0f}s: "
           + ", ".join(f"{s} {m['tokens']:,} tokens" for s, m in splits.items())
           + " | bytes/token " + ", ".join(f"{g} {v}" for g, v in meta["bytes_per_token"].items()))
     return meta
 
 
+def replace_prepared(out: Path, names: list[str]) -> None:
+    """Rename each staged `<name>.tmp` over `<name>`: meta.json goes first and comes back last, so
+    the folder reads as complete only when it is."""
+    try:
+        (out / "meta.json").unlink(missing_ok=True)
+        for name in [*names, "meta.json"]:
+            (out / f"{name}.tmp").replace(out / name)
+    except OSError as e:
+        remove_debris(out)
+        raise DataError(f"cannot move the new data into {out} ({e.strerror}): it is incomplete and is prepared "
+                        "again on the next run; check that folder") from None
+
+
+def write_failure(cfg: DataConfig, e: OSError) -> DataError:
+    """A failed write in the data folder (or on the way to it) as one line: where, why, what to do."""
+    folder = cfg.dir.resolve()
+    where = Path(e.filename).resolve() if e.filename else folder  # a failed write() names no file
+    if where != folder and folder not in where.parents and where not in folder.parents:
+        return DataError(f"cannot use {e.filename} ({e.strerror or e}): check that it exists and can be read")
+    fix = ("free space there or set data.root to a folder on a disk with room"
+           if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable or set data.root to another folder")
+    return DataError(f"cannot write the prepared data in {cfg.dir} ({e.strerror or e}): {fix}; "
+                     "nothing already prepared there was replaced")
+
+
+def prepare(cfg: DataConfig) -> dict:
+    """Make sure cfg.dir holds bins, tokenizer and meta for this config; return the meta."""
+    expected = fingerprint(cfg)
+    try:
+        if not is_prepared(cfg, expected):
+            with folder_lock(cfg.dir, "data.root", wait=True):
+                if not is_prepared(cfg, expected):  # the holder we waited for may have just prepared it
+                    return build(cfg, expected)
+    except BrokenPipeError:
+        raise  # stdout's reader went away (`| head`): no data folder problem, see trainer.cli.run_entry
+    except OSError as e:  # writing: the data folder's own errors (reading ones are DataErrors already)
+        raise write_failure(cfg, e) from None
+    print(f"data: {cfg.dir} is up to date")
+    return json.loads((cfg.dir / "meta.json").read_text())
+
+
 if __name__ == "__main__":
     import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
+
+    from trainer.cli import run_entry
+    from trainer.settings import typed
 
     @hydra.main(config_path="../config", config_name="train", version_base=None)
     def main(cfg: DictConfig) -> None:
-        prepare(DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
+        run_entry(lambda: prepare(typed(DataConfig, cfg.data, "data.")),
+                  interrupted=lambda: f"nothing already prepared in {cfg.data.root}/{cfg.data.name} was replaced: "
+                                      "run again to prepare it")
 
     main()

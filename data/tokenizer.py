@@ -132,7 +132,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     if vocab_size < 257 + 1:
         raise TokenizerError(f"data.vocab_size={vocab_size} must be at least 258 (256 bytes, a merge, {EOT})")
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(iter(texts), vocab_size - 1, pattern=SPLIT_PATTERN)  # -1: room for EOT
+    # -1: room for EOT. rustbpe holds buffer_size texts at once: 256 pieces of a long document
+    # (data/corpus.py, ~64K characters each) are a few tens of MB; the result does not depend on it
+    trainer.train_from_iterator(iter(texts), vocab_size - 1, buffer_size=256, pattern=SPLIT_PATTERN)
     ranks = [bytes(token) for token, _rank in sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])]
     return Tokenizer("bpe", trainer.get_pattern(), ranks, {EOT: len(ranks)})
 

@@ -1,8 +1,10 @@
-"""Corpus cleaning, the split by whole documents, and preparing the bins (idempotent, rebuilt on change)."""
+"""Corpus cleaning, streaming text in token-safe pieces, the split by whole documents, and preparing
+the bins (idempotent, rebuilt on change)."""
 from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import data.corpus
+import data.sources
 from data.batches import TokenBins
-from data.corpus import Document, split_documents
 from data.config import DataConfig
+from data.corpus import Document, pieces, split_documents, whole_documents
 from data.prepare import prepare
-from data.sources import (DataError, clean_tagged_line, custom_documents, hsk_pair_documents,
-                          peoples_daily_documents, shakespeare_documents)
+from data.sources import (DataError, clean_tagged_line, custom_documents, decode_utf8, hsk_pair_documents,
+                          normalise_newlines, peoples_daily_documents, shakespeare_documents, text_files)
 from data.tokenizer import Tokenizer
 
 
@@ -89,9 +93,104 @@ def test_split_holds_out_whole_documents_per_group_deterministically():
     assert split_documents(documents[::-1], 0.1)[1] == val[::-1]
 
 
-def test_split_needs_two_documents():
-    with pytest.raises(ValueError, match="fewer than two documents"):
+def test_split_needs_two_documents_and_a_val_fraction_between_0_and_1():
+    with pytest.raises(DataError, match="fewer than two documents"):
         split_documents(_docs("text", 1), 0.1)
+    for val_fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(DataError, match=f"data.val_fraction={val_fraction} must be between 0 and 1"):
+            split_documents(_docs("text", 10), val_fraction)
+
+
+def test_the_same_file_named_twice_lands_on_one_side_of_the_split():
+    documents = _docs("text", 20) + [Document("text/3", "text", "text/3 again")]
+    train, val = split_documents(documents, 0.1)
+    assert {d.source for d in train}.isdisjoint(d.source for d in val)
+
+
+def whole_file_documents(paths: list[str]) -> list[Document]:
+    """What custom text was before streaming: every file read whole, then cut into documents."""
+    texts = {str(p): normalise_newlines(decode_utf8(p.read_bytes(), str(p))) for p in text_files(paths)}
+    documents = [Document(name, "text", text) for name, text in texts.items() if text.strip()]
+    if len(documents) == 1:
+        name, text = documents[0].source, documents[0].text
+        paragraphs = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+        documents = [Document(f"{name}#{i}", "text", p) for i, p in enumerate(paragraphs)]
+    return documents
+
+
+def test_streamed_custom_text_makes_the_documents_whole_files_make(tmp_path, monkeypatch):
+    # every cut a small read or piece size can make: \r\n split across reads, blank-line runs, white space
+    rng = random.Random(0)
+    alphabet = ["a", "b c", " ", "\n", "\r", "\r\n", "\n\n", " \n", "中文", "é", "\t", "x."]
+    for trial in range(400):
+        monkeypatch.setattr(data.sources, "READ_BYTES", rng.choice([1, 2, 3, 7, 64]))
+        monkeypatch.setattr(data.corpus, "PIECE_CHARS", rng.choice([1, 2, 5, 50]))
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        for i in range(rng.choice([1, 1, 2, 3])):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+            (folder / f"f{i}.txt").write_bytes(text.encode())
+        expected = whole_file_documents([str(folder)])
+        if len(expected) < 2:  # no text, or a single document: both refused
+            with pytest.raises(DataError):
+                custom_documents([str(folder)])
+        else:
+            assert custom_documents([str(folder)]) == expected
+
+
+PATTERNS = {  # the pre-tokenizer patterns of data.tokenizer_kind=bpe, gpt2 and cl100k_base
+    "bpe": None,
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+}
+
+
+@pytest.mark.parametrize("kind", PATTERNS)
+def test_pieces_encode_to_the_tokens_of_the_whole_text_and_train_the_same_bpe(kind, monkeypatch):
+    import rustbpe
+    import tiktoken
+
+    from data.tokenizer import SPLIT_PATTERN
+    pattern = PATTERNS[kind] or SPLIT_PATTERN
+    rng = random.Random(1)
+    alphabet = ["the", " ", "  ", "\n", "\n\n", " \n", "中国", "，", ".", "!", "\t", "12", "345", "'s", "\u3000",
+                "\u00a0", "\x1c", "\u2028", "\x85", "é", "-", "("]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(300)]
+    texts = [t for t in texts if t.strip()]
+
+    def merges(texts: list[str]) -> list:
+        trainer = rustbpe.Tokenizer()
+        trainer.train_from_iterator(iter(texts), 400, buffer_size=7, pattern=pattern)
+        return trainer.get_mergeable_ranks()
+
+    ranks = merges(texts)
+    encoding = tiktoken.Encoding(kind, pat_str=pattern, mergeable_ranks={bytes(t): r for t, r in ranks}, special_tokens={})
+    monkeypatch.setattr(data.corpus, "PIECE_CHARS", 2)
+    cut = [[p.text for p in pieces([text], "doc", "g")] for text in texts]
+    assert sum(map(len, cut)) > 2 * len(texts)  # cut often
+    for text, parts in zip(texts, cut):
+        assert "".join(parts) == text
+        assert sum((encoding.encode_ordinary(part) for part in parts), []) == encoding.encode_ordinary(text)
+    assert merges([part for parts in cut for part in parts]) == ranks
+
+
+def test_a_byte_that_is_not_utf8_is_named_at_its_offset_across_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.sources, "READ_BYTES", 3)
+    path = tmp_path / "mixed.txt"
+    path.write_bytes("中文 text\n\nmore ".encode() + b"\xff" + b" tail\n\n" + "中".encode()[:2])
+    with pytest.raises(DataError, match=r"mixed.txt is not UTF-8 text \(invalid byte 0xff at byte offset 18\)"):
+        custom_documents([str(path)])
+    path.write_bytes("中文 text\n\nmore ".encode() + "中".encode()[:2])  # the file ends inside a character
+    with pytest.raises(DataError, match=r"mixed.txt is not UTF-8 text \(invalid byte 0xe4 at byte offset 18\)"):
+        custom_documents([str(path)])
+
+
+def test_whole_documents_joins_the_pieces_of_each_document(monkeypatch):
+    monkeypatch.setattr(data.corpus, "PIECE_CHARS", 4)
+    text = "first line\nsecond line\nthird line"
+    stream = list(pieces([text[:7], text[7:]], "d", "g"))
+    assert len(stream) > 1 and [p.last for p in stream] == [False] * (len(stream) - 1) + [True]
+    assert whole_documents(stream) == [Document("d", "g", text)]
 
 
 def test_custom_single_file_is_split_at_blank_lines(tmp_path):
