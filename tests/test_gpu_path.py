@@ -215,7 +215,10 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
                  "train.max_iters=2", "train.eval_interval=1"]
     with hydra.initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = hydra.compose("train", overrides=overrides)
-    train.train(cfg, distributed.Ranks(), "cpu")
+    from trainer.config import RunConfig
+    from trainer.settings import typed
+
+    train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", train.LastSave(tiny_run["tmp"] / "out"))
     assert {size for training, size in sizes if training} == {2}  # 8 sequences in 4 micro-batches
     assert {size for training, size in sizes if not training} == {2}  # evaluation: the same 2, not 8
 

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # a small GPT with a large vocabulary (its logits are 16 MiB), trained for 8 steps to settle,
-# then the page faults of 3 more steps
+# then the page faults of 3 more steps (twice)
 STEPS = """
 import resource, sys, torch
 sys.path.insert(0, {repo!r})
@@ -28,10 +28,13 @@ def step():
     optimizer.zero_grad(set_to_none=True)
 for _ in range(8):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range(2):  # the quieter of two windows: a one-time 64 MiB arena may land in either
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
 """
 
 
