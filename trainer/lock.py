@@ -52,7 +52,8 @@ def folder_lock(folder: Path, setting: str, wait: bool = False) -> Iterator[None
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        command = command if len(command) <= 120 else command[:119] + "…"  # the message stays one readable line
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command}, since {started})".encode(), 0)
         remove_debris(folder)
         yield
