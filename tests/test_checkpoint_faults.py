@@ -275,3 +275,20 @@ def test_sample_piped_into_head_stops_with_one_line_when_the_pipe_closes(trained
     assert result.returncode == 0 and len(result.stdout) == 20  # head's
     assert result.stderr.strip().splitlines() == [
         "stopped: the program reading the output went away; sampling stopped"], result.stderr[-2000:]
+
+
+def test_a_folder_that_cannot_be_locked_is_a_warning_and_the_job_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    from trainer.lock import folder_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # what some network file systems answer
+    with folder_lock(tmp_path / "out", "out_dir"):
+        (tmp_path / "out" / "ran").touch()
+    assert (tmp_path / "out" / "ran").exists()
+    assert capsys.readouterr().err == (f"warning: cannot lock {tmp_path / 'out'} (No locks available): nothing stops "
+                                       "a second job from using it at the same time\n")

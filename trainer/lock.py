@@ -50,6 +50,9 @@ def folder_lock(folder: Path, setting: str, wait: bool = False) -> Iterator[None
                                  f"or choose another {setting}") from None
             print(f"waiting for {holder(fd)}, which is writing {folder}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (some network mounts): go on, but say so
+            print(f"warning: cannot lock {folder} ({e.strerror or e}): nothing stops a second job from using it at "
+                  "the same time", file=sys.stderr, flush=True)
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
