@@ -2,7 +2,7 @@
 
     python sample.py                                  # one sample per default prompt, from out/
     python sample.py prompt="ROMEO:" num_samples=3 temperature=0.7
-    python sample.py "prompt='中国'" max_new_tokens=100 top_p=0.9 out_dir=out   # quote non-ASCII text for hydra
+    python sample.py prompt=中国 max_new_tokens=100 top_p=0.9 out_dir=out   # UTF-8 values need no quotes
     python sample.py 'prompt=["", "KING:"]'           # several prompts; "" starts from <|endoftext|>
     python sample.py prompt_file=prompts.txt format=jsonl > samples.jsonl
 """
@@ -112,4 +112,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from trainer.cli import prepare_hydra_argv
+
+    prepare_hydra_argv("sample", "python sample.py")
     main()

@@ -326,8 +326,10 @@ if __name__ == "__main__":
     import hydra
     from omegaconf import DictConfig
 
-    from trainer.cli import run_entry
+    from trainer.cli import prepare_hydra_argv, run_entry
     from trainer.settings import typed
+
+    prepare_hydra_argv("train", "python -m data.prepare")
 
     @hydra.main(config_path="../config", config_name="train", version_base=None)
     def main(cfg: DictConfig) -> None:

@@ -109,7 +109,9 @@ class Tokenizer:
 class StreamDecoder:
     """Decodes ids one at a time for streaming output. Bytes of a character split across tokens
     are held back until the character is complete, so no U+FFFD is printed for them;
-    <|endoftext|> becomes a line break."""
+    <|endoftext|> becomes a line break. A character still incomplete at the end (or right before
+    <|endoftext|>) is left out; bytes that can never be UTF-8 (an undertrained model emits some)
+    show as U+FFFD where they occur."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
@@ -121,8 +123,23 @@ class StreamDecoder:
         return self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
 
     def flush(self) -> str:
-        """What is left at the end: bytes that never completed a character become U+FFFD."""
-        return self.decoder.decode(b"", final=True)
+        """What is left at the end: the first bytes of a character that never completed are left
+        out (not printed as U+FFFD); the decoder starts afresh after."""
+        pending, _ = self.decoder.getstate()
+        self.decoder.reset()
+        completions = (bytes([c]) + b"\x80" * k for c in range(0x80, 0xC0) for k in range(3))
+        if not pending or any(_is_utf8(pending + tail) for tail in completions):
+            return ""
+        # bytes no character starts with: CPython's decoder holds back ED A0-BF (a surrogate's start)
+        return pending.decode("utf-8", errors="replace")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -185,7 +185,9 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from trainer.cli import run_entry
+    from trainer.cli import prepare_hydra_argv, run_entry
+
+    prepare_hydra_argv("heads", "python -m heads.report")
 
     @hydra.main(config_path="../config", config_name="heads", version_base=None)
     def run(cfg: DictConfig) -> None:

@@ -287,3 +287,10 @@ def test_the_heads_report_refuses_a_file_as_report_dir_and_too_few_probe_tokens(
                                 cwd=tmp_path, env=machine["env"], capture_output=True, text=True,
                                 stdin=subprocess.DEVNULL, timeout=600)
         assert_one_error_line(result, message)
+
+
+def test_streaming_into_jsonl_is_refused_since_it_would_break_the_json_lines():
+    from trainer.config import SampleConfig
+
+    with pytest.raises(ConfigError, match="use stream=false with format=jsonl"):
+        typed(SampleConfig, {"stream": True, "format": "jsonl"})

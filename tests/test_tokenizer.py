@@ -1,9 +1,13 @@
 """The BPE tokenizer: exact round trips for any Unicode text, stable save/load, clear failures."""
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import tiktoken
 
+from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
 from data.tokenizer import EOT, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
 
 TRAINING_TEXT = [
@@ -95,9 +99,83 @@ def test_stream_decoder_holds_back_split_characters(tokenizer):
     assert pieces[0] == "" and pieces[2] == "中"  # nothing printed until the character is complete
 
 
-def test_stream_decoder_turns_endoftext_into_a_line_break_and_flushes_leftovers(tokenizer):
+def byte_ids(tokenizer: Tokenizer, data: bytes) -> list[int]:
+    return [tokenizer.ranks.index(bytes([b])) for b in data]
+
+
+def test_stream_decoder_turns_endoftext_into_a_line_break_and_drops_a_character_it_cut(tokenizer):
     decoder = tokenizer.stream_decoder()
     first = tokenizer.ranks.index("中".encode()[:1])
     assert decoder.feed(first) == ""
-    assert decoder.feed(tokenizer.eot_id) == "\ufffd\n"  # an incomplete character cut by a document break
+    assert decoder.feed(tokenizer.eot_id) == "\n"  # an incomplete character cut by a document break: left out
+    assert [decoder.feed(i) for i in byte_ids(tokenizer, "中".encode())] == ["", "", "中"]  # a fresh start after
     assert decoder.flush() == ""
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_stream_decoder_leaves_out_a_character_incomplete_at_the_end(tokenizer, cut):
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.feed(i) for i in byte_ids(tokenizer, "ok 中".encode()[:3 + cut])] + [decoder.flush()]
+    assert "".join(pieces) == "ok "  # no U+FFFD for the first bytes of 中
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.feed(i) for i in byte_ids(tokenizer, "ok 中".encode())] + [decoder.flush()]
+    assert "".join(pieces) == "ok 中"
+
+
+def test_stream_decoder_still_shows_bytes_that_are_not_utf8_as_replacement_characters(tokenizer):
+    decoder = tokenizer.stream_decoder()
+    ids = byte_ids(tokenizer, b"a\xffb") + byte_ids(tokenizer, "中".encode()[:1]) + byte_ids(tokenizer, b"c")
+    assert "".join(decoder.feed(i) for i in ids) + decoder.flush() == "a\ufffdb\ufffdc"  # only the tail is dropped
+    decoder = tokenizer.stream_decoder()
+    assert "".join(decoder.feed(i) for i in byte_ids(tokenizer, b"a\xed\xa0")) + decoder.flush() == "a\ufffd\ufffd"
+
+
+# --- through sample.py ---------------------------------------------------------------------------
+
+def expected_text(data: bytes) -> str:
+    """`data` as errors="replace" decodes it, less an incomplete character at the end."""
+    text = ""
+    while True:
+        try:
+            return text + data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text += data[:e.start].decode("utf-8")
+            if e.reason == "unexpected end of data":  # the first bytes of a character, cut off
+                return text
+            text, data = text + "\ufffd", data[e.end:]
+
+
+def sample_blocks(stdout: str) -> list[str]:
+    """What text format prints under each sample's header: the prompt, the new text, a line break."""
+    return re.split(r"^--- sample \d+/\d+ \(prompt .*\) ---\n", stdout, flags=re.M)[1:]
+
+
+def test_sample_never_ends_a_stream_with_a_replacement_character(tmp_path):
+    # a 10-step model writes byte tokens of Chinese characters at random: with this seed some samples
+    # end (or reach <|endoftext|>) inside a character, which sample.py used to print as U+FFFD
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    env = fresh_machine_env(tmp_path)
+    result = run_entry("train.py", *TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'data'}",
+                       "dtype=float32", "wandb.mode=disabled", "train.max_iters=10", "train.eval_interval=5",
+                       f"out_dir={tmp_path / 'out'}", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer = Tokenizer.load(tmp_path / "out" / "tokenizer.json")
+    prompts = ["", "中国", "the king", "王", "人民", "雨"]
+    common = [f"out_dir={tmp_path / 'out'}", "device=cpu", "seed=1", "max_new_tokens=8",
+              "prompt=[" + ", ".join(f'"{p}"' for p in prompts) + "]"]
+    outputs = {}
+    for fmt, stream in (("jsonl", "false"), ("text", "true"), ("text", "false")):
+        result = run_entry("sample.py", *common, f"format={fmt}", f"stream={stream}", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[fmt, stream] = result.stdout
+    samples = [json.loads(line) for line in outputs["jsonl", "false"].splitlines()]
+    assert [s["prompt"] for s in samples] == prompts
+    cut = 0
+    for s in samples:
+        documents = tokenizer.decode_bytes(s["tokens"]).split(EOT.encode())
+        assert s["text"] == "\n".join(expected_text(d) for d in documents), s
+        cut += sum(expected_text(d) != d.decode("utf-8", errors="replace") for d in documents)
+    assert cut >= 1  # the case at hand: at least one character cut by the end or by <|endoftext|>
+    expected = [s["prompt"] + s["text"] + "\n" for s in samples]
+    assert sample_blocks(outputs["text", "true"]) == expected  # streamed
+    assert sample_blocks(outputs["text", "false"]) == expected

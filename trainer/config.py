@@ -161,6 +161,9 @@ class SampleConfig:
         if self.stream and self.num_samples > 1:
             raise ConfigError(f"stream=true needs num_samples=1 (got {self.num_samples}): the samples of a prompt "
                               "are generated together as one batch; use stream=false")
+        if self.stream and self.format == "jsonl":
+            raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
+                              "(a stream would break the lines apart): use stream=false with format=jsonl")
 
 
 @dataclasses.dataclass
