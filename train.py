@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 from data.batches import TokenBins, TrainSampler
 from data.prepare import prepare
 from heads.probes import configured_probes
-from heads.report import build_report, log_report, print_top_heads
 from model import GPT, GPTConfig
 from trainer import distributed
 from trainer.checkpoint import (BEST, CHECKPOINT, CheckpointError, check_writable, load_checkpoint, load_weights,
@@ -244,6 +243,8 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
         """What every head does, to wandb: maps come from the explicit path, training is untouched."""
         if run is None or not run.active:
             return  # wandb failed earlier (warned once): nothing would receive the report
+        from heads.report import build_report, log_report, print_top_heads  # matplotlib: only runs that report pay for it
+
         started_report = time.time()
         report = build_report(model, bins.tokenizer, probes, cfg.wandb.probe_tokens, cfg.wandb.table_rows)
         log_report(run, report, step)

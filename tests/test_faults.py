@@ -103,13 +103,14 @@ def test_fused_adamw_steps_when_the_flag_is_false_without_the_host_reading_it():
 
 
 def wait_for_a_save(checkpoint, previous: int | None, timeout: float = 120.0) -> None:
-    """Until `checkpoint` has been written again since it had mtime `previous` (None: did not exist)."""
+    """Until `checkpoint` holds a later step than `previous` (None: until it exists). A run resumed
+    at step 0 saves step 0 again first, so a new file alone is no progress."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if checkpoint.exists() and checkpoint.stat().st_mtime_ns != previous:
+        if checkpoint.exists() and (previous is None or load_checkpoint(checkpoint.parent)["step"] > previous):
             return
         time.sleep(0.02)
-    raise AssertionError(f"no checkpoint written within {timeout} s")
+    raise AssertionError(f"no checkpoint after step {previous} written within {timeout} s")
 
 
 @pytest.mark.slow
@@ -119,7 +120,7 @@ def test_kill_9_five_times_then_resume_completes_and_every_checkpoint_loads(setu
     checkpoint = setup["out"] / "ckpt.pt"
     rng = random.Random(0)
     for kill in range(5):
-        previous = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        previous = load_checkpoint(setup["out"])["step"] if checkpoint.exists() else None
         process = subprocess.Popen(args, cwd=setup["tmp"], env=setup["env"], stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_a_save(checkpoint, previous)
