@@ -151,8 +151,8 @@ def sample_blocks(stdout: str) -> list[str]:
 
 
 def test_sample_never_ends_a_stream_with_a_replacement_character(tmp_path):
-    # a 10-step model writes byte tokens of Chinese characters at random: with this seed some samples
-    # end (or reach <|endoftext|>) inside a character, which sample.py used to print as U+FFFD
+    # a 10-step model writes byte tokens of Chinese characters at random: some samples end (or reach
+    # <|endoftext|>) inside a character, which sample.py used to print as U+FFFD
     corpus = make_tiny_corpus(tmp_path / "corpus")
     env = fresh_machine_env(tmp_path)
     result = run_entry("train.py", *TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'data'}",
@@ -164,18 +164,20 @@ def test_sample_never_ends_a_stream_with_a_replacement_character(tmp_path):
     common = [f"out_dir={tmp_path / 'out'}", "device=cpu", "seed=1", "max_new_tokens=8",
               "prompt=[" + ", ".join(f'"{p}"' for p in prompts) + "]"]
     outputs = {}
-    for fmt, stream in (("jsonl", "false"), ("text", "true"), ("text", "false")):
-        result = run_entry("sample.py", *common, f"format={fmt}", f"stream={stream}", cwd=tmp_path, env=env)
+    # the last run: 16 samples a prompt (one batch), so that some of its 96 endings cut a character
+    for fmt, stream, n in (("jsonl", "false", 1), ("text", "true", 1), ("text", "false", 1), ("jsonl", "false", 16)):
+        result = run_entry("sample.py", *common, f"format={fmt}", f"stream={stream}", f"num_samples={n}", cwd=tmp_path,
+                           env=env)
         assert result.returncode == 0, result.stderr[-2000:]
-        outputs[fmt, stream] = result.stdout
-    samples = [json.loads(line) for line in outputs["jsonl", "false"].splitlines()]
+        outputs[fmt, stream, n] = result.stdout
+    samples = [json.loads(line) for line in outputs["jsonl", "false", 1].splitlines()]
     assert [s["prompt"] for s in samples] == prompts
     cut = 0
-    for s in samples:
+    for s in samples + [json.loads(line) for line in outputs["jsonl", "false", 16].splitlines()]:
         documents = tokenizer.decode_bytes(s["tokens"]).split(EOT.encode())
         assert s["text"] == "\n".join(expected_text(d) for d in documents), s
         cut += sum(expected_text(d) != d.decode("utf-8", errors="replace") for d in documents)
     assert cut >= 1  # the case at hand: at least one character cut by the end or by <|endoftext|>
     expected = [s["prompt"] + s["text"] + "\n" for s in samples]
-    assert sample_blocks(outputs["text", "true"]) == expected  # streamed
-    assert sample_blocks(outputs["text", "false"]) == expected
+    assert sample_blocks(outputs["text", "true", 1]) == expected  # streamed
+    assert sample_blocks(outputs["text", "false", 1]) == expected
