@@ -85,12 +85,6 @@ class Tokenizer:
         """Identifies the tokenizer: bins and checkpoints record it, so mismatches are caught."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)  # atomic: a reader never sees half a tokenizer
-
     @classmethod
     def load(cls, path: Path) -> "Tokenizer":
         path = Path(path)
