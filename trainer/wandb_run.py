@@ -205,31 +205,28 @@ class WandbRun:
         close_wandb_log_files()
         print(self.failure, file=sys.stderr, flush=True)
 
-    def log(self, entry: dict | Callable[[], dict], step: int) -> None:
-        """run.log(entry, step=step); a callable is called here first, inside the guard (wandb.Image and
-        the like write files into the run folder)."""
+    def send(self, call: Callable[[], object]) -> None:
+        """call() while the run is active; its first failure is warned once and ends the logging."""
         if not self.active:
             return
         try:
-            self.run.log(entry() if callable(entry) else entry, step=step)
+            call()
         except Exception as e:  # noqa: BLE001 - logging is never a reason to stop training
             self.fail(e)
 
+    def log(self, entry: dict | Callable[[], dict], step: int) -> None:
+        """run.log(entry, step=step); a callable is called here first, inside the guard (wandb.Image and
+        the like write files into the run folder)."""
+        self.send(lambda: self.run.log(entry() if callable(entry) else entry, step=step))
+
     def summary(self, metrics: dict) -> None:
-        if not self.active:
-            return
-        try:
-            self.run.summary.update(metrics)
-        except Exception as e:  # noqa: BLE001
-            self.fail(e)
+        self.send(lambda: self.run.summary.update(metrics))
 
     def finish(self, exit_code: int = 0) -> str | None:
         """Close the run; the line to print about where it is (None when called again)."""
         if self.finished:
             return None
         self.finished = True
-        if self.failure is not None:
-            close_wandb_log_files()
         try:
             self.run.finish(exit_code=exit_code)  # bounded by FINISH_TIMEOUT on the wandb side
         except Exception as e:  # noqa: BLE001
