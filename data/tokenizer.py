@@ -145,7 +145,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     trainer = rustbpe.Tokenizer()
     # -1: room for EOT. rustbpe holds buffer_size texts at once: 256 pieces of a long document
     # (data/corpus.py, ~64K characters each) are a few tens of MB; the result does not depend on it
-    trainer.train_from_iterator(iter(texts), vocab_size - 1, buffer_size=256, pattern=SPLIT_PATTERN)
+    try:
+        trainer.train_from_iterator(iter(texts), vocab_size - 1, buffer_size=256, pattern=SPLIT_PATTERN)
+    except Exception as e:
+        # a Ctrl-C that lands while rustbpe's native code pulls the next text comes back wrapped (as the
+        # cause of a SystemError): give it back as the KeyboardInterrupt it is
+        if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     ranks = [bytes(token) for token, _rank in sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])]
     return Tokenizer("bpe", trainer.get_pattern(), ranks, {EOT: len(ranks)})
 

@@ -120,7 +120,7 @@ def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool
 def check_writable(out_dir: Path) -> None:
     """Fail before training, not at the first save, when out_dir cannot hold a checkpoint."""
     out_dir = Path(out_dir)
-    probe = out_dir / ".write-test"
+    probe = out_dir / f".write-test.{os.getpid()}"  # two runs starting together must not remove each other's
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
