@@ -256,7 +256,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     if start_step:
         saved.step = start_step  # ckpt.pt already holds it
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
-    sync_every_step = not skips_on_device(optimizers)  # Muon must know on the host whether to step
+    sync_every_step = not skips_on_device(optimizers)  # unfused AdamW (MPS) must know on the host whether to step
     stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     last_log = time.time()
@@ -282,8 +282,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                 last_log = time.time()  # evaluation and reports do not count as training throughput
             if step == last_step:
                 break
-            progress = ((time.time() - started) / tc.max_seconds if tc.max_seconds
-                        else decay_progress(step, tc.warmup_iters, tc.lr_decay_iters))
+            progress = decay_progress(step, tc.warmup_iters, tc.lr_decay_iters, time.time() - started, tc.max_seconds)
             lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
@@ -304,6 +303,8 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                 flops_per_second = flops_per_step / seconds_per_step
                 elapsed = now - started
                 eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
+                if tc.max_seconds:
+                    eta = min(eta, max(0.0, tc.max_seconds - elapsed))
                 utilisation = mfu(flops_per_second, peak, ranks.world_size) if peak else None
                 if ranks.is_main:
                     mfu_text = f", MFU {100 * utilisation:.1f}%" if peak else ""
@@ -333,7 +334,11 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     guard.read()
     failure = guard.failure()
     if ranks.is_main and not interrupted and not failure:  # also when Ctrl-C came during the final evaluation
-        print(f"done in {format_seconds(time.time() - started)}: checkpoint in {out_dir / CHECKPOINT}")
+        budget = (f"the time budget train.max_seconds={tc.max_seconds:g} ran out first" if last_step < tc.max_iters
+                  else f"train.max_iters={tc.max_iters}")
+        reached = f", val bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
+        print(f"done in {format_seconds(time.time() - started)} at step {last_step} ({budget}){reached}: "
+              f"checkpoint in {out_dir / CHECKPOINT}")
     if run is not None:
         run.summary(metrics)
         where = run.finish(exit_code=1 if failure else 0)

@@ -3,7 +3,7 @@ recipe, same model size, on the default corpus, the same time budget each.
 
     python bench/time_to_quality.py [--minutes 10] [--out bench/results]
 
-Runs the real train.py twice (preset=cpu, and preset=cpu recipe=fast) with train.max_seconds,
+Runs the real train.py twice (preset=cpu recipe=baseline, and preset=cpu recipe=fast) with train.max_seconds,
 from scratch (train.resume=false: a run left in its folder starts over), evaluating every 50
 steps, reads the evaluation lines, prints the curves as a table and the time the faster recipe
 needs to reach the baseline's final bpb, and saves a PNG plot.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_LINE = re.compile(r"eval step (\d+) \(([\d.]+)s\): val loss [\d.]+ \| bpb ([\d.]+)")
-RECIPES = {"baseline (nanoGPT-style)": [], "fast recipe": ["recipe=fast"]}
+RECIPES = {"baseline (nanoGPT-style)": ["recipe=baseline"], "fast recipe": ["recipe=fast"]}
 
 
 def curve(name: str, extra: list[str], minutes: float, out: Path) -> list[tuple[float, int, float]]:

@@ -78,7 +78,9 @@ def test_hydra_argv_values_parse_as_the_text_typed() -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["model.n_layr=3"], ("error: model.n_layr is not a setting: did you mean model.n_layer? "
                           "(python train.py --cfg job lists them all)")),
-    (["preset=gpu"], "error: preset=gpu is not an option: preset is one of cpu"),
+    (["preset=gpu"], "error: preset=gpu is not an option: preset is one of cpu (config/preset/), or none: leave preset= out"),
+    (["preset=null"], "error: preset=null is not an option: preset is one of cpu"),  # hydra's own: a traceback
+    (["preset=cpu", "recipe=null"], "error: recipe=null is not an option: recipe is one of baseline, fast (config/recipe/)"),
     (["data=custm"], "data is one of bilingual, custom"),
 ])
 def test_unknown_key_or_option_is_one_line(tmp_path: Path, args: list[str], expected: str) -> None:

@@ -45,8 +45,11 @@ def test_a_time_budget_stops_training_with_an_evaluated_checkpoint(run, tmp_path
     result = run_entry("train.py", *run["overrides"], "train.max_iters=100000", "train.max_seconds=3",
                        "wandb.mode=disabled", f"out_dir={out}", cwd=tmp_path, env=run["env"])
     assert result.returncode == 0, result.stderr[-2000:]
-    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
+    step = checkpoint["step"]
     assert 0 < step < 100000 and f"eval step {step} (" in result.stdout
+    assert (f"at step {step} (the time budget train.max_seconds=3 ran out first), "
+            f"val bpb {checkpoint['val_metrics']['val/bpb']:.3f}: checkpoint in") in result.stdout
 
 
 def test_wandb_goes_offline_by_itself_without_a_key(run):

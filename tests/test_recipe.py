@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from model import GPT, GPTConfig
+from trainer.muon import Muon
 from trainer.optim import make_optimizers
 
 FAST = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope", norm="rmsnorm",
@@ -31,7 +32,7 @@ def test_fast_recipe_model_is_untied_zero_initialised_and_causal():
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     model = GPT(GPTConfig(**FAST))
     muon, adamw = make_optimizers(model, TC, torch.device("cpu"))
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
     muon_params = {id(p) for g in muon.param_groups for p in g["params"]}
     adamw_params = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert muon_params.isdisjoint(adamw_params)

@@ -135,13 +135,18 @@ def test_the_dataclasses_mirror_the_yaml_files(name):
 def test_presets_recipes_and_the_custom_data_group_convert(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("text")
-    run = typed(RunConfig, composed("train", "preset=cpu", "recipe=fast", "data=custom", f"data.text_paths={notes}",
+    run = typed(RunConfig, composed("train", "preset=cpu", "data=custom", f"data.text_paths={notes}",
                                     "train.resume=true"), "")
-    assert run.train.optimizer == "muon" and run.train.lr_decay_iters == run.train.max_iters == 1000
+    assert run.train.optimizer == "muon" and run.train.lr_decay_iters == run.train.max_iters == 2000  # the fast recipe
+    assert run.train.max_seconds == 420
     assert run.data.text_paths == [str(notes)]  # one plain string is one path, not one per character
     assert run.train.resume == "true"  # hydra's bool, as a string
     assert run.gpt_config(320).pos_encoding == "rope" and isinstance(run.data, DataConfig)
     assert isinstance(run.train, TrainConfig) and isinstance(run.wandb, WandbConfig)
+    baseline = typed(RunConfig, composed("train", "preset=cpu", "recipe=baseline"), "")
+    assert baseline.train.optimizer == "adamw" and baseline.gpt_config(320).pos_encoding == "learned"
+    assert baseline.gpt_config(320).n_embd == run.gpt_config(320).n_embd == 256  # the preset's size either way
+    assert typed(RunConfig, composed("train"), "").train.optimizer == "adamw"  # no preset: nanoGPT-style
 
 
 def test_paths_expand_the_home_folder(monkeypatch, tmp_path):

@@ -160,6 +160,9 @@ def check_overrides(argv: list[str], config_name: str, command: str, config_dir:
         return  # hydra reports its own syntax errors
     parsed = [o for o in parsed if not (o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None)
               and o.key_or_group.split(".")[0] != "hydra"]
+    # groups the primary config leaves out by default (preset: null)
+    defaults = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
+    optional = {k for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items() if v is None}
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         loader = GlobalHydra.instance().config_loader()
         groups = {g for g in loader.list_groups("") if g != "hydra"}
@@ -173,10 +176,11 @@ def check_overrides(argv: list[str], config_name: str, command: str, config_dir:
             if not all(p is None or isinstance(p, str) for p in picks):
                 continue  # glob(), range(), ...: hydra resolves them
             for pick in picks:
-                if pick is not None and not (isinstance(pick, str) and pick in options):
-                    raise ConfigError(f"{o.key_or_group}={pick} is not an option: {o.key_or_group} is one of "
-                                      f"{', '.join(options)} (config/{o.key_or_group}/) or null")
-            chosen.append(f"{o.key_or_group}={picks[0]}" if picks[0] is not None else f"{o.key_or_group}=null")
+                if pick not in options:  # hydra itself fails on `group=null` with a traceback
+                    raise ConfigError(f"{o.key_or_group}={pick if pick is not None else 'null'} is not an option: "
+                                      f"{o.key_or_group} is one of {', '.join(options)} (config/{o.key_or_group}/)"
+                                      + (f", or none: leave {o.key_or_group}= out" if o.key_or_group in optional else ""))
+            chosen.append(f"{o.key_or_group}={picks[0]}")
         keys = [o.key_or_group for o in parsed if o.key_or_group not in groups]
         if not keys:
             return

@@ -3,8 +3,9 @@ one must not make the host wait for the device every step.
 
 Every step's gradient norm (over all parameters, after DDP has averaged the gradients, so every
 rank decides alike) is tested on the device, and a non-finite one skips the update. Fused AdamW
-skips on the device itself (it takes the `found_inf` flag GradScaler hands it), so nothing
-waits; an optimizer that cannot (torch's Muon) needs the flag on the host, one sync per step.
+and our Muon skip on the device itself (they take the `found_inf` flag GradScaler hands them), so
+nothing waits; an optimizer that cannot (AdamW without its fused kernel, on MPS) needs the flag
+on the host, one sync per step.
 The guard keeps each step's norm on the device and reads them at log time, with the loss: it
 prints the skipped steps, and once `train.max_nonfinite` of them came in a row it stops training
 with an error naming them. The last checkpoint, written from finite weights, stays as it was.
@@ -24,7 +25,7 @@ class NonFiniteError(Exception):
 
 
 def skips_on_device(optimizers: list[torch.optim.Optimizer]) -> bool:
-    """True when every optimizer can skip an update from a flag on the device (fused Adam/AdamW)."""
+    """True when every optimizer can skip an update from a flag on the device (fused AdamW, Muon)."""
     return all(getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in optimizers)
 
 

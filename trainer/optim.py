@@ -1,10 +1,10 @@
 """Optimizers: AdamW for everything (nanoGPT), or Muon for the hidden matrices with AdamW for the
 rest (modded-nanogpt, nanochat).
 
-Muon orthogonalises each update of a 2-D weight matrix (Newton-Schulz iterations), which makes
+Muon (trainer/muon.py) orthogonalises each update of a 2-D weight matrix, which makes
 hidden-layer training markedly faster per step; embeddings, the LM head, norms, biases and the
-per-head parameters of additive attention stay on AdamW. With adjust_lr_fn="match_rms_adamw"
-Muon's updates have AdamW's size, so one learning rate and one schedule serve both.
+per-head parameters of additive attention stay on AdamW. Muon's updates have AdamW's size, so
+one learning rate and one schedule serve both.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from model import GPT
+from trainer.muon import Muon, newton_schulz_dtype
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -33,5 +34,5 @@ def make_optimizers(model: GPT, tc: DictConfig, device: torch.device) -> list[to
     # attention's v holds one vector per head)
     hidden = [m.weight for m in model.blocks.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
     hidden_ids = {id(p) for p in hidden}
-    muon = torch.optim.Muon(hidden, lr=tc.learning_rate, weight_decay=tc.weight_decay, adjust_lr_fn="match_rms_adamw")
+    muon = Muon(hidden, lr=tc.learning_rate, weight_decay=tc.weight_decay, ns_dtype=newton_schulz_dtype(device))
     return [muon, adamw([p for p in params if id(p) not in hidden_ids], tc, device)]

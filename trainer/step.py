@@ -1,8 +1,8 @@
 """One optimizer step, the unit train.py repeats and bench/ times: the micro-batches (forward under
 autocast, backward), unscaling, the gradient norm and its non-finite check, clipping, the update.
 
-Nothing here reads a value back to the host (with AdamW): the loss and the gradient norm stay on
-the device until train.py logs them.
+Nothing here reads a value back to the host (on CUDA and CPU, whose AdamW is fused): the loss and
+the gradient norm stay on the device until train.py logs them.
 """
 from __future__ import annotations
 

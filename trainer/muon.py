@@ -1,0 +1,90 @@
+"""Muon: momentum, then each 2-D update orthogonalised by Newton-Schulz iterations (Keller
+Jordan's Muon, as in modded-nanogpt and nanochat), for the hidden matrices.
+
+Ours rather than torch.optim.Muon for two reasons:
+- torch's always orthogonalises in bf16. Where bf16 is only emulated (CPUs without AVX-512 BF16
+  or AMX, GPUs older than Ampere) that is ~100x slower than fp32 and made every step take
+  seconds; here the iterations run in `ns_dtype`, which `newton_schulz_dtype` picks per device.
+- torch's cannot skip a step from a flag on the device, so a non-finite gradient cost a host sync
+  every step; this one takes GradScaler's `found_inf` like fused AdamW (trainer/nonfinite.py).
+
+The update's size matches AdamW's (Moonshot's "match_rms_adamw" scaling, 0.2 * sqrt(max(A, B))),
+so one learning rate and one schedule serve both optimizers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainer.runtime import cpu_supports_bf16, cuda_supports_bf16
+
+# the quintic's coefficients, chosen for the steepest slope at 0: five iterations bring every
+# singular value into roughly [0.7, 1.2], which trains as well as exact orthogonalisation
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware multiplies in it natively (fast, and precise enough for an
+    approximate orthogonalisation), else fp32."""
+    native = cuda_supports_bf16() if device.type == "cuda" else device.type == "cpu" and cpu_supports_bf16()
+    return torch.bfloat16 if native else torch.float32
+
+
+def orthogonalise(update: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """The matrix nearest to `update` with all singular values ~1 (U V^T of its SVD, roughly),
+    by `steps` Newton-Schulz iterations of X <- aX + (bA + cA^2)X with A = X X^T."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # iterate on the wide side: A is then the smaller Gram matrix
+    x = x / x.norm().clamp(min=1e-7)  # spectral norm <= Frobenius norm = 1: inside the iteration's basin
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D parameters. `found_inf` (a 0-dim tensor set on the optimizer, as GradScaler
+    and trainer.nonfinite.step_unless do) skips the whole step on the device when nonzero."""
+
+    _step_supports_amp_scaling = True  # GradScaler hands the flag over instead of syncing
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.95, ns_steps: int = 5,
+                 ns_dtype: torch.dtype = torch.float32):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "ns_steps": ns_steps})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon takes matrices only, got a parameter of shape {tuple(p.shape)}")
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad_scale = getattr(self, "grad_scale", None)  # set when the gradients are still scaled (fp16)
+        found_inf = getattr(self, "found_inf", None)
+        skip = None if found_inf is None else found_inf.bool()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if grad_scale is None else p.grad / grad_scale
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                new_buf = buf.lerp(grad, 1 - momentum)
+                nesterov = grad.lerp(new_buf, momentum)  # look ahead along the momentum
+                update = orthogonalise(nesterov, group["ns_steps"], self.ns_dtype).to(p.dtype)
+                scale = lr * 0.2 * math.sqrt(max(p.shape))  # AdamW's update RMS (~0.2 lr) for any shape
+                new_p = p * (1 - lr * group["weight_decay"]) - scale * update  # decoupled weight decay
+                if skip is None:
+                    buf.copy_(new_buf)
+                    p.copy_(new_p)
+                else:  # a non-finite gradient leaves weights and momentum as they were, with no host sync
+                    buf.copy_(torch.where(skip, buf, new_buf))
+                    p.copy_(torch.where(skip, p, new_p))
