@@ -8,7 +8,7 @@ with each, then validation bits per byte, mean step time and both models' attent
 batch and dtype on random tokens, alternating dot and additive steps so both see the same load.
 
 Otherwise it runs the real train.py twice from scratch (preset=cpu with model.attn_score=dot,
-then additive; extra arguments, e.g. recipe=fast, go to both) with train.max_seconds, evaluating
+then additive; extra arguments, e.g. recipe=baseline, go to both) with train.max_seconds, evaluating
 only at the start and the end. Prints a table of the final val bits per byte (all and per group,
 from the checkpoint's val_metrics), the steps done and the mean training step time (from the
 k tok/s of the training log, evaluation excluded), and saves every layer's attention maps of one

@@ -1,4 +1,5 @@
-"""Host memory: with reuse_host_memory, CPU training steps reuse their pages instead of
+"""Precision and host memory: dtype=auto never picks a dtype the CPU only emulates, and asking for
+one says what it costs; with reuse_host_memory, CPU training steps reuse their pages instead of
 faulting fresh ones in every step."""
 import platform
 import subprocess
@@ -6,8 +7,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import trainer.runtime
+from trainer.runtime import resolve_dtype
 
 REPO = Path(__file__).resolve().parents[1]
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_never_automatic_and_warns_when_asked_for(monkeypatch, capsys, native):
+    monkeypatch.setattr(trainer.runtime, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert capsys.readouterr().err == ""
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16  # the user's choice stands
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: dtype=bfloat16 on a CPU without bf16 instructions") if not native else warning == ""
+    assert warning.count("\n") == (0 if native else 1)
+
 
 # a small GPT with a large vocabulary (its logits are 16 MiB), trained for 8 steps to settle,
 # then the page faults of 3 more steps (twice)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import random
+import sys
 
 import numpy as np
 import torch
@@ -75,6 +76,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if name == "float16" and device.type == "cpu":
         raise ConfigError("dtype=float16 is not supported on CPU: use bfloat16 or float32")
+    if name == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
+        print("warning: dtype=bfloat16 on a CPU without bf16 instructions (AVX-512 BF16 or AMX) is emulated, its "
+              "matrix multiplies ~100x slower than float32: use dtype=auto (float32 here) unless you want bf16's "
+              "rounding", file=sys.stderr, flush=True)
     if name == "bfloat16" and device.type == "cuda" and not cuda_supports_bf16():
         raise ConfigError(f"dtype=bfloat16 but this GPU ({torch.cuda.get_device_name(device)}) has no native bf16 "
                           "support: use float16 or float32")
