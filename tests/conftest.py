@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started in the background of a non-interactive shell (`bash .ci/run &`) inherits an
+# ignored SIGINT, and so would every entry point it starts: the Ctrl-C tests would send signals
+# nobody receives. Python's own handler here makes the children start with the default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ENGLISH = "the king and the queen walk to the castle at night while the rain falls on the sea".split()
 CHINESE = "国王 和 王后 在 夜里 走 向 城堡 雨 落 在 海 上 中国 人民 经济 发展".split()
