@@ -14,6 +14,7 @@ so one learning rate and one schedule serve both optimizers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -53,8 +54,8 @@ class Muon(torch.optim.Optimizer):
 
     _step_supports_amp_scaling = True  # GradScaler hands the flag over instead of syncing
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.95, ns_steps: int = 5,
-                 ns_dtype: torch.dtype = torch.float32):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.95,
+                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "ns_steps": ns_steps})
         for group in self.param_groups:
             for p in group["params"]:
