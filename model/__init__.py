@@ -2,6 +2,7 @@
 
 Public API: `from model import GPT, GPTConfig`.
 """
-from model.gpt import GPT, GPTConfig
+from model.config import GPTConfig
+from model.gpt import GPT
 
 __all__ = ["GPT", "GPTConfig"]

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from model.attention import MultiHeadAttention
+from model.config import GPTConfig
 from model.kv_cache import KVCache
 
 
@@ -23,26 +24,24 @@ class ReLUSquared(nn.Module):
 class MLP(nn.Module):
     """Position-wise feed-forward network: expand 4x, GELU (or ReLU^2), project back."""
 
-    def __init__(self, n_embd: int, dropout: float, bias: bool, activation: str = "gelu"):
+    def __init__(self, config: GPTConfig):
         super().__init__()
-        self.up = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.act = nn.GELU() if activation == "gelu" else ReLUSquared()
-        self.down = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = nn.GELU() if config.mlp == "gelu" else ReLUSquared()
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(self.act(self.up(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, attn_impl: str, layer_idx: int,
-                 norm: str = "layernorm", qk_norm: bool = False, activation: str = "gelu",
-                 attn_score: str = "dot", attn_dim: int | None = None):
+    def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = make_norm(norm, n_embd, bias)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias, attn_impl, layer_idx, qk_norm, attn_score, attn_dim)
-        self.ln_2 = make_norm(norm, n_embd, bias)
-        self.mlp = MLP(n_embd, dropout, bias, activation)
+        self.ln_1 = make_norm(config.norm, config.n_embd, config.bias)
+        self.attn = MultiHeadAttention(config, layer_idx)
+        self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
+        self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rotary=None, kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -13,7 +13,8 @@ from conftest import REPO
 from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
 from model import GPT, GPTConfig
-from model.attention import MultiHeadAttention, additive_scores, explicit_attention, future_mask, last_positions
+from model.additive import additive_scores
+from model.attention import MultiHeadAttention, explicit_attention, future_mask, last_positions
 from trainer.optim import make_optimizers
 
 ONE_QUERY_PER_CHUNK = 1  # chunk_bytes below one query's pairs: every chunk holds a single query
@@ -37,7 +38,7 @@ def additive_parameters(module: MultiHeadAttention):
 @pytest.mark.parametrize("B,T,C,n_head,attn_dim", [(2, 7, 24, 3, None), (1, 1, 16, 4, 3), (3, 12, 40, 5, 11)])
 def test_additive_self_attention_matches_numpy_reference(B, T, C, n_head, attn_dim, chunk_bytes):
     torch.manual_seed(B * 100 + T)
-    module = MultiHeadAttention(C, n_head, attn_score="additive", attn_dim=attn_dim).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head, attn_score="additive", attn_dim=attn_dim)).double()
     module.score.chunk_bytes = chunk_bytes
     assert module.score.W_q.shape == (n_head, C // n_head, attn_dim or C // n_head)
     x = torch.randn(B, T, C, dtype=torch.float64)
@@ -51,7 +52,7 @@ def test_additive_self_attention_matches_numpy_reference(B, T, C, n_head, attn_d
 @pytest.mark.parametrize("causal", [False, True])  # causal with 5 queries on 9 keys: the mask's offset
 def test_additive_cross_attention_matches_numpy_reference(causal):
     torch.manual_seed(1)
-    module = MultiHeadAttention(24, 4, attn_score="additive").double()
+    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4, attn_score="additive")).double()
     module.score.chunk_bytes = ONE_QUERY_PER_CHUNK
     x, source = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 9, 24, dtype=torch.float64)
     out, weights = module(x, context=source, causal=causal, return_weights=True)
@@ -101,7 +102,7 @@ def test_causal_chunks_skip_the_masked_pairs():
 
 def test_additive_attention_runs_under_bf16_autocast_with_float32_pairs():
     torch.manual_seed(0)
-    module = MultiHeadAttention(32, 2, attn_score="additive")
+    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_score="additive"))
     x = torch.randn(2, 9, 32)
     reference, _ = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -132,8 +133,8 @@ def test_additive_with_a_fused_backend_is_a_config_error(attn_impl):
     with pytest.raises(ValueError, match=f"model.attn_score=additive cannot run with model.attn_impl={attn_impl}: "
                                          ".*use model.attn_impl=explicit"):
         GPTConfig(vocab_size=40, attn_score="additive", attn_impl=attn_impl)
-    with pytest.raises(ValueError, match="needs attn_impl='explicit'"):
-        MultiHeadAttention(24, 2, attn_impl=attn_impl, attn_score="additive")
+    with pytest.raises(ValueError, match=f"model.attn_score=additive cannot run with model.attn_impl={attn_impl}"):
+        MultiHeadAttention(GPTConfig(n_embd=24, n_head=2, attn_impl=attn_impl, attn_score="additive"))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -11,6 +11,7 @@ import torch
 import model.attention as attention
 from model import GPT, GPTConfig
 from model.attention import MultiHeadAttention, explicit_attention, flash_attention, sdpa_attention
+from model.config import ATTN_IMPLS, ATTN_SCORES
 from model.positions import apply_rotary, rotary_angles, sinusoidal_table
 
 BACKENDS = {"explicit": lambda q, k, v, causal: explicit_attention(q, k, v, causal)[0],
@@ -62,7 +63,7 @@ def projections(module: MultiHeadAttention):
 @pytest.mark.parametrize("B,T,C,n_head", [(2, 7, 24, 3), (1, 1, 16, 4), (3, 12, 40, 5)])
 def test_self_attention_matches_numpy_reference(B, T, C, n_head):
     torch.manual_seed(B * 100 + T)
-    module = MultiHeadAttention(C, n_head).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head)).double()
     x = torch.randn(B, T, C, dtype=torch.float64)
     out, weights = module(x, return_weights=True)
     ref_out, ref_weights = numpy_multi_head_attention(x.numpy(), x.numpy(), *projections(module), n_head, causal=True)
@@ -73,7 +74,7 @@ def test_self_attention_matches_numpy_reference(B, T, C, n_head):
 @pytest.mark.parametrize("causal", [False, True])
 def test_cross_attention_matches_numpy_reference(causal):
     torch.manual_seed(1)
-    module = MultiHeadAttention(24, 4).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4)).double()
     x, source = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 9, 24, dtype=torch.float64)
     out, weights = module(x, context=source, causal=causal, return_weights=True)
     ref_out, ref_weights = numpy_multi_head_attention(x.numpy(), source.numpy(), *projections(module), 4, causal)
@@ -177,7 +178,7 @@ def tiny_gpt(attn_impl: str, pos_encoding: str, seed: int = 0, block_size: int =
 
 
 # every backend with dot-product scores, and additive scores (explicit only)
-SCORINGS = [(attn_impl, "dot") for attn_impl in attention.ATTN_IMPLS] + [("explicit", "additive")]
+SCORINGS = [(attn_impl, "dot") for attn_impl in ATTN_IMPLS] + [("explicit", "additive")]
 
 
 @pytest.mark.parametrize("attn_impl,attn_score", SCORINGS)
@@ -193,7 +194,7 @@ def test_future_tokens_never_change_past_logits(attn_impl, attn_score, pos_encod
         assert torch.equal(a[:, : t + 1], b[:, : t + 1])
 
 
-@pytest.mark.parametrize("attn_score", attention.ATTN_SCORES)
+@pytest.mark.parametrize("attn_score", ATTN_SCORES)
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 def test_attention_maps_are_the_weights_of_the_forward_pass(attn_score, pos_encoding, monkeypatch):
     model = tiny_gpt("explicit", pos_encoding, attn_score=attn_score)
@@ -234,7 +235,7 @@ def test_greedy_generation_is_identical_with_and_without_kv_cache(attn_impl, att
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("attn_score", attention.ATTN_SCORES)
+@pytest.mark.parametrize("attn_score", ATTN_SCORES)
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 def test_cached_logits_equal_full_recomputation(attn_score, pos_encoding):
     from model.kv_cache import KVCache

@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
 from data.batches import TrainSampler
-from model import GPT, GPTConfig, attention
-from model.attention import MultiHeadAttention, chunk_rows, flash_kernel_exists
+from model import GPT, GPTConfig, additive, attention
+from model.additive import chunk_rows
+from model.attention import MultiHeadAttention, flash_kernel_exists
 from model.positions import rotary_angles
 from trainer import distributed, runtime
 from trainer.checkpoint import load_checkpoint
@@ -131,7 +132,7 @@ def test_qk_norm_under_autocast_hands_the_fused_kernel_queries_in_the_autocast_d
     seen = []
     monkeypatch.setitem(attention.FUSED, "flash", lambda query, key, value, *args: seen.append(
         (query.dtype, key.dtype, value.dtype)) or value)
-    module = MultiHeadAttention(32, 2, attn_impl="flash", qk_norm=True)
+    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_impl="flash", qk_norm=True))
     module.q_norm, module.k_norm = Float32Norm(16), Float32Norm(16)
     rotary = rotary_angles(5, 16) if rope else None  # (cos, sin) of 5 positions
     with torch.autocast("cpu", torch.bfloat16):
@@ -225,10 +226,10 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
 
 def test_additive_chunks_on_a_gpu_hold_many_queries_and_on_a_cpu_fit_its_cache():
     gpu_default = torch.empty(64, 6, 256, 64)  # B, nh, T, attn_dim of the GPU default, fp32 pairs
-    assert chunk_rows(gpu_default, 256, attention.additive_chunk_bytes(torch.device("cuda"))) >= 16
-    assert attention.additive_chunk_bytes(torch.device("cpu")) == 8 * 2**20
+    assert chunk_rows(gpu_default, 256, additive.additive_chunk_bytes(torch.device("cuda"))) >= 16
+    assert additive.additive_chunk_bytes(torch.device("cpu")) == 8 * 2**20
     cpu_preset = torch.empty(16, 4, 128, 64)
-    assert chunk_rows(cpu_preset, 128, attention.additive_chunk_bytes(torch.device("cpu"))) == 4
+    assert chunk_rows(cpu_preset, 128, additive.additive_chunk_bytes(torch.device("cpu"))) == 4
 
 
 def test_a_single_torchrun_process_leaves_its_process_group(tmp_path, monkeypatch):
