@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
 
 from bench.timing import TimedSteps, synchronize  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -113,7 +113,7 @@ def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: 
 def ours(attn_impl: str, device: torch.device):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl)).to(device)
-    tc = OmegaConf.create({"optimizer": "adamw", "weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.99})
+    tc = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.99)
     (optimizer,) = make_optimizers(model, tc, device)
     return model, optimizer
 

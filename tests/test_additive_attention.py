@@ -15,6 +15,7 @@ from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 from model import GPT, GPTConfig
 from model.additive import additive_scores
 from model.attention import MultiHeadAttention, explicit_attention, future_mask, last_positions
+from trainer.config import TrainConfig
 from trainer.optim import make_optimizers
 
 ONE_QUERY_PER_CHUNK = 1  # chunk_bytes below one query's pairs: every chunk holds a single query
@@ -158,7 +159,7 @@ def test_muon_leaves_the_additive_parameters_to_adamw_and_the_model_learns():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope",
                           norm="rmsnorm", qk_norm=True, tie_weights=False, attn_score="additive"))
-    tc = OmegaConf.create({"optimizer": "muon", "learning_rate": 3e-3, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.95})
+    tc = TrainConfig(optimizer="muon", learning_rate=3e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
     muon, adamw = make_optimizers(model, tc, torch.device("cpu"))
     muon_params = {id(p) for g in muon.param_groups for p in g["params"]}
     adamw_params = {id(p) for g in adamw.param_groups for p in g["params"]}

@@ -26,6 +26,7 @@ from model.attention import MultiHeadAttention, flash_kernel_exists
 from model.positions import rotary_angles
 from trainer import distributed, runtime
 from trainer.checkpoint import load_checkpoint
+from trainer.config import TrainConfig
 from trainer.mfu import mfu
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
@@ -33,8 +34,7 @@ from trainer.runtime import ConfigError, resolve_device, resolve_dtype
 from trainer.step import train_step
 
 EVAL_LINE = re.compile(r"^eval step (\d+) \([\d.]+s\): val loss ([\d.]+)", re.MULTILINE)
-ADAMW = OmegaConf.create({"optimizer": "adamw", "weight_decay": 0.1, "learning_rate": 1e-2, "beta1": 0.9,
-                          "beta2": 0.99})
+ADAMW = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-2, beta1=0.9, beta2=0.99)
 
 
 @pytest.fixture

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from model import GPT, GPTConfig
+from trainer.config import TrainConfig
 from trainer.muon import Muon
 from trainer.optim import make_optimizers
 
 FAST = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope", norm="rmsnorm",
             qk_norm=True, mlp="relu2", tie_weights=False, zero_init_proj=True)
-TC = OmegaConf.create({"optimizer": "muon", "learning_rate": 3e-3, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.95})
+TC = TrainConfig(optimizer="muon", learning_rate=3e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
 
 
 def test_fast_recipe_model_is_untied_zero_initialised_and_causal():

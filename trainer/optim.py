@@ -8,16 +8,20 @@ one learning rate and one schedule serve both.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from omegaconf import DictConfig
 
 from model import GPT
 from trainer.muon import Muon, newton_schulz_dtype
 
+if TYPE_CHECKING:  # trainer.config reads OPTIMIZERS from here
+    from trainer.config import TrainConfig
+
 OPTIMIZERS = ("adamw", "muon")
 
 
-def adamw(params: list[torch.nn.Parameter], tc: DictConfig, device: torch.device) -> torch.optim.AdamW:
+def adamw(params: list[torch.nn.Parameter], tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """Weight decay on matrices only, not on biases and gains; the fused kernel on CUDA and CPU."""
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
@@ -26,7 +30,7 @@ def adamw(params: list[torch.nn.Parameter], tc: DictConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=device.type in ("cuda", "cpu"))
 
 
-def make_optimizers(model: GPT, tc: DictConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: GPT, tc: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "adamw":
         return [adamw(params, tc, device)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from model import GPT, GPTConfig
+from trainer.config import TrainConfig
 from trainer.muon import Muon
 from trainer.nonfinite import step_unless
 from trainer.optim import make_optimizers
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 
 FAST = dict(vocab_size=256, block_size=32, n_layer=2, n_head=4, n_embd=128, pos_encoding="rope", norm="rmsnorm",
             qk_norm=True, mlp="relu2", tie_weights=False, zero_init_proj=True)
-TC = OmegaConf.create({"optimizer": "muon", "learning_rate": 3e-3, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95})
+TC = TrainConfig(optimizer="muon", learning_rate=3e-3, weight_decay=0.1, beta1=0.9, beta2=0.95)
 
 
 def test_muon_learns_on_the_gpu_and_steps_or_skips_without_a_host_sync():
