@@ -71,7 +71,7 @@ def test_resume_keeps_random_states_on_the_cpu_whatever_the_device(tiny_run):
     """Weights and optimizer state go to the device; the RNG and sampler states must stay CPU
     ByteTensors (torch.set_rng_state and Generator.set_state take nothing else). `meta` stands in
     for a GPU: a checkpoint mapped onto it fails the same way a CUDA one did."""
-    import train
+    from trainer.resume import resume
 
     val_losses(tiny_run, "out", "train.max_iters=3")
     out = tiny_run["tmp"] / "out"
@@ -83,7 +83,7 @@ def test_resume_keeps_random_states_on_the_cpu_whatever_the_device(tiny_run):
     optimizers = make_optimizers(model, ADAMW, device)
     sampler = TrainSampler(np.zeros(100, dtype=np.uint16), model_cfg.block_size, 8, seed=0)
     cfg = OmegaConf.create({"train": {"resume": "true"}})
-    step, _, _ = train.resume(cfg, out, device, model, model_cfg, optimizers, sampler, checkpoint["tokenizer_hash"])
+    step, _, _ = resume(cfg, out, device, model, model_cfg, optimizers, sampler, checkpoint["tokenizer_hash"])
     assert step == 3
     assert torch.equal(sampler.generator.get_state(), checkpoint["sampler"])
     assert torch.equal(torch.get_rng_state(), checkpoint["rng"][0]["torch"])
@@ -217,9 +217,10 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
     with hydra.initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = hydra.compose("train", overrides=overrides)
     from trainer.config import RunConfig
+    from trainer.interrupt import LastSave
     from trainer.settings import typed
 
-    train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", train.LastSave(tiny_run["tmp"] / "out"))
+    train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", LastSave(tiny_run["tmp"] / "out"))
     assert {size for training, size in sizes if training} == {2}  # 8 sequences in 4 micro-batches
     assert {size for training, size in sizes if not training} == {2}  # evaluation: the same 2, not 8
 

@@ -1,0 +1,100 @@
+"""out_dir's run: claim the folder for this run, never replace a trained run silently, and
+continue one exactly where it stopped (weights, optimizers, step, random states, sampler)."""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from data.batches import TrainSampler
+from model import GPT, GPTConfig
+from trainer import distributed
+from trainer.checkpoint import (BEST, CHECKPOINT, CheckpointError, check_writable, load_checkpoint, load_weights,
+                                saved_model_config)
+from trainer.config import RunConfig
+from trainer.lock import folder_lock
+from trainer.runtime import ConfigError, set_rng_state
+
+
+@contextlib.contextmanager
+def claim_out_dir(cfg: RunConfig, out_dir: Path, ranks: distributed.Ranks) -> Iterator[None]:
+    """The main process holds out_dir's lock for the whole run, so a second run on the same folder
+    stops at once instead of resuming from (and saving over) a live run's checkpoints."""
+    if not ranks.is_main:
+        yield
+        return
+    check_writable(out_dir)  # now, not after an hour of training
+    with folder_lock(out_dir, "out_dir"):
+        check_existing_run(cfg, out_dir)
+        yield
+
+
+def check_existing_run(cfg: RunConfig, out_dir: Path) -> None:
+    """Never replace a trained run silently: a folder holding ckpt.pt or best.pt is continued
+    (train.resume=auto/true), or replaced only with train.overwrite=true."""
+    present = [name for name in (CHECKPOINT, BEST) if (out_dir / name).is_file()]
+    mode = cfg.train.resume
+    if not present or (mode != "false" and CHECKPOINT in present):
+        return
+    if not cfg.train.overwrite:
+        how = "continue it with train.resume=auto, " if CHECKPOINT in present else ""
+        raise ConfigError(f"out_dir={out_dir} holds a trained run ({' and '.join(present)}) that "
+                          f"train.resume={mode} would replace at its first evaluation: {how}"
+                          "choose a new out_dir, or replace it with train.overwrite=true")
+    print(f"train.overwrite=true: this run replaces {' and '.join(present)} in {out_dir} at its first evaluation")
+
+
+# what a checkpoint must hold to continue exactly where it stopped
+RESUME_KEYS = ("model", "optimizers", "step", "best_val_loss", "elapsed", "rng", "sampler")
+
+
+def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
+           optimizers: list, sampler: TrainSampler, tokenizer_hash: str,
+           ranks: distributed.Ranks = distributed.Ranks()) -> tuple[int, float, float]:
+    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from, the
+    best val loss so far and the training seconds already spent (the LR schedule of a time budget).
+
+    The checkpoint is read into host memory and only the weights and optimizer state move to
+    `device` (by load_state_dict): the random states must stay CPU ByteTensors."""
+    mode = cfg.train.resume  # auto | true | false (typed: hydra's bools are strings here)
+    if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
+        return 0, math.inf, 0.0
+    path = out_dir / CHECKPOINT
+    checkpoint = load_checkpoint(out_dir)
+    saved = {**saved_model_config(checkpoint, path).to_dict(), "tokenizer_hash": checkpoint.get("tokenizer_hash")}
+    wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
+    differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
+    lacking = [key for key in RESUME_KEYS if key not in checkpoint]
+    if differing or lacking:
+        raise ConfigError(
+            f"cannot resume from {path}: " + ("it differs in " + ", ".join(differing) if differing
+                                              else f"it was saved without {lacking[0]}, needed to continue exactly")
+            + "; use the checkpoint's settings, another out_dir, or train.resume=false train.overwrite=true to start over"
+        )
+    load_weights(model, checkpoint["model"], path)
+    if len(checkpoint["optimizers"]) != len(optimizers):
+        raise ConfigError(f"cannot resume from {path}: it holds {len(checkpoint['optimizers'])} optimizer states, "
+                          f"train.optimizer={cfg.train.optimizer} uses {len(optimizers)}; use the checkpoint's optimizer")
+    for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit the model ({e}): use the checkpoint's "
+                                  "train.optimizer, or train.resume=false train.overwrite=true to start over") from None
+    saved_rngs = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]  # one per rank
+    try:
+        if ranks.rank < len(saved_rngs):
+            set_rng_state(saved_rngs[ranks.rank], device)
+        sampler.generator.set_state(checkpoint["sampler"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its random states are unreadable ({e}): restore a copy, or "
+                              "train.resume=false train.overwrite=true to start over") from None
+    if ranks.is_main and len(saved_rngs) != ranks.world_size:
+        print(f"note: {path} was saved by {len(saved_rngs)} process(es), this run has "
+              f"{ranks.world_size}: ranks without a saved random state keep their seeded one (dropout masks "
+              "differ from an uninterrupted run; the batches do not)")
+    print(f"resuming from {path} at step {checkpoint['step']}")
+    return checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"]
