@@ -24,7 +24,6 @@ from trainer.interrupt import GracefulStop, LastSave
 from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
 from trainer.resume import claim_out_dir, resume
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype, reuse_host_memory
-from trainer.schedule import decay_progress, learning_rate
 from trainer.settings import typed
 from trainer.step import train_step
 from trainer.sweeps import separate_sweep_jobs
@@ -74,9 +73,8 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     last_step, interrupted = tc.max_iters, False
     try:
         for step in range(start_step, tc.max_iters + 1):
-            if tc.max_seconds and last_step == tc.max_iters and distributed.any_rank(
-                    time.time() - t.started >= tc.max_seconds, ranks):
-                last_step = step  # the time budget is spent (on any rank): evaluate, save and stop here
+            if last_step == tc.max_iters and t.time_is_up():
+                last_step = step  # evaluate, save and stop here
             fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
             evaluate_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
             report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
@@ -85,11 +83,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                 last_log = time.time()  # evaluation and reports do not count as training throughput
             if step == last_step:
                 break
-            progress = decay_progress(step, tc.warmup_iters, tc.lr_decay_iters, time.time() - t.started, tc.max_seconds)
-            lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
-            for optimizer in t.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            lr = t.set_learning_rate(step)
 
             x, y = t.sampler.next_batch()  # this rank's share of the global batch
             step_loss = train_step(t.step_model, t.model, t.optimizers, t.scaler, guard, x, y, step + 1, tc.grad_accum,

@@ -16,6 +16,18 @@ from data.sources import DataError
 from data.tokenizer import Tokenizer
 
 
+def bin_problem(folder: Path, meta: dict) -> str | None:
+    """What is wrong with the bins meta.json describes (a file missing, or not the size its token
+    count says), or None when every one is whole."""
+    for layout in meta["splits"].values():
+        path = folder / layout["file"]
+        expected = layout["tokens"] * np.dtype(meta["dtype"]).itemsize
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != expected:
+            return f"{path} is {'missing' if actual is None else f'{actual} bytes, expected {expected}'}"
+    return None
+
+
 class TokenBins:
     """The prepared folder: memmapped train/val streams, their layout and the tokenizer."""
 
@@ -31,17 +43,12 @@ class TokenBins:
                 f"{self.folder}/tokenizer.json (hash {self.tokenizer.hash}) is not the tokenizer the bins were "
                 f"made with ({self.meta['tokenizer_hash']}): delete {meta_path} and prepare again"
             )
-        self.splits: dict[str, np.memmap] = {}
-        for split, layout in self.meta["splits"].items():
-            path = self.folder / layout["file"]
-            expected = layout["tokens"] * np.dtype(self.meta["dtype"]).itemsize
-            actual = path.stat().st_size if path.is_file() else None
-            if actual != expected:
-                raise DataError(
-                    f"{path} is {'missing' if actual is None else f'{actual} bytes, expected {expected}'} "
-                    f"(truncated or replaced): delete {meta_path} and prepare again"
-                )
-            self.splits[split] = np.memmap(path, dtype=self.meta["dtype"], mode="r")
+        damaged = bin_problem(self.folder, self.meta)
+        if damaged:
+            raise DataError(f"{damaged} (truncated or replaced): delete {meta_path} and prepare again")
+        self.splits: dict[str, np.memmap] = {
+            split: np.memmap(self.folder / layout["file"], dtype=self.meta["dtype"], mode="r")
+            for split, layout in self.meta["splits"].items()}
 
     def groups(self, split: str) -> dict[str, dict]:
         return self.meta["splits"][split]["groups"]
@@ -71,9 +78,8 @@ class TrainSampler:
 
     def __init__(self, tokens: np.ndarray, block_size: int, global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1):
-        if global_batch % world_size:
-            raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world_size} processes")
         self.tokens, self.block_size, self.global_batch = tokens, block_size, global_batch
+        # global_batch is a multiple of world_size (train.py's check_config says so otherwise)
         self.rank_slice = slice(rank * global_batch // world_size, (rank + 1) * global_batch // world_size)
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.batches import bin_problem
 from data.config import DataConfig
 from data.corpus import DataError, Piece, check_val_fraction, document_pieces, held_out, name_digest
 from data.sources import (CLEANING_VERSION, DEFAULT_SOURCES, custom_files, custom_fingerprint, custom_pieces,
@@ -79,10 +80,7 @@ def is_prepared(cfg: DataConfig, expected: str | None = None) -> bool:
     folder = cfg.dir
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        bins_ok = all((folder / s["file"]).is_file() and (folder / s["file"]).stat().st_size == s["tokens"] * itemsize
-                      for s in meta["splits"].values())
-        if meta["fingerprint"] != (expected or fingerprint(cfg)) or not bins_ok:
+        if meta["fingerprint"] != (expected or fingerprint(cfg)) or bin_problem(folder, meta):
             return False
         return Tokenizer.load(folder / "tokenizer.json").hash == meta["tokenizer_hash"]
     except (OSError, ValueError, KeyError, TypeError, TokenizerError):

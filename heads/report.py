@@ -23,7 +23,7 @@ from heads.html_view import head_view_html
 from heads.labels import token_texts
 from heads.metrics import head_metrics, induction_tokens
 from heads.plots import drawable_labels, layer_figure, metric_figure
-from heads.probes import Probe
+from heads.probes import Probe, configured_probes
 from model import GPT
 
 INDUCTION_BATCH = 4
@@ -159,7 +159,7 @@ def report_checkpoint(cfg) -> None:
     check_report_dir(folder)
     model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
     texts = cfg.probes
-    probes = [Probe(f"probe{i}", t) for i, t in enumerate(texts)] if texts else [
+    probes = configured_probes(texts, None, cfg.probe_tokens) if texts else [
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
         raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")

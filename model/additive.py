@@ -15,10 +15,9 @@ import torch
 import torch.nn as nn
 
 # additive scores: at most this many bytes of (query, key) pair vectors at a time. On a CPU, chunks
-# that fit in its cache run fastest: a CPU-preset training step took ~0.6 s with 4-8 MiB chunks,
-# 1.1 s with 64 MiB and 1.7 s with all pairs at once (dot products: ~0.35 s; 2-core EPYC, bf16).
-# A GPU has no such cache to fit and one query row of the GPU default is 24 MiB of pairs, so there
-# the chunks are as large as memory comfortably allows: few chunks, few Python-level iterations.
+# that fit in its cache run fastest; a GPU has no such cache to fit and one query row of the GPU
+# default is 24 MiB of pairs, so there the chunks are as large as memory comfortably allows: few
+# chunks, few Python-level iterations.
 ADDITIVE_CHUNK_BYTES = {"cpu": 8 * 2**20, "cuda": 512 * 2**20}
 
 
@@ -65,13 +64,13 @@ class AdditivePairScores(torch.autograd.Function):
     The pair vectors x = query_proj_i + key_proj_j hold attn_dim numbers per score: all at once
     they would be B x nh x T_q x T_k x attn_dim numbers (256 MiB per layer for the CPU preset in
     fp32). One buffer of at most chunk_bytes holds a chunk's pairs and is reused by every chunk (a
-    fresh large tensor per chunk page-faults: the broadcast add ran 4x slower). With causal, a
+    fresh large tensor per chunk would be page-faulted in every time). With causal, a
     chunk pairs its queries only with the keys up to its last query, about half the work. Autograd
     would keep every chunk's tanh for the backward pass, so the backward is written out: it
     recomputes each chunk from the saved projections, and training memory stays at one chunk too.
 
-    tanh(x) = 2 sigmoid(2x) - 1, and PyTorch's CPU sigmoid is ~5x faster than its tanh in float32
-    (measured), so with a = sigmoid(2x): v . tanh(x) = 2 v . a - sum(v), and its derivative in x
+    tanh(x) = 2 sigmoid(2x) - 1, and PyTorch's CPU sigmoid is several times faster than its tanh
+    in float32, so with a = sigmoid(2x): v . tanh(x) = 2 v . a - sum(v), and its derivative in x
     is 4 v a (1 - a). The pairs are in the promoted dtype of the inputs and v: float32 under
     bf16/fp16 autocast.
     """

@@ -22,9 +22,8 @@ def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch
 
 
 def rotary_angles(n_positions: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position x frequency, each (n_positions, head_dim / 2)."""
-    if head_dim % 2:
-        raise ValueError(f"rope needs an even head_dim (n_embd / n_head), got {head_dim}")
+    """cos and sin of position x frequency, each (n_positions, head_dim / 2); head_dim is even
+    (GPTConfig checks it)."""
     frequency = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hs/2,)
     angle = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequency  # (P, hs/2)
     return angle.cos().float(), angle.sin().float()

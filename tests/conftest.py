@@ -3,6 +3,7 @@ train.py / sample.py entry points."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -30,6 +31,12 @@ TINY = [
     "train.batch_size=8", "train.max_iters=30", "train.eval_interval=15", "train.eval_windows=4",
     "train.log_interval=5", "train.warmup_iters=5", "data.vocab_size=320", "device=cpu",
 ]
+
+
+def tiny_args(corpus: Path, data_root: Path, *extra: str) -> list[str]:
+    """train.py's overrides for the tiny model on the custom corpus `corpus`, prepared into
+    `data_root`; `extra` comes last and wins."""
+    return [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={data_root}", *extra]
 
 
 def make_tiny_corpus(folder: Path) -> Path:
@@ -80,3 +87,16 @@ def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+# the probe texts of the shared tiny runs
+PROBES = ["the king and the queen walk to the castle", "国王和王后在夜里走向城堡"]
+
+
+def run_history(run_dir: Path) -> list[dict]:
+    """The history rows of an offline run, read back from its .wandb log by wandb's own reader."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=120, check=True)
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]

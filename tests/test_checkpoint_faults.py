@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
 from trainer.checkpoint import load_checkpoint
 
 
@@ -24,7 +24,7 @@ def trained(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("trained")
     corpus = make_tiny_corpus(tmp / "corpus")
     env = fresh_machine_env(tmp)
-    data = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / 'prepared'}", "dtype=float32",
+    data = [*tiny_args(corpus, tmp / 'prepared'), "dtype=float32",
             "wandb.mode=disabled"]
     result = run_entry("train.py", *data, f"out_dir={tmp / 'out'}", cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
 
 from trainer.cli import hydra_argv
 
@@ -18,7 +18,7 @@ def trained(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("utf8")
     corpus = make_tiny_corpus(tmp / "文本")
     env = fresh_machine_env(tmp)
-    result = run_entry("train.py", *TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / '数据'}",
+    result = run_entry("train.py", *tiny_args(corpus, tmp / '数据'),
                        f"out_dir={tmp / '输出'}", "wandb.name=实验", "wandb.mode=disabled", "dtype=float32",
                        cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

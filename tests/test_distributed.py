@@ -8,12 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus
-from test_entrypoints import run_history
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_history, tiny_args
 
 
 def overrides(tmp_path, name: str, corpus) -> list[str]:
-    return [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+    return [*tiny_args(corpus, tmp_path / 'prepared'),
             f"out_dir={tmp_path / name}", "train.max_iters=10", "train.log_interval=1", "train.eval_interval=100",
             "train.batch_size=8", "dtype=float32", "model.dropout=0.0", "wandb.attn_every=0"]
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import PROBES, fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
 
-PROBES = ["the king and the queen walk to the castle", "国王和王后在夜里走向城堡"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("run")
     corpus = make_tiny_corpus(tmp / "corpus")
     env = fresh_machine_env(tmp)
-    overrides = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp / 'prepared'}", f"out_dir={tmp / 'out'}",
+    overrides = [*tiny_args(corpus, tmp / 'prepared'), f"out_dir={tmp / 'out'}",
                  "wandb.attn_every=15", f"wandb.probes=[{PROBES[0]!r},{PROBES[1]!r}]"]
     result = run_entry("train.py", *overrides, cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,15 +56,6 @@ def test_wandb_goes_offline_by_itself_without_a_key(run):
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb"))
     assert "wandb sync" in run["stdout"]
-
-
-def run_history(run_dir: Path) -> list[dict]:
-    """The history rows of an offline run, read back from its .wandb log by wandb's own reader."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=120, check=True)
-    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
 def test_attention_report_lands_in_the_offline_run(run):

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
 from trainer.checkpoint import load_checkpoint
 from trainer.nonfinite import NonFiniteGuard, step_unless
 from trainer.optim import make_optimizers
@@ -19,7 +19,7 @@ from trainer.optim import make_optimizers
 @pytest.fixture
 def setup(tmp_path) -> dict:
     corpus = make_tiny_corpus(tmp_path / "corpus")
-    args = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+    args = [*tiny_args(corpus, tmp_path / 'prepared'),
             f"out_dir={tmp_path / 'out'}", "dtype=float32", "wandb.mode=disabled"]
     return {"tmp": tmp_path, "out": tmp_path / "out", "env": fresh_machine_env(tmp_path), "args": args,
             "bins": tmp_path / "prepared" / "custom"}

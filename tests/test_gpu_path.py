@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
 from data.batches import TrainSampler
 from model import GPT, GPTConfig, additive, attention
 from model.additive import chunk_rows
@@ -40,7 +40,7 @@ ADAMW = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-2, bet
 @pytest.fixture
 def tiny_run(tmp_path) -> dict:
     corpus = make_tiny_corpus(tmp_path / "corpus")
-    args = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+    args = [*tiny_args(corpus, tmp_path / 'prepared'),
             "dtype=float32", "wandb.mode=disabled"]
     return {"tmp": tmp_path, "env": fresh_machine_env(tmp_path), "args": args}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHINESE, ENGLISH, TINY, fresh_machine_env, run_entry, small_tmpfs
+from conftest import CHINESE, ENGLISH, TINY, fresh_machine_env, run_entry, small_tmpfs, tiny_args
 from data.tokenizer import Tokenizer
 from trainer.lock import folder_lock
 
@@ -121,7 +121,7 @@ def test_two_preparations_of_one_folder_at_once_prepare_it_once_and_both_succeed
 @pytest.fixture
 def setup(tmp_path) -> dict:
     corpus = make_corpus(tmp_path / "corpus", lines=60)
-    args = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+    args = [*tiny_args(corpus, tmp_path / 'prepared'),
             "dtype=float32", "wandb.mode=disabled", "train.max_iters=1"]
     return {"tmp": tmp_path, "env": fresh_machine_env(tmp_path), "args": args, "bins": tmp_path / "prepared" / "custom"}
 

@@ -8,12 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
-from test_entrypoints import run_history
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
 
 
 def overrides(tmp_path, corpus, out, *extra: str) -> list[str]:
-    return [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}", f"out_dir={out}",
+    return [*tiny_args(corpus, tmp_path / 'prepared'), f"out_dir={out}",
             "train.max_iters=400", "train.log_interval=1", "train.eval_interval=1000", "dtype=float32",
             "model.dropout=0.1", "wandb.attn_every=0", *extra]
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import tiktoken
 
-from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
 from data.tokenizer import EOT, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
 
 TRAINING_TEXT = [
@@ -155,7 +155,7 @@ def test_sample_never_ends_a_stream_with_a_replacement_character(tmp_path):
     # <|endoftext|>) inside a character, which sample.py used to print as U+FFFD
     corpus = make_tiny_corpus(tmp_path / "corpus")
     env = fresh_machine_env(tmp_path)
-    result = run_entry("train.py", *TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'data'}",
+    result = run_entry("train.py", *tiny_args(corpus, tmp_path / 'data'),
                        "dtype=float32", "wandb.mode=disabled", "train.max_iters=10", "train.eval_interval=5",
                        f"out_dir={tmp_path / 'out'}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
 
 from trainer.checkpoint import load_checkpoint
 from trainer.wandb_run import WandbRun, run_file_complete
@@ -26,7 +26,7 @@ FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, the shape of a 
 @pytest.fixture
 def setup(tmp_path) -> dict:
     corpus = make_tiny_corpus(tmp_path / "corpus")
-    args = [*TINY, "data=custom", f"data.text_paths=[{corpus}]", f"data.root={tmp_path / 'prepared'}",
+    args = [*tiny_args(corpus, tmp_path / 'prepared'),
             f"out_dir={tmp_path / 'out'}", "dtype=float32"]
     return {"tmp": tmp_path, "out": tmp_path / "out", "env": fresh_machine_env(tmp_path), "args": args}
 

@@ -98,10 +98,10 @@ def reuse_host_memory() -> bool:
 
     A CPU training step allocates and frees the same large tensors every time (at the GPU default
     architecture the bf16 logits alone are 32 MiB). By default glibc serves such blocks with fresh
-    mmap pages and unmaps them on free, so every step the kernel faults in and zeroes them again:
-    measured here at that architecture, 50,000 (compiled) to 119,000 (eager) page faults a step,
-    and up to a sixth of a bf16 step's time. With mmap and trimming off, blocks come from the heap
-    and, after a few steps, every page is reused; peak memory grew by 2-10 % in that measurement.
+    mmap pages and unmaps them on free, so every step the kernel faults in and zeroes them again
+    (trainer/README.md, "Host memory on a CPU", has the figures). With mmap and trimming off,
+    blocks come from the heap and, after a few steps, every page is reused, for a little more
+    peak memory.
     Large requests from other threads still fall back to mmap, so nothing can fail for it. CUDA
     tensors have PyTorch's caching allocator and are unaffected. Returns False (and changes
     nothing) where the C library is not glibc.

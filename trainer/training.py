@@ -28,6 +28,7 @@ from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
 from trainer.runtime import rng_state, seed_everything
+from trainer.schedule import decay_progress, learning_rate
 from trainer.step import loss_scaler
 from trainer.wandb_run import WandbRun, start_run
 
@@ -168,6 +169,21 @@ class Training:
             if self.peak:
                 entry["train/mfu"] = utilisation
             self.run.log(entry, step=step)
+
+    def time_is_up(self) -> bool:
+        """Whether the time budget (train.max_seconds) is spent, on any rank."""
+        seconds = self.cfg.train.max_seconds
+        return bool(seconds) and distributed.any_rank(time.time() - self.started >= seconds, self.ranks)
+
+    def set_learning_rate(self, step: int) -> float:
+        """Warmup, then cosine decay over whichever budget (steps or seconds) is further along."""
+        tc = self.cfg.train
+        progress = decay_progress(step, tc.warmup_iters, tc.lr_decay_iters, time.time() - self.started, tc.max_seconds)
+        lr = learning_rate(step, tc.learning_rate, tc.min_lr, tc.warmup_iters, progress)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
 
     def evaluate_and_report(self, step: int, evaluate_now: bool, report_now: bool) -> dict | None:
         """At an evaluation step: every rank's random state to rank 0, which evaluates and saves;
