@@ -2,6 +2,7 @@
 never run code from the file."""
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from conftest import small_tmpfs
 from data.tokenizer import train_bpe
-from trainer.checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint, save_torch
 
 
 class RunsCode:
@@ -80,3 +81,23 @@ def test_an_out_dir_that_cannot_be_a_folder_is_reported_before_training(tmp_path
     blocker.write_text("not a folder")
     with pytest.raises(CheckpointError, match="out_dir=.*a-file/out is not a writable folder"):
         check_writable(blocker / "out")
+
+
+class CtrlCOnThirdWrite(io.BytesIO):
+    """A file that gets a Ctrl-C in the middle of torch.save's writing."""
+
+    writes = 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt
+        return super().write(data)
+
+
+def test_a_ctrl_c_inside_torch_save_comes_back_as_keyboard_interrupt_not_a_runtime_error():
+    # torch.save reports any failed write as "RuntimeError: ... unexpected pos"; the Ctrl-C must
+    # reach the entry point as itself (one line, exit 130), not as a traceback
+    with pytest.raises(KeyboardInterrupt):
+        save_torch({"weights": torch.zeros(1000, 100), "more": torch.ones(1000, 100)}, CtrlCOnThirdWrite())
+

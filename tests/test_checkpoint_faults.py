@@ -152,13 +152,14 @@ def test_a_real_full_disk_at_a_save_is_one_line_and_keeps_the_last_checkpoint(tr
 
 def test_a_second_ctrl_c_during_a_save_stops_at_once_without_a_temp_file(trained, tmp_path):
     out = tmp_path / "out"
-    # a model whose checkpoint takes a moment to write, so the signals land inside the step-0 save
-    run = start(trained, out, "model.n_layer=8", "model.n_embd=256", "train.eval_windows=1")
+    # a model whose checkpoint (~300 MB with AdamW's moments) takes long enough to write that both
+    # signals land inside the step-0 save even on a loaded machine
+    run = start(trained, out, "model.n_layer=8", "model.n_embd=512", "train.eval_windows=1")
     deadline = time.time() + 120
     while not list(out.glob("ckpt.pt.*.tmp")) and time.time() < deadline and run.poll() is None:
         time.sleep(0.002)
     run.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(0.02)  # the first is handled (a request to stop) before the second arrives
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr[-2000:]

@@ -36,9 +36,9 @@ class CheckpointError(Exception):
 
 
 class RecordingWriter:
-    """A file for torch.save that keeps the OSError of a failed write. torch.save turns it into
-    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, which hides the cause
-    (a full disk) from the user."""
+    """A file for torch.save that keeps whatever stopped a write: an OSError, or the KeyboardInterrupt
+    of a second Ctrl-C landing inside it. torch.save turns either into `RuntimeError: [enforce fail
+    at inline_container.cc] unexpected pos`, which hides the cause (a full disk, the user's Ctrl-C)."""
 
     def __init__(self, file: BinaryIO):
         self.file, self.error = file, None
@@ -46,7 +46,7 @@ class RecordingWriter:
     def write(self, data) -> int:
         try:
             return self.file.write(data)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:
             self.error = e
             raise
 
@@ -70,7 +70,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def save_torch(state: dict, file: BinaryIO) -> None:
-    """torch.save, raising the OSError behind a failed write instead of torch's RuntimeError."""
+    """torch.save, raising the OSError or KeyboardInterrupt behind a failed write instead of torch's RuntimeError."""
     writer = RecordingWriter(file)
     try:
         torch.save(state, writer)
