@@ -299,3 +299,15 @@ def test_streaming_into_jsonl_is_refused_since_it_would_break_the_json_lines():
 
     with pytest.raises(ConfigError, match="use stream=false with format=jsonl"):
         typed(SampleConfig, {"stream": True, "format": "jsonl"})
+
+
+def test_a_train_config_built_by_hand_meets_the_same_rules_as_one_from_hydra():
+    built = TrainConfig(learning_rate=3, beta1=0.5, optimizer="muon")
+    assert built.learning_rate == 3.0 and isinstance(built.learning_rate, float)  # converted like typed() does
+    with pytest.raises(ConfigError, match=r"^train.learning_rate=-1 must be a number > 0: the peak learning rate"):
+        TrainConfig(learning_rate=-1)
+    with pytest.raises(ConfigError, match=r"^train.optimizer='sgd' must be one of adamw, muon"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ConfigError, match=r"^train.batch_size=true must be a positive integer"):
+        TrainConfig(batch_size=True)
+

@@ -18,7 +18,7 @@ from model import GPTConfig
 from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
 from trainer.runtime import DEVICES, DTYPES, ConfigError
-from trainer.settings import setting
+from trainer.settings import check_fields, setting
 from trainer.wandb_run import MODES
 
 FORMATS = ("text", "jsonl")  # sample.py's output formats
@@ -80,6 +80,9 @@ class TrainConfig:
     beta2: float = setting(0.99, minimum=0, below=1, fix="Adam's second-moment decay, e.g. train.beta2=0.99")
     grad_clip: float = setting(1.0, minimum=0, fix="the gradient norm to clip to, or train.grad_clip=0 for none")
     max_nonfinite: int = setting(10, minimum=1, fix="non-finite steps in a row before stopping, e.g. 10")
+
+    def __post_init__(self):
+        check_fields(self, "train.")  # built by hand (tests, benches) it meets hydra's rules too
 
 
 @dataclasses.dataclass

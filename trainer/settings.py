@@ -91,6 +91,15 @@ def typed(cls: type[T], node: Any, prefix: str = "") -> T:
     return cls(**converted)  # a __post_init__ checks settings that depend on each other
 
 
+def check_fields(obj: Any, prefix: str) -> None:
+    """Check and convert every field of the dataclass instance `obj` as `typed` does, so that one
+    built by hand (`TrainConfig(learning_rate=3e-3)`) meets the same rules as one from hydra."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.init:
+            setattr(obj, f.name, convert(getattr(obj, f.name), hints[f.name], prefix + f.name, f.metadata.get(RULE, Rule()), f))
+
+
 def plain(node: Any, prefix: str = "") -> Any:
     """Plain Python values from an OmegaConf node, interpolations (`${.max_iters}`) resolved."""
     if not isinstance(node, (DictConfig, ListConfig)):
