@@ -14,6 +14,10 @@ MLPS = ("gelu", "relu2")
 
 @dataclass
 class GPTConfig:
+    """A model's settings. The defaults are for a model built by hand (GPT-2's choices: biases, no
+    dropout); train.py's come from config/model/gpt.yaml, which lists every field, and the recipe
+    and preset groups."""
+
     vocab_size: int = 8192
     block_size: int = 256  # context length in tokens
     n_layer: int = 6
