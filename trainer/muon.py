@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
-from trainer.runtime import cpu_supports_bf16, cuda_supports_bf16
+from trainer.runtime import native_bf16
 
 # the quintic's coefficients, chosen for the steepest slope at 0: five iterations bring every
 # singular value into roughly [0.7, 1.2], which trains as well as exact orthogonalisation
@@ -28,8 +28,7 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the hardware multiplies in it natively (fast, and precise enough for an
     approximate orthogonalisation), else fp32."""
-    native = cuda_supports_bf16() if device.type == "cuda" else device.type == "cpu" and cpu_supports_bf16()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
 def orthogonalise(update: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:

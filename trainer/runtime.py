@@ -63,17 +63,23 @@ def cuda_supports_bf16() -> bool:
     return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True where `device` multiplies in bf16 natively: CUDA GPUs of Ampere and newer, CPUs with bf16
+    instructions. Elsewhere (older GPUs, other CPUs, MPS) bf16 is emulated or uncertain."""
+    if device.type == "cuda":
+        return cuda_supports_bf16()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto: bf16 on CUDA GPUs with native bf16 and on CPUs with bf16 instructions, else fp16 on
     older CUDA GPUs, else fp32."""
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r} must be one of {', '.join(DTYPES)}")
     if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if cuda_supports_bf16() else torch.float16
-        if device.type == "cpu" and cpu_supports_bf16():
+        if native_bf16(device):
             return torch.bfloat16
-        return torch.float32
+        return torch.float16 if device.type == "cuda" else torch.float32
     if name == "float16" and device.type == "cpu":
         raise ConfigError("dtype=float16 is not supported on CPU: use bfloat16 or float32")
     if name == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
