@@ -57,7 +57,7 @@ def fresh_machine_env(folder: Path) -> dict[str, str]:
         env[name] = str(folder / name.lower())
         Path(env[name]).mkdir(parents=True, exist_ok=True)
     env["NETRC"] = str(folder / "no-netrc")
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # keeps a --target install
     return env
 
 
