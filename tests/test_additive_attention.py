@@ -39,7 +39,7 @@ def additive_parameters(module: MultiHeadAttention):
 @pytest.mark.parametrize("B,T,C,n_head,attn_dim", [(2, 7, 24, 3, None), (1, 1, 16, 4, 3), (3, 12, 40, 5, 11)])
 def test_additive_self_attention_matches_numpy_reference(B, T, C, n_head, attn_dim, chunk_bytes):
     torch.manual_seed(B * 100 + T)
-    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head, attn_score="additive", attn_dim=attn_dim)).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head, attn_score="additive", attn_dim=attn_dim, dropout=0.0, bias=True)).double()
     module.score.chunk_bytes = chunk_bytes
     assert module.score.W_q.shape == (n_head, C // n_head, attn_dim or C // n_head)
     x = torch.randn(B, T, C, dtype=torch.float64)
@@ -53,7 +53,7 @@ def test_additive_self_attention_matches_numpy_reference(B, T, C, n_head, attn_d
 @pytest.mark.parametrize("causal", [False, True])  # causal with 5 queries on 9 keys: the mask's offset
 def test_additive_cross_attention_matches_numpy_reference(causal):
     torch.manual_seed(1)
-    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4, attn_score="additive")).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4, attn_score="additive", dropout=0.0, bias=True)).double()
     module.score.chunk_bytes = ONE_QUERY_PER_CHUNK
     x, source = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 9, 24, dtype=torch.float64)
     out, weights = module(x, context=source, causal=causal, return_weights=True)
@@ -103,7 +103,7 @@ def test_causal_chunks_skip_the_masked_pairs():
 
 def test_additive_attention_runs_under_bf16_autocast_with_float32_pairs():
     torch.manual_seed(0)
-    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_score="additive"))
+    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_score="additive", dropout=0.0))
     x = torch.randn(2, 9, 32)
     reference, _ = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -158,7 +158,7 @@ def test_the_model_config_file_has_the_score_keys():
 def test_muon_leaves_the_additive_parameters_to_adamw_and_the_model_learns():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope",
-                          norm="rmsnorm", qk_norm=True, tie_weights=False, attn_score="additive"))
+                          norm="rmsnorm", qk_norm=True, tie_weights=False, attn_score="additive", dropout=0.0, bias=True))
     tc = TrainConfig(optimizer="muon", learning_rate=3e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
     muon, adamw = make_optimizers(model, tc, torch.device("cpu"))
     muon_params = {id(p) for g in muon.param_groups for p in g["params"]}

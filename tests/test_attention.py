@@ -63,7 +63,7 @@ def projections(module: MultiHeadAttention):
 @pytest.mark.parametrize("B,T,C,n_head", [(2, 7, 24, 3), (1, 1, 16, 4), (3, 12, 40, 5)])
 def test_self_attention_matches_numpy_reference(B, T, C, n_head):
     torch.manual_seed(B * 100 + T)
-    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head)).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=C, n_head=n_head, dropout=0.0, bias=True)).double()
     x = torch.randn(B, T, C, dtype=torch.float64)
     out, weights = module(x, return_weights=True)
     ref_out, ref_weights = numpy_multi_head_attention(x.numpy(), x.numpy(), *projections(module), n_head, causal=True)
@@ -74,7 +74,7 @@ def test_self_attention_matches_numpy_reference(B, T, C, n_head):
 @pytest.mark.parametrize("causal", [False, True])
 def test_cross_attention_matches_numpy_reference(causal):
     torch.manual_seed(1)
-    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4)).double()
+    module = MultiHeadAttention(GPTConfig(n_embd=24, n_head=4, dropout=0.0, bias=True)).double()
     x, source = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 9, 24, dtype=torch.float64)
     out, weights = module(x, context=source, causal=causal, return_weights=True)
     ref_out, ref_weights = numpy_multi_head_attention(x.numpy(), source.numpy(), *projections(module), 4, causal)

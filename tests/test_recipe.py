@@ -10,7 +10,7 @@ from trainer.muon import Muon
 from trainer.optim import make_optimizers
 
 FAST = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope", norm="rmsnorm",
-            qk_norm=True, mlp="relu2", tie_weights=False, zero_init_proj=True)
+            qk_norm=True, mlp="relu2", tie_weights=False, zero_init_proj=True, dropout=0.0, bias=True)
 TC = TrainConfig(optimizer="muon", learning_rate=3e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
 
 
