@@ -77,9 +77,9 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                 last_step = step  # evaluate, save and stop here
             fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
             evaluate_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
-            report_now = fresh and attn_every > 0 and step > 0 and (step % attn_every == 0 or step == last_step)
+            report_now = fresh and attn_every > 0 and (step % attn_every == 0 or step == last_step)  # step 0 too
             if evaluate_now or report_now:
-                metrics = t.evaluate_and_report(step, evaluate_now, report_now) or metrics
+                metrics = t.evaluate_and_report(step, evaluate_now, report_now, step == last_step) or metrics
                 last_log = time.time()  # evaluation and reports do not count as training throughput
             if step == last_step:
                 break

@@ -54,10 +54,20 @@ def default_probes(bins: TokenBins, max_tokens: int, scan_tokens: int = 20000) -
     return probes
 
 
+def script_name(text: str) -> str:
+    """A probe's name from what it is written in: en (Latin letters), zh (Chinese), pairs (both),
+    or text; the default probes' group names, so their charts and maps line up."""
+    latin = any(ch.isascii() and ch.isalpha() for ch in text)
+    chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    return "pairs" if latin and chinese else "zh" if chinese else "en" if latin else "text"
+
+
 def configured_probes(texts: list[str] | None, bins: TokenBins | None, max_tokens: int) -> list[Probe]:
     """The probes a config asks for: its own texts, or the defaults from the validation split."""
     if texts:
-        return [Probe(f"probe{i}", str(text)) for i, text in enumerate(texts)]
+        names = [script_name(str(text)) for text in texts]
+        return [Probe(name if names.count(name) == 1 else f"{name}{names[:i].count(name) + 1}", str(text))
+                for i, (name, text) in enumerate(zip(names, texts))]
     if bins is None:
         raise DataError("no probe texts: give wandb.probes=[...] (or probes=[...]), or prepare the data")
     return default_probes(bins, max_tokens)

@@ -1,5 +1,7 @@
-"""The attention report of a model: per-layer heatmaps for every probe, the per-head metrics and
-their L x H heatmaps, the interactive head view and a table of the probes' strongest weights.
+"""The attention report of a model: per-layer heatmaps for every probe; per-head metrics for each
+language group over many validation windows, beside chance (heads/evidence.py), as L x H heatmaps
+and a line per head across the run's reports; head ablation per group (heads/ablation.py); the
+interactive head view; a table of the probes' strongest weights.
 
 train.py logs it to wandb every `wandb.attn_every` steps. For any checkpoint, without training:
 
@@ -19,33 +21,39 @@ import torch
 from matplotlib.figure import Figure
 
 from data.tokenizer import Tokenizer
+from heads.evidence import Evidence, head_evidence, report_windows
 from heads.html_view import head_view_html
 from heads.labels import token_texts
-from heads.metrics import head_metrics, induction_tokens
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import Probe, configured_probes
 from model import GPT
 
-INDUCTION_BATCH = 4
-INDUCTION_SEED = 1234
+ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
 
 
 @dataclass
 class HeadReport:
-    metrics: dict[str, np.ndarray]  # metric -> (n_layer, n_head)
+    evidence: Evidence  # metrics per head and group, with chance
+    ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None  # intact bpb per group, increase per head
     figures: dict[str, Figure]  # wandb key -> figure
     html: str
     table_columns: list[str]
     table_rows: list[list]
+    table_note: str
     probes: list[dict]
 
-    def top_heads(self) -> dict[str, dict]:
-        """For each metric, the head with the highest value."""
-        top = {}
-        for name, values in self.metrics.items():
-            layer, head = np.unravel_index(np.argmax(values), values.shape)
-            top[name] = {"layer": int(layer), "head": int(head), "value": round(float(values[layer, head]), 4)}
-        return top
+    def summary(self) -> dict:
+        """Everything numeric, for metrics.json and tests: metrics, chance, standouts, ablation."""
+        ev = self.evidence
+        out = {"windows": ev.windows,
+               "metrics": {m: {g: np.round(v.numpy(), 4).tolist() for g, v in groups.items()} for m, groups in ev.values.items()},
+               "chance": {m: {g: round(c, 4) for g, c in groups.items()} for m, groups in ev.chance.items()},
+               "standouts": ev.standouts(), "attn_table": self.table_note}
+        if self.ablation is not None:
+            intact, deltas = self.ablation
+            out["ablation"] = {"method": "zero each head's context vector", "intact_bpb": intact,
+                               "delta_bpb": {g: np.round(d, 4).tolist() for g, d in deltas.items()}}
+        return out
 
 
 def probe_table(name: str, labels: list[str], maps: np.ndarray) -> list[list]:
@@ -62,31 +70,64 @@ def probe_table(name: str, labels: list[str], maps: np.ndarray) -> list[list]:
     return rows
 
 
+def sample_rows(per_probe: list[list[list]], cap: int) -> tuple[list[list], str]:
+    """At most `cap` rows, an equal share from each probe, evenly spaced within it; and what was kept."""
+    total = sum(len(rows) for rows in per_probe)
+    if total <= cap:
+        return [row for rows in per_probe for row in rows], f"all {total} rows"
+    kept = []
+    for i, rows in enumerate(per_probe):
+        share = cap // len(per_probe) + (i < cap % len(per_probe))
+        picks = np.unique(np.linspace(0, len(rows) - 1, min(share, len(rows))).round().astype(int))
+        kept += [rows[j] for j in picks]
+    return kept, (f"{len(kept)} of {total} rows: up to {cap // len(per_probe)} per probe, evenly spaced over "
+                  "its layers, heads and queries")
+
+
+def ablation_figures(deltas: dict[str, np.ndarray]) -> dict[str, Figure]:
+    """group -> an L x H heatmap of the increase in bits per byte when each head is silenced."""
+    scale = max(ABLATION_SCALE, *(float(np.abs(d).max()) for d in deltas.values()))
+    return {f"attn_ablation/{group}": metric_figure(d, "ablation", vmin=-scale, vmax=scale, baseline=0.0,
+                                                    title=f"val bpb change when the head is silenced ({group})")
+            for group, d in deltas.items()}
+
+
 @torch.no_grad()
-def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_tokens: int, table_rows: int) -> HeadReport:
+def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_tokens: int, table_rows: int,
+                 group_ids: dict[str, torch.Tensor] | None = None,
+                 ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None = None,
+                 title: str = "Attention head view") -> HeadReport:
+    """The report. group_ids: group -> (B, T) validation windows for the metrics (heads/evidence.py's
+    report_windows); without them the probes are the windows, one group each. ablation: the result
+    of heads.ablation.ablate_heads, or None."""
     device = next(model.parameters()).device
-    probe_maps, views, rows, probe_info = [], [], [], []
+    views, per_probe, probe_info = [], [], []
     figures: dict[str, Figure] = {}
+    probe_ids = {}
     for probe in probes:
         ids = probe.ids(tokenizer, min(max_tokens, model.config.block_size))
-        maps = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()  # (L, 1, H, T, T)
-        probe_maps.append(maps)
+        probe_ids[probe.name] = torch.tensor([ids])
+        per_layer = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()[:, 0].numpy()  # (L, H, T, T)
         labels = token_texts([tokenizer.decode_bytes([i]) for i in ids])
-        shown = drawable_labels(labels)
-        per_layer = maps[:, 0].numpy()  # (L, H, T, T)
         for layer in range(per_layer.shape[0]):
             figures[f"attn_maps/{probe.name}/L{layer}"] = layer_figure(per_layer[layer], labels, f"{probe.name} · layer {layer}")
-        views.append((probe.name, shown, per_layer))
-        rows += probe_table(probe.name, labels, per_layer)
+        views.append((probe.name, drawable_labels(labels), per_layer))
+        per_probe.append(probe_table(probe.name, labels, per_layer))
         probe_info.append({"name": probe.name, "text": probe.text, "tokens": labels})
-    n = min(model.config.block_size // 2, 64)
-    repeated = induction_tokens(model.config.vocab_size, n, INDUCTION_BATCH, INDUCTION_SEED, tokenizer.eot_id)
-    induction_maps = model.attention_maps(repeated.to(device)).float().cpu()
-    metrics = {k: v.numpy() for k, v in head_metrics(probe_maps, induction_maps).items()}
-    for name, values in metrics.items():
-        figures[f"attn_metrics/{name}"] = metric_figure(values, name)
+    evidence = head_evidence(model, group_ids or probe_ids, tokenizer)
+    for metric, groups in evidence.values.items():
+        for group, values in groups.items():
+            figures[f"attn_metrics/{metric}/{group}"] = metric_figure(
+                values.numpy(), metric, vmin=0.0, vmax=1.0, baseline=evidence.chance[metric][group],
+                title=f"{metric} ({group}, {evidence.windows[group]} windows)")
+    if ablation is not None:
+        figures.update(ablation_figures(ablation[1]))
+    html = head_view_html(views, title, metrics={m: {g: v.numpy() for g, v in groups.items()}
+                                                 for m, groups in evidence.values.items()},
+                          baselines=evidence.chance)
+    rows, note = sample_rows(per_probe, table_rows)
     columns = ["probe", "layer", "head", "query_pos", "query_token", "top_key_pos", "top_key_token", "weight"]
-    return HeadReport(metrics, figures, head_view_html(views), columns, rows[:table_rows], probe_info)
+    return HeadReport(evidence, ablation, figures, html, columns, rows, note, probe_info)
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -95,23 +136,72 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def log_report(run, report: HeadReport, step: int) -> None:
-    """Images, the head view, per-head scalars attn/L{l}H{h}/{metric} and the table, at `step`, to a
-    trainer.wandb_run.WandbRun. The entry is built inside its guard: wandb.Image and wandb.Html write
-    files, so a full disk there is one warning, not the end of training."""
+class ReportHistory:
+    """Every report's metrics of one run, for the charts: one per metric and group, a line per head."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.values: list[dict[str, dict[str, np.ndarray]]] = []
+
+    def add(self, step: int, evidence: Evidence) -> None:
+        self.steps.append(step)
+        self.values.append({m: {g: v.numpy() for g, v in groups.items()} for m, groups in evidence.values.items()})
+
+    def charts(self, evidence: Evidence) -> dict:
+        """attn_chart/<metric>/<group> -> a wandb line chart over the steps so far, a line per head."""
+        import wandb
+
+        charts = {}
+        for metric, groups in evidence.values.items():
+            for group, latest in groups.items():
+                heads = [(layer, head) for layer, head in np.ndindex(latest.shape)]
+                ys = [[float(v[metric][group][layer, head]) if group in v.get(metric, {}) else float("nan")
+                       for v in self.values] for layer, head in heads]
+                charts[f"attn_chart/{metric}/{group}"] = wandb.plot.line_series(
+                    xs=self.steps, ys=ys, keys=[f"L{layer}H{head}" for layer, head in heads], xname="step",
+                    title=f"{metric} ({group}) · chance {evidence.chance[metric][group]:.3f}")
+        return charts
+
+
+def log_report(run, report: HeadReport, step: int, history: ReportHistory | None = None) -> None:
+    """Images, the head view, a chart per metric and group (a line per head), the ablation and
+    attention tables, and the per-head scalars attn/<group>/L{l}H{h}/<metric> (hidden from the
+    run's default panels, kept for the API), at `step`, to a trainer.wandb_run.WandbRun. The entry
+    is built inside its guard: wandb.Image and wandb.Html write files, so a full disk there is one
+    warning, not the end of training."""
     def entry() -> dict:
         import wandb
         from PIL import Image
 
+        run.run.define_metric("attn/*", hidden=True)  # 100s of scalars: the charts show them
         entry: dict = {key: wandb.Image(Image.open(io.BytesIO(png_bytes(fig)))) for key, fig in report.figures.items()}
         entry["attn_head_view"] = wandb.Html(report.html, inject=False)
         entry["attn_table"] = wandb.Table(columns=report.table_columns, data=report.table_rows)
-        for name, values in report.metrics.items():
-            for layer, head in np.ndindex(values.shape):
-                entry[f"attn/L{layer}H{head}/{name}"] = float(values[layer, head])
+        for metric, groups in report.evidence.values.items():
+            for group, values in groups.items():
+                for layer, head in np.ndindex(values.shape):
+                    entry[f"attn/{group}/L{layer}H{head}/{metric}"] = float(values[layer, head])
+        if history is not None:
+            history.add(step, report.evidence)
+            entry.update(history.charts(report.evidence))
+        if report.ablation is not None:
+            columns, rows = ablation_table(report.ablation[1])
+            entry["attn_ablation_table"] = wandb.Table(columns=columns, data=rows)
         return entry
 
     run.log(entry, step=step)
+
+
+def ablation_table(deltas: dict[str, np.ndarray]) -> tuple[list[str], list[list]]:
+    """One row per head: the bpb increase per group when it is silenced (and en - zh where both exist)."""
+    groups = list(deltas)
+    both = "en" in deltas and "zh" in deltas
+    columns = ["layer", "head", *[f"delta_bpb_{g}" for g in groups]] + (["en_minus_zh"] if both else [])
+    rows = []
+    for layer, head in np.ndindex(next(iter(deltas.values())).shape):
+        row = [layer, head, *[round(float(deltas[g][layer, head]), 4) for g in groups]]
+        rows.append(row + ([round(float(deltas["en"][layer, head] - deltas["zh"][layer, head]), 4)] if both else []))
+    return columns, rows
 
 
 def write_report(report: HeadReport, folder: Path, step: int | None = None) -> list[Path]:
@@ -123,8 +213,7 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> l
         path.write_bytes(png_bytes(fig))
         written.append(path)
     (folder / "head_view.html").write_text(report.html, encoding="utf-8")
-    summary = {"step": step, "metrics": {k: np.round(v, 4).tolist() for k, v in report.metrics.items()},
-               "top_heads": report.top_heads(), "probes": report.probes}
+    summary = {"step": step, **report.summary(), "probes": report.probes}
     (folder / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     return written + [folder / "head_view.html", folder / "metrics.json"]
 
@@ -142,8 +231,60 @@ def check_report_dir(folder: Path) -> None:
 
 
 def print_top_heads(report: HeadReport) -> None:
-    print("attention heads, highest per metric: " + ", ".join(
-        f"{name} L{t['layer']}H{t['head']} {t['value']:.2f}" for name, t in report.top_heads().items()))
+    """The heads that clear chance by their metric's margin (heads/metrics.py), per group, on one
+    line; the metrics where none does on another; then the costliest head to silence per group."""
+    named, unnamed = [], []
+    for metric, groups in report.evidence.standouts().items():
+        hits = [f"{g} L{t['layer']}H{t['head']} {t['value']:.2f} (chance {t['chance']:.3f})"
+                for g, t in groups.items() if t["named"]]
+        if hits:
+            named.append(f"{metric}: {', '.join(hits)}")
+        else:
+            unnamed.append(metric)
+    print("attention heads past chance by their margin: " + ("; ".join(named) or "none"))
+    if unnamed:
+        print(f"no head clears chance by its margin for: {', '.join(unnamed)}")
+    if report.ablation is not None:
+        intact, deltas = report.ablation
+        worst = []
+        for group, d in deltas.items():
+            layer, head = np.unravel_index(np.argmax(d), d.shape)
+            worst.append(f"{group} L{layer}H{head} +{d[layer, head]:.3f} (of {intact[group]:.3f})")
+        print("silencing one head costs the most bits per byte: " + ", ".join(worst))
+
+
+def report_inputs(model: GPT, bins, settings, device: torch.device, dtype: torch.dtype, ablate: bool,
+                  batch_size: int = 16) -> tuple[dict[str, torch.Tensor] | None, tuple | None]:
+    """The validation windows per group (None without prepared data) and the ablation (None when
+    not asked for, or without data) of a report; settings: trainer.config.ReportSettings."""
+    if bins is None:
+        return None, None
+    group_ids = report_windows(bins, model.config.block_size, settings.windows)
+    ablation = None
+    if ablate and settings.ablation_windows > 0:
+        from heads.ablation import ablate_heads
+
+        ablation = ablate_heads(model, bins, settings.ablation_windows, batch_size, device, dtype)
+    return group_ids, ablation
+
+
+def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
+    """The prepared data the checkpoint was trained on (data.batches.TokenBins), or None, said in
+    one line, when it is not there or holds another tokenizer: the metrics then use the probes."""
+    from data.batches import TokenBins
+    from data.config import DataConfig
+    from data.sources import DataError
+
+    try:
+        folder = DataConfig(**checkpoint["config"]["data"]).dir
+        bins = TokenBins(folder)
+    except (KeyError, TypeError, DataError) as e:
+        print(f"no validation data for the metrics and ablation ({e}); the metrics use the probes alone")
+        return None
+    if bins.tokenizer.hash != tokenizer.hash:
+        print(f"{folder} holds another tokenizer than the checkpoint's; the metrics use the probes alone")
+        return None
+    return bins
 
 
 def report_checkpoint(cfg) -> None:
@@ -163,7 +304,11 @@ def report_checkpoint(cfg) -> None:
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
         raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
-    report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows)
+    device = next(model.parameters()).device
+    bins = checkpoint_bins(checkpoint, tokenizer)
+    group_ids, ablation = report_inputs(model, bins, cfg, device, torch.float32, ablate=True)
+    title = f"{Path(cfg.out_dir).name} · step {checkpoint.get('step')}"
+    report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows, group_ids, ablation, title)
     try:
         written = write_report(report, folder, checkpoint.get("step"))
     except OSError as e:

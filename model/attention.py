@@ -165,6 +165,7 @@ class MultiHeadAttention(nn.Module):
         self.W_V = nn.Linear(n_embd, n_embd, bias=config.bias)
         self.W_O = nn.Linear(n_embd, n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/ablation.py), else None
         # QK-norm: RMS-normalise each head's queries and keys, so scores cannot blow up and
         # larger learning rates stay stable (Dehghani et al. 2023; modded-nanogpt)
         self.q_norm = nn.RMSNorm(self.head_dim) if config.qk_norm else None
@@ -219,5 +220,7 @@ class MultiHeadAttention(nn.Module):
                                                    attend_positions)  # context vectors
         else:
             attended = FUSED[self.attn_impl](query, key, value, causal, dropout_p, attend_positions)
+        if self.head_mask is not None:  # ablation: a silenced head contributes nothing to W_O's input
+            attended = attended * self.head_mask.view(1, -1, 1, 1).to(attended.dtype)
         out = self.resid_dropout(self.W_O(self.merge_heads(attended)))  # (B, T, C)
         return out, weights

@@ -61,24 +61,28 @@ def test_wandb_goes_offline_by_itself_without_a_key(run):
 def test_attention_report_lands_in_the_offline_run(run):
     (run_dir,) = (run["out"] / "wandb").glob("offline-run-*")
     media = run_dir / "files" / "media"
-    for step in (15, 30):  # every wandb.attn_every steps, and at the end
-        for probe, layer in itertools.product(("probe0", "probe1"), (0, 1)):
+    for step in (0, 15, 30):  # before training, every wandb.attn_every steps, and at the end
+        for probe, layer in itertools.product(("en", "zh"), (0, 1)):  # custom probes named by their script
             assert list((media / "images" / "attn_maps" / probe).glob(f"L{layer}_{step}_*.png"))
-        for metric in ("entropy", "distance", "prev_token", "sink", "induction"):
-            assert list((media / "images" / "attn_metrics").glob(f"{metric}_{step}_*.png"))
+        for metric in ("entropy", "distance", "prev_token", "sink", "induction"):  # one heatmap per metric and group
+            assert list((media / "images" / "attn_metrics" / metric).glob(f"*_{step}_*.png"))
         (page,) = (media / "html").glob(f"attn_head_view_{step}_*.html")
         text = page.read_text(encoding="utf-8")
         assert "http://" not in text and "https://" not in text and "国" in text
+    assert list((media / "images" / "attn_ablation").glob("*_30_*.png"))  # wandb.ablation=final: the last report
+    assert not list((media / "images" / "attn_ablation").glob("*_15_*.png"))
     (table,) = (media / "table").glob("attn_table_30_*.table.json")
     tokens = {cell for row in json.loads(table.read_text(encoding="utf-8"))["data"] for cell in row if isinstance(cell, str)}
     assert any("\u4e00" <= ch <= "\u9fff" for token in tokens for ch in token)  # Chinese characters, not bytes
     history = run_history(run_dir)
-    final = [row for row in history if row.get("_step") == 30 and "attn/L0H0/entropy" in row]
+    final = [row for row in history if row.get("_step") == 30 and any(k.endswith("/L0H0/entropy") for k in row)]
     assert final, "no per-head scalars at the last step"
-    for layer, head, metric in itertools.product((0, 1), (0, 1), ("entropy", "distance", "prev_token", "sink", "induction")):
-        assert isinstance(final[0][f"attn/L{layer}H{head}/{metric}"], float)
-    assert 0.0 <= final[0]["attn/L1H1/entropy"] <= 1.0
-    assert "attention heads, highest per metric: entropy L" in run["stdout"]
+    groups = {key.split("/")[1] for key in final[0] if key.startswith("attn/")}
+    for group, layer, head, metric in itertools.product(groups, (0, 1), (0, 1), ("entropy", "distance", "prev_token", "sink", "induction")):
+        assert 0.0 <= final[0][f"attn/{group}/L{layer}H{head}/{metric}"] <= 1.0  # every metric on a 0-1 scale
+    assert any(key.startswith("attn_chart/entropy/") for key in final[0])  # a chart per metric, a line per head
+    assert "attention heads past chance by their margin: " in run["stdout"]
+    assert "silencing one head costs the most bits per byte: " in run["stdout"]
 
 
 def test_heads_report_writes_pictures_view_and_metrics_for_a_checkpoint(run, tmp_path):
@@ -86,11 +90,14 @@ def test_heads_report_writes_pictures_view_and_metrics_for_a_checkpoint(run, tmp
                             cwd=tmp_path, env=run["env"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     written = {p.name for p in (tmp_path / "heads").iterdir()}
-    assert {"attn_maps_probe0_L0.png", "attn_maps_probe1_L1.png", "attn_metrics_induction.png", "head_view.html",
-            "metrics.json"} <= written
+    assert {"attn_maps_en_L0.png", "attn_maps_zh_L1.png", "head_view.html", "metrics.json"} <= written
+    assert any(name.startswith("attn_metrics_induction_") for name in written)
+    assert any(name.startswith("attn_ablation_") for name in written)
     summary = json.loads((tmp_path / "heads" / "metrics.json").read_text(encoding="utf-8"))
     assert summary["step"] == 30 and [p["text"] for p in summary["probes"]] == PROBES  # probes stored in the checkpoint
-    assert np.array(summary["metrics"]["sink"]).shape == (2, 2)
+    for group, values in summary["metrics"]["sink"].items():
+        assert np.array(values).shape == (2, 2) and 0 < summary["chance"]["sink"][group] < 1
+    assert set(summary["ablation"]["delta_bpb"]) >= {"all"} and summary["windows"]
 
 
 def test_wandb_disabled_writes_and_computes_nothing(run, tmp_path):

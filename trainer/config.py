@@ -86,17 +86,30 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class WandbConfig:
-    """The `wandb` group of config/train.yaml: the run and its attention report."""
+class ReportSettings:
+    """The attention report's settings, one definition for both places they are set: under `wandb.`
+    in config/train.yaml (the reports during training) and at the top of config/heads.yaml
+    (python -m heads.report)."""
+
+    probes: list[str] | None = setting(None, fix='["text one", "text two"], or null for the default probes')
+    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
+    table_rows: int = setting(2000, minimum=1, fix="the most rows of the attention table, e.g. 2000")
+    windows: int = setting(16, minimum=1, fix="validation windows per group that the head metrics average, e.g. 16")
+    ablation_windows: int = setting(8, minimum=0, fix="validation windows per group for head ablation, or 0 for none")
+
+
+ABLATION = ("final", "every", "off")
+
+
+@dataclasses.dataclass
+class WandbConfig(ReportSettings):
+    """The `wandb` group of config/train.yaml: the run, and its attention report (ReportSettings)."""
 
     mode: str = setting("auto", choices=MODES, fix="auto is online with an API key, else offline")
     project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb.project=gpt-attention")
     name: str | None = setting(None, fix="a run name, or null for wandb's own")
     attn_every: int = setting(1000, minimum=0, fix="steps between attention reports, or wandb.attn_every=0 for none")
-    probes: list[str] | None = setting(None,
-                                       fix='wandb.probes=["text one", "text two"], or null for probes from the val split')
-    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
-    table_rows: int = setting(2000, minimum=1, fix="e.g. wandb.table_rows=2000")
+    ablation: str = setting("final", choices=ABLATION, fix="final ablates the heads in the last report only, every in each")
 
 
 @dataclasses.dataclass
@@ -170,16 +183,13 @@ class SampleConfig:
 
 
 @dataclasses.dataclass
-class HeadsConfig:
-    """python -m heads.report's config (config/heads.yaml)."""
+class HeadsConfig(ReportSettings):
+    """python -m heads.report's config (config/heads.yaml): the checkpoint, and the report (ReportSettings)."""
 
     out_dir: str = setting("out", path=True, fix="the checkpoint folder, e.g. out_dir=out")
     checkpoint: str = setting("last", choices=tuple(CHECKPOINTS), fix="last (ckpt.pt) or best (best.pt)")
     report_dir: str | None = setting(None, path=True, check=not_a_file,
                                      fix="a folder for the PNGs and head_view.html, or null for <out_dir>/heads")
-    probes: list[str] | None = setting(None, fix='probes=["text one", "text two"], or null for the checkpoint\'s')
-    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
-    table_rows: int = setting(2000, minimum=1, fix="e.g. table_rows=2000")
     device: str = device_setting()
     wandb: bool = setting(False, fix="wandb=true also logs the report to a new wandb run")
     wandb_project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb_project=gpt-attention")

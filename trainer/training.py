@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -61,6 +62,7 @@ class Training:
     peak: float | None  # the device's peak FLOP/s, for MFU
     started: float = field(default_factory=time.time)  # wall clock of step 0 (earlier when resumed)
     best_val_loss: float = math.inf
+    report_history: Any = None  # heads.report.ReportHistory, made at the first report
 
     @classmethod
     def build(cls, cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
@@ -131,17 +133,25 @@ class Training:
             self.run.log(metrics, step=step)
         return metrics
 
-    def report_heads(self, step: int) -> None:
-        """What every head does, to wandb: maps come from the explicit path, training is untouched."""
+    def report_heads(self, step: int, final: bool) -> None:
+        """What every head does, to wandb: maps come from the explicit path, training is untouched.
+        The head ablation runs in the final report, or in every one (wandb.ablation)."""
         if self.run is None or not self.run.active:
             return  # wandb failed earlier (warned once): nothing would receive the report
-        from heads.report import build_report, log_report, print_top_heads  # matplotlib: only runs that report pay for it
+        from heads.report import ReportHistory, build_report, log_report, print_top_heads, report_inputs  # matplotlib: only runs that report pay for it
 
         started_report = time.time()
-        report = build_report(self.model, self.bins.tokenizer, self.probes, self.cfg.wandb.probe_tokens,
-                              self.cfg.wandb.table_rows)
-        log_report(self.run, report, step)
-        print(f"attention report at step {step} in {time.time() - started_report:.1f}s")
+        wc = self.cfg.wandb
+        ablate = wc.ablation == "every" or (wc.ablation == "final" and final)
+        group_ids, ablation = report_inputs(self.model, self.bins, wc, self.device, self.dtype, ablate)
+        title = f"{wc.project} · {self.out_dir.name} · step {step}"
+        report = build_report(self.model, self.bins.tokenizer, self.probes, wc.probe_tokens, wc.table_rows,
+                              group_ids, ablation, title)
+        if self.report_history is None:
+            self.report_history = ReportHistory()
+        log_report(self.run, report, step, self.report_history)
+        print(f"attention report at step {step} in {time.time() - started_report:.1f}s"
+              + (" (with head ablation)" if ablation else ""))
         print_top_heads(report)
 
     def log_progress(self, step: int, step_loss: torch.Tensor, lr: float, seconds_per_step: float,
@@ -185,7 +195,7 @@ class Training:
                 group["lr"] = lr
         return lr
 
-    def evaluate_and_report(self, step: int, evaluate_now: bool, report_now: bool) -> dict | None:
+    def evaluate_and_report(self, step: int, evaluate_now: bool, report_now: bool, final: bool) -> dict | None:
         """At an evaluation step: every rank's random state to rank 0, which evaluates and saves;
         at a report step: rank 0 reports the heads. The other ranks wait. Returns the metrics
         (rank 0, when it evaluated)."""
@@ -195,7 +205,7 @@ class Training:
             if self.ranks.is_main:
                 metrics = self.evaluate_and_save(step, rngs)
         if self.ranks.is_main and report_now:
-            self.report_heads(step)
+            self.report_heads(step, final)
         if evaluate_now or report_now:
             distributed.barrier(self.ranks)
         return metrics
