@@ -105,16 +105,21 @@ def test_heads_report_writes_pictures_head_view_and_metrics(trained_gpu_run: Tra
     folder = trained_gpu_run.out / "heads"  # report_dir's default: <out_dir>/heads
     assert f"files to {folder}/" in result.stdout, result.stdout[-2000:]
     config = torch.load(trained_gpu_run.out / "ckpt.pt", map_location="cpu", weights_only=True)["model_config"]
-    expected = {f"attn_maps_probe{p}_L{layer}.png" for p, layer in itertools.product(range(len(PROBES)),
-                                                                                      range(config["n_layer"]))}
-    expected |= {f"attn_metrics_{metric}.png" for metric in METRICS} | {"head_view.html", "metrics.json"}
+    expected = {f"attn_maps_{p}_L{layer}.png" for p, layer in itertools.product(("en", "zh"),  # named by script
+                                                                                 range(config["n_layer"]))}
+    expected |= {"head_view.html", "metrics.json"}
     written = {path.name for path in folder.iterdir()}
     assert expected <= written, f"missing: {sorted(expected - written)}"
     assert all((folder / name).stat().st_size > 0 for name in expected)
+    for metric in METRICS:  # one heatmap per metric and group
+        assert any(name.startswith(f"attn_metrics_{metric}_") for name in written), metric
+    assert any(name.startswith("attn_ablation_") for name in written)  # the head ablation ran on the GPU
     summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     # ckpt.pt (checkpoint=last) of the fixture's run, with the probes it stored
     assert summary["step"] == trained_gpu_run.steps
     assert [probe["text"] for probe in summary["probes"]] == PROBES
     for metric in METRICS:
-        assert np.array(summary["metrics"][metric]).shape == (config["n_layer"], config["n_head"])
+        for group, values in summary["metrics"][metric].items():
+            assert np.array(values).shape == (config["n_layer"], config["n_head"]), (metric, group)
+            assert 0.0 <= summary["chance"][metric][group] <= 1.0
     assert "国" in (folder / "head_view.html").read_text(encoding="utf-8")
