@@ -51,11 +51,12 @@ def pair_masks(ids: torch.Tensor, classes: dict[str, torch.Tensor]) -> dict[str,
     newline, equals = classes["newline"][ids], classes["equals"][ids]  # (B, T)
     line = torch.cumsum(newline.long(), 1) - newline.long()  # a newline token ends its line
     # after the separator on its line: the count of `=` seen on this line so far, before this token
-    seen = torch.cumsum(equals.long(), 1)
-    line_start = torch.zeros_like(seen)
-    for t in range(1, ids.size(1)):  # the `=` count when the line began
-        line_start[:, t] = torch.where(line[:, t] != line[:, t - 1], seen[:, t - 1], line_start[:, t - 1])
-    english_half = (seen - equals.long() - line_start) > 0
+    seen_before = torch.cumsum(equals.long(), 1) - equals.long()  # `=` tokens before each token
+    starts_line = torch.ones_like(newline)
+    starts_line[:, 1:] = line[:, 1:] != line[:, :-1]
+    # the count when the token's line began: seen_before never decreases, so a running max carries it
+    line_start = torch.cummax(torch.where(starts_line, seen_before, 0), 1).values
+    english_half = (seen_before - line_start) > 0
     en = classes["en"][ids] & english_half
     zh = classes["zh"][ids] & ~english_half & ~equals
     earlier = torch.ones(ids.size(1), ids.size(1), dtype=torch.bool).tril(-1)  # key j before query i
@@ -95,15 +96,15 @@ def head_evidence(model: GPT, group_ids: dict[str, torch.Tensor], tokenizer: Tok
         T = ids.size(1)
         n = T // 2
         pair_sums: dict[str, list] = {}  # metric -> [weight on keys (L, H), chance's, queries]
-        for chunk in ids.split(batch):
-            maps = model.attention_maps(chunk.to(device)).float().cpu()  # (L, b, H, T, T)
+        for chunk in ids.split(batch):  # the maps stay on the model's device: only (L, H) sums come back
+            maps = model.attention_maps(chunk.to(device))  # (L, b, H, T, T)
             for metric, fn in ROW_METRICS.items():
-                add(metric, group, fn(maps).sum(1))  # (L, H), summed over windows
+                add(metric, group, fn(maps).sum(1).cpu())  # (L, H), summed over windows
             repeated = torch.cat([chunk[:, :n], chunk[:, :n]], 1)  # (b, 2n): the first half twice
-            add("induction", group, induction_score(model.attention_maps(repeated.to(device)).float().cpu()).sum(1))
+            add("induction", group, induction_score(model.attention_maps(repeated.to(device))).sum(1).cpu())
             for metric, (queries, keys) in pair_masks(chunk, classes).items():
                 sums = pair_sums.setdefault(metric, [0.0, 0.0, 0])
-                sums[0] = sums[0] + weight_on_keys(maps, queries, keys)
+                sums[0] = sums[0] + weight_on_keys(maps, queries.to(device), keys.to(device)).cpu()
                 sums[1] += uniform_weight_on_keys(queries, keys)
                 sums[2] += int(queries.sum())
         for metric in [*ROW_METRICS, "induction"]:

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -325,16 +324,6 @@ def viridis_stops(n: int = 9) -> list[list[int]]:
 
 
 @functools.cache
-def latin_code_points() -> frozenset[int]:
-    """Every code point of DejaVu Sans, the Latin font matplotlib bundles and the page asks for
-    first: a page made of these needs no embedded font."""
-    import matplotlib
-    from matplotlib.ft2font import FT2Font
-
-    return frozenset(FT2Font(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf")).get_charmap())
-
-
-@functools.cache
 def cjk_face() -> bytes:
     """The Simplified Chinese face of the pip-installed Noto Sans CJK collection as one OpenType
     (CFF) font, without the layout and vertical tables a subset for the page never needs. Reading
@@ -358,6 +347,8 @@ def embedded_font(text: str) -> str:
     """An @font-face rule holding the glyphs of exactly the characters of `text` that Noto Sans CJK
     SC has, or "" when DejaVu Sans draws all of them. Cached per text: a run's probes, and so its
     pages' characters, stay the same from report to report."""
+    from heads.plots import latin_code_points  # the Latin font the PNGs draw with, DejaVu Sans
+
     code_points = {ord(ch) for ch in text}
     if code_points <= latin_code_points():
         return ""

@@ -29,6 +29,16 @@ CHANCE_MARGIN = 0.05  # metric cells within this fraction of the colour scale of
 
 
 @functools.cache
+def latin_code_points() -> frozenset[int]:
+    """Every code point DejaVu Sans, the Latin font matplotlib bundles, can draw; the head view
+    (heads/html_view.py) embeds no font for a page made of these."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(LATIN_FONT, fallback_to_default=False)).get_charmap())
+
+
+@functools.cache
 def setup_fonts() -> frozenset[int]:
     """Register the CJK font, make matplotlib fall back to it, and return every code point the two
     fonts can draw (labels use U+XXXX for the rest, so no missing-glyph warning is ever raised)."""
@@ -39,8 +49,7 @@ def setup_fonts() -> frozenset[int]:
     cjk_path = str(noto_cjk_sans_otc.FONT_PATH)
     font_manager.fontManager.addfont(cjk_path)
     matplotlib.rcParams["font.family"] = [LATIN_FONT, CJK_FONT]
-    latin_path = font_manager.findfont(LATIN_FONT, fallback_to_default=False)
-    return frozenset(FT2Font(latin_path).get_charmap()) | frozenset(FT2Font(cjk_path).get_charmap())
+    return latin_code_points() | frozenset(FT2Font(cjk_path).get_charmap())
 
 
 def drawable_labels(labels: list[str]) -> list[str]:
