@@ -7,12 +7,15 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from trainer.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +69,24 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return make_tiny_corpus(tmp_path / "corpus")
 
 
+@pytest.fixture
+def tiny_run(tmp_path) -> dict:
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    args = [*tiny_args(corpus, tmp_path / 'prepared'),
+            "dtype=float32", "wandb.mode=disabled"]
+    return {"tmp": tmp_path, "env": fresh_machine_env(tmp_path), "args": args}
+
+
+# the optimizer settings of tests/test_gpu_path.py and tests/test_gpu_path_cli.py
+ADAMW = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-2, beta1=0.9, beta2=0.99)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_entry(script: str, *overrides: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run train.py or sample.py as a user would: a new process, hydra overrides, no stdin."""
     return subprocess.run(
@@ -100,3 +121,57 @@ def run_history(run_dir: Path) -> list[dict]:
                             stdin=subprocess.DEVNULL, timeout=120, check=True)
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+# tiny Hugging Face GPT-2 folders (tests/test_hf.py, tests/test_pretrained*.py): the shape of their models
+GPT2_SHAPE = dict(n_layer=2, n_head=2, n_embd=32)
+
+
+def make_gpt2(folder: Path, seed: int = 0, safetensors: bool = True, vocab_size: int = 300, n_positions: int = 64,
+              **settings):
+    """A tiny GPT2LMHeadModel with random weights (LayerNorm scales near 1, everything else noisy),
+    saved to `folder` as transformers saves it; returned in eval mode."""
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(**GPT2_SHAPE, n_positions=n_positions, vocab_size=vocab_size, **settings)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln_" in name and name.endswith("weight"):
+                param.copy_(1 + 0.2 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    if not safetensors:  # the older format, which transformers 5 no longer writes: torch.save's state dict
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return model
+
+
+def write_gpt2_files(folder: Path, bpe) -> None:
+    """vocab.json + merges.txt in GPT-2's format for the ranks and merges of `bpe` (data.tokenizer.Tokenizer)."""
+    from model.hf import bytes_to_unicode, merges_of
+
+    chars = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(chars[b] for b in token)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {text(token): rank for rank, token in enumerate(bpe.ranks)} | {"<|endoftext|>": len(bpe.ranks)}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = ["#version: 0.2"] + [f"{text(a)} {text(b)}" for a, b in merges_of(bpe)]
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+
+
+def make_tiny_gpt2(folder: Path, corpus: Path, vocab_size: int = 300):
+    """A pretrained model as the hub would give it, in small: a BPE of `corpus` (every .txt in it) as
+    GPT-2's vocab.json + merges.txt, and a tiny GPT2LMHeadModel of that vocabulary, in `folder`."""
+    from data.tokenizer import train_bpe
+
+    texts = [path.read_text(encoding="utf-8") for path in sorted(corpus.glob("*.txt"))]
+    make_gpt2(folder, vocab_size=vocab_size, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)  # <|endoftext|>
+    write_gpt2_files(folder, train_bpe(texts, vocab_size))
+    return folder

@@ -1,18 +1,17 @@
 """Every setting's type and range, checked once where it is defined (trainer/settings.py,
-trainer/config.py, data/config.py): the converter's rules, the configs against the yaml files,
-and bad values through the real entry points (one line, exit 2, nothing written)."""
+trainer/config.py, data/config.py): the converter's rules and the configs against the yaml files,
+in this process. Bad values through the real entry points (one line, exit 2, nothing written) are
+in tests/test_settings_cli.py."""
 from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, fresh_machine_env, make_tiny_corpus, run_entry
+from conftest import REPO
 from data.config import DataConfig
 from model import GPTConfig
 from trainer.config import MIN_TEMPERATURE, HeadsConfig, RunConfig, SampleConfig, TrainConfig, WandbConfig
@@ -240,64 +239,6 @@ def test_a_report_dir_below_a_file_is_refused_before_the_checkpoint_is_read(tmp_
     assert not (tmp_path / "new").exists()
 
 
-# --- through the real entry points ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("settings")
-    return {"corpus": make_tiny_corpus(tmp / "corpus"), "env": fresh_machine_env(tmp / "machine")}
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr[-2000:]
-
-
-@pytest.mark.parametrize("override,message", [
-    ("train.learning_rate=-1", "train.learning_rate=-1 must be"),
-    ("train.beta1=1.5", "train.beta1=1.5 must be"),
-    ("seed=-1", "seed=-1 must be"),
-    ("data.val_fraction=0", "data.val_fraction=0 must be"),
-    ("data.vocab_size=abc", "data.vocab_size='abc' must be"),
-    ("train.max_seconds=-1", "train.max_seconds=-1 must be"),
-    ("out_dir=", "out_dir='' must be"),
-    ("wandb.probe_tokens=0", "wandb.probe_tokens=0 must be"),
-])
-def test_train_stops_at_a_bad_setting_before_writing_anything(machine, tmp_path, override, message):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    result = run_entry("train.py", *TINY, "data=custom", f"data.text_paths=[{machine['corpus']}]",
-                       f"data.root={tmp_path / 'prepared'}", f"out_dir={tmp_path / 'out'}", override,
-                       cwd=cwd, env=machine["env"])
-    assert_one_error_line(result, message)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "prepared").exists() and not list(cwd.iterdir())
-
-
-@pytest.mark.parametrize("override,message", [
-    ("temperature=1e-40", "temperature=1e-40 must be 0 (greedy) or at least"),
-    ("temperature=nan", "temperature=nan must be"),
-    ("temperature=hot", "temperature='hot' must be"),
-    ("top_k=1.5", "top_k=1.5 must be"),
-])
-def test_sample_stops_at_a_bad_setting_before_loading_a_model(machine, tmp_path, override, message):
-    # out_dir holds no checkpoint: the setting is refused before anything is read
-    result = run_entry("sample.py", f"out_dir={tmp_path / 'none'}", override, cwd=tmp_path, env=machine["env"])
-    assert_one_error_line(result, message)
-
-
-def test_the_heads_report_refuses_a_file_as_report_dir_and_too_few_probe_tokens(machine, tmp_path):
-    a_file = tmp_path / "notes.txt"
-    a_file.write_text("not a folder")
-    for override, message in ((f"report_dir={a_file}", f"report_dir='{a_file}' must be a folder"),
-                              ("probe_tokens=0", "probe_tokens=0 must be an integer >= 2")):
-        result = subprocess.run([sys.executable, "-m", "heads.report", f"out_dir={tmp_path / 'none'}", override],
-                                cwd=tmp_path, env=machine["env"], capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, timeout=600)
-        assert_one_error_line(result, message)
-
-
 def test_streaming_into_jsonl_is_refused_since_it_would_break_the_json_lines():
     from trainer.config import SampleConfig
 
@@ -314,4 +255,3 @@ def test_a_train_config_built_by_hand_meets_the_same_rules_as_one_from_hydra():
         TrainConfig(optimizer="sgd")
     with pytest.raises(ConfigError, match=r"^train.batch_size=true must be a positive integer"):
         TrainConfig(batch_size=True)
-

@@ -122,7 +122,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_gpu_run(gpu_workspace: GpuWorkspace) -> TrainedRun:
     """A tiny model trained once on the device under test (60 steps, fp32, explicit attention,
-    the probes of tests/test_entrypoints.py stored in the checkpoint), for sample.py, compiled
+    the probes of tests/test_entrypoints_cli.py stored in the checkpoint), for sample.py, compiled
     decoding and heads.report. block_size 32, so 40 new tokens run past it."""
     out = gpu_workspace.tmp / "trained"
     steps = 60

@@ -150,7 +150,7 @@ def torchrun_losses(workspace: GpuWorkspace, name: str, launcher: list[str], env
 
 
 def test_torchrun_processes_match_one_process_at_every_step(gpu_workspace: GpuWorkspace):
-    # one process per GPU, at most 2; the CPU dry run uses 2 gloo processes, as tests/test_distributed.py
+    # one process per GPU, at most 2; the CPU dry run uses 2 gloo processes, as tests/test_distributed_cli.py
     processes = 2 if ON_CPU else min(2, torch.cuda.device_count())
     env = {**gpu_workspace.env, "OMP_NUM_THREADS": "1"}
     single = torchrun_losses(gpu_workspace, "ddp-one", [sys.executable], env)

@@ -1,4 +1,5 @@
-"""train.py and sample.py through their real entry points, on a tiny corpus and model."""
+"""train.py, sample.py and python -m heads.report through their real entry points, each in a child
+process, on a tiny corpus and model."""
 from __future__ import annotations
 
 import itertools
@@ -64,8 +65,8 @@ def test_attention_report_lands_in_the_offline_run(run):
     for step in (0, 15, 30):  # before training, every wandb.attn_every steps, and at the end
         for probe, layer in itertools.product(("en", "zh"), (0, 1)):  # custom probes named by their script
             assert list((media / "images" / "attn_maps" / probe).glob(f"L{layer}_{step}_*.png"))
-        for metric in ("entropy", "distance", "prev_token", "sink", "induction"):  # one heatmap per metric and group
-            assert list((media / "images" / "attn_metrics" / metric).glob(f"*_{step}_*.png"))
+        for metric in ("entropy", "distance", "prev_token", "sink", "induction"):  # one heatmap per metric and group,
+            assert bool(list((media / "images" / "attn_metrics" / metric).glob(f"*_{step}_*.png"))) == (step == 30)  # final
         (page,) = (media / "html").glob(f"attn_head_view_{step}_*.html")
         text = page.read_text(encoding="utf-8")
         assert "http://" not in text and "https://" not in text and "国" in text
@@ -77,9 +78,10 @@ def test_attention_report_lands_in_the_offline_run(run):
     history = run_history(run_dir)
     final = [row for row in history if row.get("_step") == 30 and any(k.endswith("/L0H0/entropy") for k in row)]
     assert final, "no per-head scalars at the last step"
-    groups = {key.split("/")[1] for key in final[0] if key.startswith("attn/")}
+    groups = {key.split("/")[1] for key in final[0] if key.startswith("val_heads/")}
+    assert groups == {"text"}  # data=custom: one group of documents
     for group, layer, head, metric in itertools.product(groups, (0, 1), (0, 1), ("entropy", "distance", "prev_token", "sink", "induction")):
-        assert 0.0 <= final[0][f"attn/{group}/L{layer}H{head}/{metric}"] <= 1.0  # every metric on a 0-1 scale
+        assert 0.0 <= final[0][f"val_heads/{group}/L{layer}H{head}/{metric}"] <= 1.0  # every metric on a 0-1 scale
     assert any(key.startswith("attn_chart/entropy/") for key in final[0])  # a chart per metric, a line per head
     assert "attention heads past chance by their margin: " in run["stdout"]
     assert "silencing one head costs the most bits per byte: " in run["stdout"]

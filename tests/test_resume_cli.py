@@ -1,4 +1,5 @@
-"""Interrupted runs: SIGINT saves and exits 0, and resuming gives the losses of an uninterrupted run."""
+"""Interrupted runs, through train.py in child processes: SIGINT saves and exits 0, resuming gives the
+losses of an uninterrupted run, and a resume with another model shape names the differing keys."""
 from __future__ import annotations
 
 import signal

@@ -1,0 +1,55 @@
+"""The layout of the test modules, read from their source: a test that runs an entry point (train.py,
+sample.py, python -m data.prepare or heads.report, torchrun) in a child process lives in a module
+named *_cli.py, and a module of that name runs one; every other module calls the project in this
+process. tests/gpu/ follows the same rule (its runner is gpu/conftest.py's run_gpu_entry)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+RUNNERS = {"run_entry", "run_gpu_entry"}  # tests/conftest.py's and tests/gpu/conftest.py's child-process runners
+
+
+def child_process_calls(source: str) -> list[tuple[int, str]]:
+    """(line, what) for every call that starts a child process: the conftest runners (imported from
+    conftest; trainer.cli.run_entry runs in this process), or anything of subprocess's."""
+    tree = ast.parse(source)
+    runners, subprocess_names = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] == "conftest":
+            runners |= {alias.asname or alias.name for alias in node.names if alias.name in RUNNERS}
+        elif isinstance(node, ast.ImportFrom) and node.module == "subprocess":
+            subprocess_names |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            subprocess_names |= {alias.asname or alias.name for alias in node.names if alias.name == "subprocess"}
+    calls = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else None
+        base = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+        if name in runners or name in subprocess_names or base in subprocess_names:
+            calls.append((node.lineno, ast.unparse(func)))
+    return sorted(calls)
+
+
+def test_only_cli_modules_run_child_processes():
+    problems = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        module = path.relative_to(TESTS.parent)
+        calls = child_process_calls(path.read_text(encoding="utf-8"))
+        if path.name.endswith("_cli.py"):
+            if not calls:
+                problems.append(f"{module}: named *_cli.py but runs no child process: drop the _cli suffix")
+        else:
+            problems += [f"{module}:{line}: {what}(...) runs a child process outside a *_cli.py module: move the "
+                         f"test to {module.with_name(path.stem + '_cli.py')}" for line, what in calls]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layout_rule_tells_a_runner_from_an_in_process_call():
+    assert child_process_calls("from conftest import run_entry\nrun_entry('train.py')\n") == [(2, "run_entry")]
+    assert child_process_calls("import subprocess\nsubprocess.run(['ls'])\n") == [(2, "subprocess.run")]
+    assert child_process_calls("from trainer.cli import run_entry\nrun_entry(job)\n") == []  # runs job() here
