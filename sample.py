@@ -1,6 +1,7 @@
-"""Generate text from a trained checkpoint.
+"""Generate text from a trained checkpoint, or from a pretrained GPT-2 as it is.
 
     python sample.py                                  # one sample per default prompt, from out/
+    python sample.py init_from=gpt2                   # GPT-2 itself (or init_from=/path/to/hf-folder)
     python sample.py prompt="ROMEO:" num_samples=3 temperature=0.7
     python sample.py prompt=中国 max_new_tokens=100 top_p=0.9 out_dir=out   # UTF-8 values need no quotes
     python sample.py 'prompt=["", "KING:"]'           # several prompts; "" starts from <|endoftext|>
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from data.sources import decode_utf8
-from trainer.checkpoint import load_model
+from trainer.checkpoint import load_inference_model
 from trainer.cli import run_entry
 from trainer.config import SampleConfig
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype
@@ -54,7 +55,7 @@ def main_sample(cfg: DictConfig) -> None:
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer, _ = load_model(cfg.out_dir, device, cfg.checkpoint)
+    model, tokenizer, _ = load_inference_model(cfg.out_dir, device, cfg.checkpoint, cfg.init_from)
     model.to_inference_dtype(dtype)  # half-size weights halve the memory read for every new token
     if cfg.compile:
         started = time.perf_counter()

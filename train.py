@@ -5,6 +5,7 @@ report of every head.
     python train.py                  # GPU default (6 layers, 6 heads, 384 dims, context 256)
     python train.py preset=cpu       # sized for a 2-core CPU
     python train.py model.n_layer=8 train.max_iters=2000 wandb.mode=disabled
+    python train.py init_from=gpt2 model.block_size=256   # fine-tune GPT-2 (or init_from=/path/to/hf-folder)
     torchrun --standalone --nproc_per_node=8 train.py     # data parallel on 8 GPUs
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from heads.history import ReportHistory
+from model import GPT
 from trainer import distributed
 from trainer.cli import run_entry
-from trainer.config import RunConfig
+from trainer.config import SCRATCH, RunConfig
 from trainer.interrupt import GracefulStop, LastSave
 from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
 from trainer.resume import claim_out_dir, resume
@@ -27,7 +30,7 @@ from trainer.runtime import ConfigError, resolve_device, resolve_dtype, reuse_ho
 from trainer.settings import typed
 from trainer.step import train_step
 from trainer.sweeps import separate_sweep_jobs
-from trainer.training import Training
+from trainer.training import Training, pretrained_model
 
 
 def check_config(cfg: RunConfig, world_size: int) -> None:
@@ -41,26 +44,29 @@ def check_config(cfg: RunConfig, world_size: int) -> None:
 
 
 def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: LastSave) -> dict:
-    """Check the settings, claim out_dir, then fit."""
+    """Check the settings, load init_from's model, claim out_dir, then fit."""
     check_config(cfg, ranks.world_size)
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
     out_dir = Path(cfg.out_dir)
+    # before out_dir is claimed: a model that cannot be downloaded or read fails with nothing written
+    pretrained = pretrained_model(cfg, ranks.is_main) if cfg.init_from != SCRATCH else None
     with claim_out_dir(cfg, out_dir, ranks):
-        return fit(cfg, ranks, device, dtype, out_dir, saved)
+        return fit(cfg, ranks, device, dtype, out_dir, saved, pretrained)
 
 
 def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-        saved: LastSave) -> dict:
+        saved: LastSave, pretrained: GPT | None = None) -> dict:
     """Build the run and continue it if asked; then, step by step: evaluate and report on schedule,
     set the learning rate, take an optimizer step, log. Stop at the step or time budget (whichever
     ends first), at Ctrl-C or SIGTERM (saving), or after too many non-finite steps in a row."""
     tc = cfg.train
-    t = Training.build(cfg, ranks, device, dtype, out_dir, saved)
-    start_step, t.best_val_loss, elapsed = resume(cfg, out_dir, device, t.model, t.model_cfg, t.optimizers,
-                                                  t.sampler, t.bins.tokenizer.hash, ranks)
+    t = Training.build(cfg, ranks, device, dtype, out_dir, saved, pretrained)
+    start_step, t.best_val_loss, elapsed, history = resume(cfg, out_dir, device, t.model, t.model_cfg, t.optimizers,
+                                                           t.sampler, t.bins.tokenizer.hash, ranks)
+    t.report_history = ReportHistory(history)
     if start_step:
         saved.step = start_step  # ckpt.pt already holds it
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)

@@ -17,11 +17,12 @@ probe, dot on the left, additive on the right, to <out>/attention_scores.png.
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import re
 import subprocess
 import sys
+import tempfile
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +36,9 @@ from PIL import Image  # noqa: E402
 
 from bench.timing import TimedSteps  # noqa: E402
 from heads.labels import token_texts  # noqa: E402
+from heads.painter import paint  # noqa: E402
 from heads.plots import layer_figure  # noqa: E402
 from heads.probes import Probe  # noqa: E402
-from heads.report import png_bytes  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
@@ -87,8 +88,10 @@ def attention_panel(model, tokenizer, probe: Probe, max_tokens: int, score: str)
     ids = probe.ids(tokenizer, min(max_tokens, model.config.block_size))
     maps = model.attention_maps(torch.tensor([ids]))[:, 0].float().numpy()  # (L, H, T, T)
     labels = token_texts([tokenizer.decode_bytes([i]) for i in ids])
-    return [Image.open(io.BytesIO(png_bytes(layer_figure(maps[layer], labels, f"{score} · {probe.name} · layer {layer}"))))
-            for layer in range(maps.shape[0])]
+    with tempfile.TemporaryDirectory() as folder:
+        files = paint({f"L{layer}": partial(layer_figure, maps[layer], labels, f"{score} · {probe.name} · layer {layer}")
+                       for layer in range(maps.shape[0])}, Path(folder))
+        return [Image.open(path).copy() for path in files.values()]
 
 
 def side_by_side(columns: list[list[Image.Image]]) -> Image.Image:

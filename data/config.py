@@ -23,6 +23,13 @@ def folder_name(name: str) -> str | None:
     return None
 
 
+def tokenizer_kind_rule(kind: str) -> str | None:
+    """bpe, a stock encoding, or an existing folder (a Hugging Face GPT-2 model's)."""
+    if kind in TOKENIZER_KINDS or os.path.isdir(kind):
+        return None
+    return f"one of {', '.join(TOKENIZER_KINDS)}, or a Hugging Face model folder holding its tokenizer"
+
+
 def existing_paths(paths: list[str]) -> str | None:
     """Checked now, so a typo stops the run before out_dir is claimed (a file that disappears later
     is a DataError of data/sources.py)."""
@@ -47,8 +54,10 @@ class DataConfig:
                                     fix="files or folders of .txt files, e.g. data.text_paths=[notes.txt,books/]")
     val_fraction: float = setting(0.1, above=0, below=1,
                                   fix="the share of documents held out, e.g. data.val_fraction=0.1")
-    tokenizer_kind: str = setting("bpe", choices=TOKENIZER_KINDS,
-                                  fix="bpe is trained here; the others need tiktoken's download")
+    # a folder: the tokenizer of a Hugging Face GPT-2 folder, which train.py sets from init_from
+    tokenizer_kind: str = setting("bpe", check=tokenizer_kind_rule,
+                                  fix="bpe is trained here; gpt2 and cl100k_base need tiktoken's download; "
+                                      "init_from=<model> tokenizes with the model's own tokenizer")
     vocab_size: int = setting(8192, minimum=MIN_BPE_VOCAB,
                               fix=f"for bpe: {MIN_BPE_VOCAB} or more, e.g. data.vocab_size=8192")
 
@@ -59,4 +68,17 @@ class DataConfig:
 
     @property
     def dir(self) -> Path:
-        return Path(self.root) / self.name
+        """<root>/<name>/ for the BPE trained here, <root>/<name>-<tokenizer>/ for any other (e.g.
+        bilingual-cl100k_base, bilingual-gpt2-1f2e3d4c for a model folder's): switching tokenizers
+        never rebuilds the same folder back and forth."""
+        return Path(self.root) / (self.name if self.tokenizer_kind == "bpe" else f"{self.name}-{self.tokenizer_label}")
+
+    @property
+    def tokenizer_label(self) -> str:
+        """The tokenizer's part of the folder name: the encoding's name, or a model folder's name
+        and the hash of its tokenizer files (a PretrainedError when it has none)."""
+        if self.tokenizer_kind in TOKENIZER_KINDS:
+            return self.tokenizer_kind
+        from model.hf import tokenizer_label  # torch: only for a model's tokenizer
+
+        return tokenizer_label(Path(self.tokenizer_kind))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from data.batches import bin_problem
-from data.config import DataConfig
+from data.config import TOKENIZER_KINDS, DataConfig
 from data.corpus import DataError, Piece, check_val_fraction, document_pieces, held_out, name_digest
 from data.sources import (CLEANING_VERSION, DEFAULT_SOURCES, custom_files, custom_fingerprint, custom_pieces,
                           default_corpus)
@@ -55,7 +55,8 @@ Stream = Callable[[], Iterator[Piece]]  # the corpus in corpus order; each call 
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """Everything the bins depend on; cheap to compute (no download, no tokenizing)."""
+    """Everything the bins depend on; cheap to compute (no download, no tokenizing): a model
+    folder's tokenizer counts by the hash of its files (DataConfig.tokenizer_label)."""
     if cfg.text_paths:
         inputs = {"text": custom_fingerprint(list(cfg.text_paths))}
     else:
@@ -65,7 +66,8 @@ def fingerprint(cfg: DataConfig) -> str:
         "cleaning_version": CLEANING_VERSION,
         "inputs": inputs,
         "val_fraction": cfg.val_fraction,
-        "tokenizer": [cfg.tokenizer_kind, cfg.vocab_size if cfg.tokenizer_kind == "bpe" else None, SPLIT_PATTERN],
+        "tokenizer": [cfg.tokenizer_kind if cfg.tokenizer_kind in TOKENIZER_KINDS else cfg.tokenizer_label,
+                      cfg.vocab_size if cfg.tokenizer_kind == "bpe" else None, SPLIT_PATTERN],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -144,6 +146,11 @@ def bpe_texts(stream: Stream, inventory: Inventory) -> Iterator[str]:
 
 
 def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tokenizer:
+    """The BPE trained on the training split, a stock tiktoken encoding, or a model folder's tokenizer."""
+    if cfg.tokenizer_kind not in TOKENIZER_KINDS:
+        from model.hf import gpt2_tokenizer
+
+        return gpt2_tokenizer(Path(cfg.tokenizer_kind))
     if cfg.tokenizer_kind != "bpe":
         return stock_tokenizer(cfg.tokenizer_kind)
     train_bytes = inventory.text_bytes("train")

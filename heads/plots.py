@@ -172,21 +172,27 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
 
 
 def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vmax: float | None = None,
-                  baseline: float | None = None, title: str | None = None) -> Figure:
+                  baseline: float | None = None, title: str | None = None, baseline_name: str | None = "chance",
+                  number: str = "{:.3g}") -> Figure:
     """values (n_layer, n_head) -> one annotated heatmap.
 
     vmin/vmax fix the colour scale (else it spans the values), so a metric that only moves within
     0.006-0.017 does not look hot and cold. `baseline` is what uniform causal attention scores: it
     goes into the title, as a line on the colour bar, and cells within CHANCE_MARGIN of the scale
     of it are dimmed with their number in grey, so the heads that clear chance (in either
-    direction: entropy below it, induction above it) are the ones in full colour."""
+    direction: entropy below it, induction above it) are the ones in full colour. baseline_name:
+    how the title names the baseline (None: not at all); number: each cell's format."""
     n_layer, n_head = values.shape
     norm = Normalize(vmin=float(values.min()) if vmin is None else vmin,
                      vmax=float(values.max()) if vmax is None else vmax)
-    width, height = 1.4 + 0.7 * n_head, 0.9 + 0.45 * n_layer
+    shown = title or metric
+    if baseline is not None and baseline_name:
+        shown = f"{shown} · {baseline_name} {baseline:.3g}"
+    grid = 0.7 * n_head
+    width, height = max(1.4 + grid, 0.5 + text_width(shown) * (FONT + 1) / FONT + 0.2), 0.9 + 0.45 * n_layer
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
-    ax = fig.add_axes([0.5 / width, 0.35 / height, 0.7 * n_head / width, 0.45 * n_layer / height])
+    ax = fig.add_axes([0.5 / width, 0.35 / height, grid / width, 0.45 * n_layer / height])
     image = ax.imshow(values, cmap="magma", norm=norm, aspect="auto", interpolation="nearest")
     at_chance = np.zeros(values.shape, dtype=bool)
     if baseline is not None:
@@ -198,13 +204,12 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
     for layer, head in np.ndindex(n_layer, n_head):
         luminance = colours[layer, head, :3] @ [0.299, 0.587, 0.114]
         colour = "0.45" if at_chance[layer, head] else ("black" if luminance > 0.5 else "white")
-        ax.text(head, layer, f"{values[layer, head]:.3g}", ha="center", va="center", fontsize=FONT, color=colour)
+        ax.text(head, layer, number.format(values[layer, head]), ha="center", va="center", fontsize=FONT, color=colour)
     ax.set_xticks(range(n_head), [f"H{h}" for h in range(n_head)])
     ax.set_yticks(range(n_layer), [f"L{layer}" for layer in range(n_layer)])
     ax.tick_params(length=0, labelsize=FONT)
-    shown = title or metric
-    ax.set_title(shown if baseline is None else f"{shown} · chance {baseline:.3g}", fontsize=FONT + 1, y=1.0, pad=4)
-    bar = fig.add_axes([(0.5 + 0.7 * n_head + 0.1) / width, 0.35 / height, 0.12 / width, 0.45 * n_layer / height])
+    ax.set_title(shown, fontsize=FONT + 1, y=1.0, pad=4, loc="left")
+    bar = fig.add_axes([(0.5 + grid + 0.1) / width, 0.35 / height, 0.12 / width, 0.45 * n_layer / height])
     fig.colorbar(image, cax=bar)
     bar.tick_params(labelsize=FONT - 1)
     if baseline is not None and norm.vmin <= baseline <= norm.vmax:

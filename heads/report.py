@@ -7,26 +7,29 @@ train.py logs it to wandb every `wandb.attn_every` steps. For any checkpoint, wi
 
     python -m heads.report out_dir=out                # PNGs, head_view.html, metrics.json -> out/heads/
     python -m heads.report out_dir=out wandb=true     # ... and log them to a new wandb run
+    python -m heads.report init_from=gpt2             # a pretrained GPT-2 as it is -> heads-gpt2/
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from data.tokenizer import Tokenizer
 from heads.evidence import Evidence, head_evidence, report_windows
+from heads.history import ReportHistory
 from heads.html_view import head_view_html
 from heads.labels import token_texts
+from heads.painter import Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import Probe, configured_probes
 from model import GPT
+from trainer.wandb_run import HEAD_SCALARS
 
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
 
@@ -35,7 +38,7 @@ ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale span
 class HeadReport:
     evidence: Evidence  # metrics per head and group, with chance
     ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None  # intact bpb per group, increase per head
-    figures: dict[str, Figure]  # wandb key -> figure
+    pictures: dict[str, Picture]  # wandb key -> what draws it (heads/painter.py turns them into PNGs)
     html: str
     table_columns: list[str]
     table_rows: list[list]
@@ -84,11 +87,12 @@ def sample_rows(per_probe: list[list[list]], cap: int) -> tuple[list[list], str]
                   "its layers, heads and queries")
 
 
-def ablation_figures(deltas: dict[str, np.ndarray]) -> dict[str, Figure]:
+def ablation_pictures(deltas: dict[str, np.ndarray]) -> dict[str, Picture]:
     """group -> an L x H heatmap of the increase in bits per byte when each head is silenced."""
     scale = max(ABLATION_SCALE, *(float(np.abs(d).max()) for d in deltas.values()))
-    return {f"attn_ablation/{group}": metric_figure(d, "ablation", vmin=-scale, vmax=scale, baseline=0.0,
-                                                    title=f"val bpb change when the head is silenced ({group})")
+    return {f"attn_ablation/{group}": partial(metric_figure, d, "ablation", vmin=-scale, vmax=scale, baseline=0.0,
+                                              title=f"val bpb change when the head is silenced ({group})",
+                                              baseline_name=None, number="{:+.3f}")
             for group, d in deltas.items()}
 
 
@@ -96,13 +100,14 @@ def ablation_figures(deltas: dict[str, np.ndarray]) -> dict[str, Figure]:
 def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_tokens: int, table_rows: int,
                  group_ids: dict[str, torch.Tensor] | None = None,
                  ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None = None,
-                 title: str = "Attention head view") -> HeadReport:
+                 title: str = "Attention head view", metric_maps: bool = True) -> HeadReport:
     """The report. group_ids: group -> (B, T) validation windows for the metrics (heads/evidence.py's
     report_windows); without them the probes are the windows, one group each. ablation: the result
-    of heads.ablation.ablate_heads, or None."""
+    of heads.ablation.ablate_heads, or None. metric_maps: an L x H heatmap per metric and group
+    (training draws them in its final report only: the charts show the metrics over the run)."""
     device = next(model.parameters()).device
     views, per_probe, probe_info = [], [], []
-    figures: dict[str, Figure] = {}
+    pictures: dict[str, Picture] = {}
     probe_ids = {}
     for probe in probes:
         ids = probe.ids(tokenizer, min(max_tokens, model.config.block_size))
@@ -110,77 +115,42 @@ def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_toke
         per_layer = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()[:, 0].numpy()  # (L, H, T, T)
         labels = token_texts([tokenizer.decode_bytes([i]) for i in ids])
         for layer in range(per_layer.shape[0]):
-            figures[f"attn_maps/{probe.name}/L{layer}"] = layer_figure(per_layer[layer], labels, f"{probe.name} · layer {layer}")
+            pictures[f"attn_maps/{probe.name}/L{layer}"] = partial(layer_figure, per_layer[layer], labels,
+                                                                    f"{probe.name} · layer {layer}")
         views.append((probe.name, drawable_labels(labels), per_layer))
         per_probe.append(probe_table(probe.name, labels, per_layer))
         probe_info.append({"name": probe.name, "text": probe.text, "tokens": labels})
     evidence = head_evidence(model, group_ids or probe_ids, tokenizer)
-    for metric, groups in evidence.values.items():
+    for metric, groups in evidence.values.items() if metric_maps else ():
         for group, values in groups.items():
-            figures[f"attn_metrics/{metric}/{group}"] = metric_figure(
-                values.numpy(), metric, vmin=0.0, vmax=1.0, baseline=evidence.chance[metric][group],
+            pictures[f"attn_metrics/{metric}/{group}"] = partial(
+                metric_figure, values.numpy(), metric, vmin=0.0, vmax=1.0, baseline=evidence.chance[metric][group],
                 title=f"{metric} ({group}, {evidence.windows[group]} windows)")
     if ablation is not None:
-        figures.update(ablation_figures(ablation[1]))
+        pictures.update(ablation_pictures(ablation[1]))
     html = head_view_html(views, title, metrics={m: {g: v.numpy() for g, v in groups.items()}
                                                  for m, groups in evidence.values.items()},
                           baselines=evidence.chance)
     rows, note = sample_rows(per_probe, table_rows)
     columns = ["probe", "layer", "head", "query_pos", "query_token", "top_key_pos", "top_key_token", "weight"]
-    return HeadReport(evidence, ablation, figures, html, columns, rows, note, probe_info)
-
-
-def png_bytes(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-class ReportHistory:
-    """Every report's metrics of one run, for the charts: one per metric and group, a line per head."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: list[dict[str, dict[str, np.ndarray]]] = []
-
-    def add(self, step: int, evidence: Evidence) -> None:
-        self.steps.append(step)
-        self.values.append({m: {g: v.numpy() for g, v in groups.items()} for m, groups in evidence.values.items()})
-
-    def charts(self, evidence: Evidence) -> dict:
-        """attn_chart/<metric>/<group> -> a wandb line chart over the steps so far, a line per head."""
-        import wandb
-
-        charts = {}
-        for metric, groups in evidence.values.items():
-            for group, latest in groups.items():
-                heads = [(layer, head) for layer, head in np.ndindex(latest.shape)]
-                ys = [[float(v[metric][group][layer, head]) if group in v.get(metric, {}) else float("nan")
-                       for v in self.values] for layer, head in heads]
-                charts[f"attn_chart/{metric}/{group}"] = wandb.plot.line_series(
-                    xs=self.steps, ys=ys, keys=[f"L{layer}H{head}" for layer, head in heads], xname="step",
-                    title=f"{metric} ({group}) · chance {evidence.chance[metric][group]:.3f}")
-        return charts
+    return HeadReport(evidence, ablation, pictures, html, columns, rows, note, probe_info)
 
 
 def log_report(run, report: HeadReport, step: int, history: ReportHistory | None = None) -> None:
-    """Images, the head view, a chart per metric and group (a line per head), the ablation and
-    attention tables, and the per-head scalars attn/<group>/L{l}H{h}/<metric> (hidden from the
-    run's default panels, kept for the API), at `step`, to a trainer.wandb_run.WandbRun. The entry
-    is built inside its guard: wandb.Image and wandb.Html write files, so a full disk there is one
-    warning, not the end of training."""
+    """The head view, a chart per metric and group (a line per head), the ablation and attention
+    tables, and the per-head scalars val_heads/<group>/L{l}H{h}/<metric> (hidden from the run's default
+    panels, kept for the API), at `step`, to a trainer.wandb_run.WandbRun; the pictures follow with
+    log_pictures. The entry is built inside its guard: wandb.Html writes a file, so a full disk
+    there is one warning, not the end of training."""
     def entry() -> dict:
         import wandb
-        from PIL import Image
 
-        run.run.define_metric("attn/*", hidden=True)  # 100s of scalars: the charts show them
-        entry: dict = {key: wandb.Image(Image.open(io.BytesIO(png_bytes(fig)))) for key, fig in report.figures.items()}
-        entry["attn_head_view"] = wandb.Html(report.html, inject=False)
+        entry: dict = {"attn_head_view": wandb.Html(report.html, inject=False)}
         entry["attn_table"] = wandb.Table(columns=report.table_columns, data=report.table_rows)
         for metric, groups in report.evidence.values.items():
             for group, values in groups.items():
                 for layer, head in np.ndindex(values.shape):
-                    entry[f"attn/{group}/L{layer}H{head}/{metric}"] = float(values[layer, head])
+                    entry[f"{HEAD_SCALARS}/{group}/L{layer}H{head}/{metric}"] = float(values[layer, head])
         if history is not None:
             history.add(step, report.evidence)
             entry.update(history.charts(report.evidence))
@@ -188,6 +158,17 @@ def log_report(run, report: HeadReport, step: int, history: ReportHistory | None
             columns, rows = ablation_table(report.ablation[1])
             entry["attn_ablation_table"] = wandb.Table(columns=columns, data=rows)
         return entry
+
+    run.log(entry, step=step)
+
+
+def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> None:
+    """A report's PNGs (heads.painter.paint) as wandb images at `step`, each captioned with the
+    step of the report they show (later than it when they were drawn in the background)."""
+    def entry() -> dict:
+        import wandb
+
+        return {key: wandb.Image(str(path), caption=f"report of step {report_step}") for key, path in files.items()}
 
     run.log(entry, step=step)
 
@@ -204,18 +185,14 @@ def ablation_table(deltas: dict[str, np.ndarray]) -> tuple[list[str], list[list]
     return columns, rows
 
 
-def write_report(report: HeadReport, folder: Path, step: int | None = None) -> list[Path]:
-    """PNGs (one per figure), head_view.html and metrics.json into folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, fig in report.figures.items():
-        path = folder / (key.replace("/", "_") + ".png")
-        path.write_bytes(png_bytes(fig))
-        written.append(path)
+def write_report(report: HeadReport, folder: Path, step: int | None = None) -> dict[str, Path]:
+    """PNGs (one per picture), head_view.html and metrics.json into folder; what went where
+    (the pictures under their wandb keys)."""
+    written = paint(report.pictures, folder)
     (folder / "head_view.html").write_text(report.html, encoding="utf-8")
     summary = {"step": step, **report.summary(), "probes": report.probes}
     (folder / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    return written + [folder / "head_view.html", folder / "metrics.json"]
+    return {**written, "head_view": folder / "head_view.html", "metrics": folder / "metrics.json"}
 
 
 def check_report_dir(folder: Path) -> None:
@@ -275,10 +252,15 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     from data.config import DataConfig
     from data.sources import DataError
 
+    from model.hf import PretrainedError
+
+    if "init_from" in checkpoint:
+        print("a pretrained model as it is has no validation data here; the metrics use the probes alone")
+        return None
     try:
-        folder = DataConfig(**checkpoint["config"]["data"]).dir
+        folder = DataConfig(**checkpoint["config"]["data"]).dir  # a fine-tuned run's: keyed by its model's tokenizer
         bins = TokenBins(folder)
-    except (KeyError, TypeError, DataError) as e:
+    except (KeyError, TypeError, DataError, PretrainedError) as e:
         print(f"no validation data for the metrics and ablation ({e}); the metrics use the probes alone")
         return None
     if bins.tokenizer.hash != tokenizer.hash:
@@ -287,27 +269,41 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     return bins
 
 
+# the probes of a model that stores none (a pretrained GPT-2): one per group of the default corpus
+FALLBACK_PROBES = ["The king and the queen walked to the castle at night, while the rain fell on the sea.",
+                   "国王和王后在夜里走向城堡，雨落在海上。中国人民的经济发展很快。",
+                   "我喜欢喝茶。 = I like to drink tea."]
+
+
 def report_checkpoint(cfg) -> None:
-    """python -m heads.report: the report of one checkpoint, written to files (and to wandb)."""
-    from trainer.checkpoint import load_model
+    """python -m heads.report: the report of one checkpoint, or of a pretrained GPT-2 (init_from),
+    written to files (and to wandb)."""
+    from model.hf import model_name
+    from trainer.checkpoint import load_inference_model
     from trainer.config import HeadsConfig
     from trainer.runtime import ConfigError, resolve_device
     from trainer.settings import typed
     from trainer.wandb_run import start_run
 
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
-    folder = Path(cfg.report_dir) if cfg.report_dir is not None else Path(cfg.out_dir) / "heads"
+    # a pretrained model has no out_dir: its report goes to heads-<its name> in the working folder
+    default = Path(f"heads-{model_name(Path(cfg.init_from))}") if cfg.init_from else Path(cfg.out_dir) / "heads"
+    folder = Path(cfg.report_dir) if cfg.report_dir is not None else default
     check_report_dir(folder)
-    model, tokenizer, checkpoint = load_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint)
+    model, tokenizer, checkpoint = load_inference_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint,
+                                                        cfg.init_from)
     texts = cfg.probes
     probes = configured_probes(texts, None, cfg.probe_tokens) if texts else [
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
-        raise ConfigError(f"the {cfg.checkpoint} checkpoint in {cfg.out_dir} stores no probe texts: give probes=[\"...\", ...]")
+        print("no probe texts in the model or in probes=[...]: using an English, a Chinese and a pair line")
+        probes = configured_probes(FALLBACK_PROBES, None, cfg.probe_tokens)
     device = next(model.parameters()).device
     bins = checkpoint_bins(checkpoint, tokenizer)
     group_ids, ablation = report_inputs(model, bins, cfg, device, torch.float32, ablate=True)
-    title = f"{Path(cfg.out_dir).name} · step {checkpoint.get('step')}"
+    source = cfg.init_from or cfg.out_dir
+    title = f"{Path(source).name} · " + (f"step {checkpoint.get('step')}" if checkpoint.get("step") is not None
+                                         else "pretrained")
     report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows, group_ids, ablation, title)
     try:
         written = write_report(report, folder, checkpoint.get("step"))
@@ -317,10 +313,13 @@ def report_checkpoint(cfg) -> None:
     print(f"wrote {len(written)} files to {folder}/ (open head_view.html in a browser)")
     print_top_heads(report)
     if cfg.wandb:
-        wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(cfg.out_dir).name}",
-                              {"checkpoint": str(cfg.out_dir), "step": checkpoint.get("step")}, Path(cfg.out_dir))
+        wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(source).name}",
+                              {"checkpoint": str(source), "step": checkpoint.get("step")},
+                              folder if cfg.init_from else Path(cfg.out_dir))
         if wandb_run is not None:  # None: WANDB_MODE=disabled, or not even an offline run could start (warned)
-            log_report(wandb_run, report, step=int(checkpoint.get("step") or 0))
+            step = int(checkpoint.get("step") or 0)
+            log_report(wandb_run, report, step)
+            log_pictures(wandb_run, {key: written[key] for key in report.pictures}, step, step)
             where = wandb_run.finish()
             if where:
                 print(where)

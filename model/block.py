@@ -21,13 +21,21 @@ class ReLUSquared(nn.Module):
         return torch.relu(x).square()
 
 
+def make_activation(kind: str) -> nn.Module:
+    """gelu (exact, erf), gelu_tanh (the tanh approximation GPT-2 was trained with: its weights
+    expect it, and exact GELU shifts their logits) or relu2."""
+    if kind == "relu2":
+        return ReLUSquared()
+    return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network: expand 4x, GELU (or ReLU^2), project back."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = nn.GELU() if config.mlp == "gelu" else ReLUSquared()
+        self.act = make_activation(config.mlp)
         self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

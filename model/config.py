@@ -9,7 +9,7 @@ ATTN_IMPLS = ("explicit", "sdpa", "flash")
 ATTN_SCORES = ("dot", "additive")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu2")
+MLPS = ("gelu", "gelu_tanh", "relu2")
 
 
 @dataclass
@@ -31,7 +31,7 @@ class GPTConfig:
     pos_encoding: str = "learned"  # learned | sinusoidal | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
     qk_norm: bool = False  # RMS-normalise queries and keys per head
-    mlp: str = "gelu"  # gelu | relu2
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation, "gelu_new") | relu2
     tie_weights: bool = True  # the LM head shares the token embedding matrix
     zero_init_proj: bool = False  # start W_O and the MLP's down projection at zero (blocks begin as identity)
 

@@ -15,7 +15,7 @@ from heads.labels import token_texts, visible
 from heads.metrics import (induction_score, normalised_entropy, previous_token_score, relative_distance, sink_score,
                            standout, uniform_causal, uniform_weight_on_keys, weight_on_keys)
 from heads.plots import drawable_labels, layer_figure, metric_figure
-from heads.report import png_bytes
+from heads.painter import paint
 
 T = 12
 
@@ -101,15 +101,15 @@ def test_labels_of_split_characters_are_legible_never_replacement_chars():
     assert visible(" a\n") == "␣a↵"
 
 
-def test_heatmaps_render_cjk_latin_and_undrawable_characters_without_warnings():
+def test_heatmaps_render_cjk_latin_and_undrawable_characters_without_warnings(tmp_path):
     labels = ["老师", "，", "␣Hello", "\U00013000", "中文(1/2)", "中文(2/2)"]
     assert drawable_labels(["\U00013000"]) == ["U+13000"]  # an Egyptian hieroglyph no bundled font draws
     weights = uniform_causal_pattern(6).expand(2, 6, 6).numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing glyph would be a UserWarning
-        png = png_bytes(layer_figure(weights, labels, "probe · layer 0"))
-        png_bytes(metric_figure(np.random.default_rng(0).random((3, 2)), "entropy"))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        files = paint({"maps": lambda: layer_figure(weights, labels, "probe · layer 0"),
+                       "metric": lambda: metric_figure(np.random.default_rng(0).random((3, 2)), "entropy")}, tmp_path)
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in files.values())
 
 
 def test_head_view_is_self_contained_and_holds_the_weights():

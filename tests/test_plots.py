@@ -82,7 +82,21 @@ def test_metric_figure_titles_the_baseline_and_dims_cells_at_chance():
     values[1, 2] = 0.4  # the one head that clears chance
     fig = metric_figure(values, "induction", vmin=0.0, vmax=1.0, baseline=0.011, title="induction (en)")
     ax = fig.axes[0]
-    assert ax.get_title() == "induction (en) · chance 0.011"
+    assert ax.get_title(loc="left") == "induction (en) · chance 0.011"
     veil = ax.get_images()[1].get_array()  # white over the cells within the chance margin
     assert (np.asarray(veil[..., 3]) > 0).tolist() == [[True, True, True], [True, True, False]]
-    assert metric_figure(values, "sink").axes[0].get_title() == "sink"
+    assert metric_figure(values, "sink").axes[0].get_title(loc="left") == "sink"
+
+
+def test_ablation_heatmap_fits_its_title_names_no_chance_and_signs_its_numbers():
+    from heads.report import ablation_pictures
+
+    deltas = np.array([[0.0123, -0.0004], [0.0, 0.002]])
+    fig = ablation_pictures({"pairs": deltas})["attn_ablation/pairs"]()
+    ax = fig.axes[0]
+    assert ax.get_title(loc="left") == "val bpb change when the head is silenced (pairs)"  # no "chance 0"
+    assert [t.get_text() for t in ax.texts] == ["+0.012", "-0.000", "+0.000", "+0.002"]
+    fig.canvas.draw()
+    title = ax.title if ax.title.get_text() else ax._left_title  # noqa: SLF001 - where loc="left" puts it
+    box = title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # the whole title is on the figure

@@ -1,5 +1,6 @@
 """Checkpoints: one folder holds ckpt.pt (the last save), best.pt (the save with the lowest val
-loss so far) and tokenizer.json.
+loss so far) and tokenizer.json. `load_inference_model` loads such a folder's model, or a pretrained
+GPT-2 (init_from), for sample.py and python -m heads.report alike.
 
 Saves are atomic (a temp file of this process in the same folder, fsync, rename), so a crash, a
 kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint loadable and the temp
@@ -237,3 +238,21 @@ def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "
     load_weights(model, checkpoint["model"], path)
     model.to(device).eval()
     return model, tokenizer, checkpoint
+
+
+def load_inference_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "last",
+                         init_from: str | None = None) -> tuple[GPT, Tokenizer, dict]:
+    """What sample.py and python -m heads.report run: the pretrained GPT-2 `init_from` (a hub name
+    or a Hugging Face folder; model.hf.PretrainedError when it cannot be had) with its own
+    tokenizer, or else out_dir's checkpoint `which` (load_model). The model is in eval mode on
+    `device`; the dict is the checkpoint, or for a pretrained model {"init_from": its folder,
+    "step": None} (it stores no probes and was trained on no data here)."""
+    if init_from is None:
+        return load_model(out_dir, device, which)
+    from model.hf import check_vocab, gpt2_tokenizer, load_gpt2, resolve_gpt2
+
+    folder = resolve_gpt2(init_from)
+    model, config = load_gpt2(folder)
+    tokenizer = gpt2_tokenizer(folder)
+    check_vocab(tokenizer, config, folder)
+    return model.to(device).eval(), tokenizer, {"init_from": str(folder), "step": None}

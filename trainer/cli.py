@@ -15,12 +15,14 @@ from pathlib import Path
 
 from data.sources import DataError
 from data.tokenizer import TokenizerError
+from model.hf import PretrainedError
 from trainer.checkpoint import CheckpointError
 from trainer.lock import FolderBusy
 from trainer.runtime import ConfigError
 
-# bad settings, inputs, checkpoints or a folder in use: the message names the culprit and the fix
-USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, FolderBusy)
+# bad settings, inputs, checkpoints, pretrained models (missing, offline, not GPT-2) or a folder in
+# use: the message names the culprit and the fix
+USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, PretrainedError, FolderBusy)
 
 
 def run_entry(job: Callable[[], object], interrupted: Callable[[], str] = lambda: "nothing was written") -> None:

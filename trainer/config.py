@@ -15,12 +15,14 @@ from typing import Any
 
 from data.config import DataConfig
 from model import GPTConfig
+from model.hf import HUB_MODELS
 from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
 from trainer.runtime import DEVICES, DTYPES, ConfigError
 from trainer.settings import check_fields, setting
 from trainer.wandb_run import MODES
 
+SCRATCH = "scratch"  # init_from's default: a new model of the model group's settings
 FORMATS = ("text", "jsonl")  # sample.py's output formats
 RESUME = ("auto", "true", "false")
 # NumPy's global generator (seeded with the torch ones, see trainer.runtime.seed_everything) takes
@@ -45,6 +47,13 @@ def not_blank(text: str) -> str | None:
 
 def not_a_file(path: str) -> str | None:
     return "a folder, not an existing file" if os.path.isfile(path) else None
+
+
+def pretrained_rule(value: str | None) -> str | None:
+    """A hub name or an existing folder; whether the folder holds a GPT-2 is model.hf's business."""
+    if value is None or value in (SCRATCH, *HUB_MODELS) or os.path.isdir(value):
+        return None
+    return f"{', '.join(HUB_MODELS)} or a folder in Hugging Face format (config.json, weights, tokenizer)"
 
 
 def seed_setting(default: int = 1337) -> Any:
@@ -99,6 +108,7 @@ class ReportSettings:
 
 
 ABLATION = ("final", "every", "off")
+PICTURES = ("auto", "inline", "background")  # where the report's PNGs are drawn (heads/painter.py)
 
 
 @dataclasses.dataclass
@@ -110,6 +120,8 @@ class WandbConfig(ReportSettings):
     name: str | None = setting(None, fix="a run name, or null for wandb's own")
     attn_every: int = setting(1000, minimum=0, fix="steps between attention reports, or wandb.attn_every=0 for none")
     ablation: str = setting("final", choices=ABLATION, fix="final ablates the heads in the last report only, every in each")
+    pictures: str = setting("auto", choices=PICTURES,
+                            fix="auto draws them in a worker process when training on a GPU, in place on a CPU")
 
 
 @dataclasses.dataclass
@@ -117,6 +129,9 @@ class RunConfig:
     """train.py's whole config (config/train.yaml with its groups)."""
 
     out_dir: str = setting("out", path=True, fix="the folder for the checkpoints, e.g. out_dir=out")
+    init_from: str = setting(SCRATCH, path=True, check=pretrained_rule,
+                             fix="scratch trains a new model; a GPT-2 is fine-tuned with its own architecture and "
+                                 "tokenizer (of the model group only block_size, dropout and attn_impl apply)")
     device: str = device_setting()
     dtype: str = setting("auto", choices=DTYPES,
                          fix="auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32")
@@ -151,6 +166,8 @@ class SampleConfig:
     out_dir: str = setting("out", path=True, fix="the folder holding ckpt.pt, best.pt and tokenizer.json")
     checkpoint: str = setting("best", choices=tuple(CHECKPOINTS),
                               fix="best (lowest val loss) or last (the latest save)")
+    init_from: str | None = setting(None, path=True, check=pretrained_rule,
+                                    fix="null samples the checkpoint in out_dir; a GPT-2 samples it as it is")
     prompt: list[str] = setting(["ROMEO:", "中国人民", "我喜欢喝茶。 ="],
                                 check=lambda prompts: None if prompts else "a string or a non-empty list of strings",
                                 fix='prompt="" starts from <|endoftext|>')
@@ -188,8 +205,11 @@ class HeadsConfig(ReportSettings):
 
     out_dir: str = setting("out", path=True, fix="the checkpoint folder, e.g. out_dir=out")
     checkpoint: str = setting("last", choices=tuple(CHECKPOINTS), fix="last (ckpt.pt) or best (best.pt)")
+    init_from: str | None = setting(None, path=True, check=pretrained_rule,
+                                    fix="null reports the checkpoint in out_dir; a GPT-2 is reported as it is")
     report_dir: str | None = setting(None, path=True, check=not_a_file,
-                                     fix="a folder for the PNGs and head_view.html, or null for <out_dir>/heads")
+                                     fix="a folder for the PNGs and head_view.html, or null for <out_dir>/heads "
+                                         "(heads-<model> with init_from)")
     device: str = device_setting()
     wandb: bool = setting(False, fix="wandb=true also logs the report to a new wandb run")
     wandb_project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb_project=gpt-attention")

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -51,17 +52,24 @@ def check_existing_run(cfg: RunConfig, out_dir: Path) -> None:
 RESUME_KEYS = ("model", "optimizers", "step", "best_val_loss", "elapsed", "rng", "sampler")
 
 
+class Resumed(NamedTuple):
+    step: int  # the step to start from
+    best_val_loss: float
+    elapsed: float  # training seconds already spent (the LR schedule of a time budget)
+    report_history: dict | None  # heads.report.ReportHistory.state(): the attention charts so far
+
+
 def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
            optimizers: list, sampler: TrainSampler, tokenizer_hash: str,
-           ranks: distributed.Ranks = distributed.Ranks()) -> tuple[int, float, float]:
-    """Continue from out_dir/ckpt.pt when train.resume says so; return the step to start from, the
-    best val loss so far and the training seconds already spent (the LR schedule of a time budget).
+           ranks: distributed.Ranks = distributed.Ranks()) -> Resumed:
+    """Continue from out_dir/ckpt.pt when train.resume says so; where to start, and what the run
+    had reached (a fresh start when there is nothing to continue).
 
     The checkpoint is read into host memory and only the weights and optimizer state move to
     `device` (by load_state_dict): the random states must stay CPU ByteTensors."""
     mode = cfg.train.resume  # auto | true | false (typed: hydra's bools are strings here)
     if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
-        return 0, math.inf, 0.0
+        return Resumed(0, math.inf, 0.0, None)
     path = out_dir / CHECKPOINT
     checkpoint = load_checkpoint(out_dir)
     saved = {**saved_model_config(checkpoint, path).to_dict(), "tokenizer_hash": checkpoint.get("tokenizer_hash")}
@@ -97,4 +105,4 @@ def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, mode
               f"{ranks.world_size}: ranks without a saved random state keep their seeded one (dropout masks "
               "differ from an uninterrupted run; the batches do not)")
     print(f"resuming from {path} at step {checkpoint['step']}")
-    return checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"]
+    return Resumed(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"], checkpoint.get("report_history"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.batches import TokenBins, TrainSampler
 from data.prepare import prepare
+from heads.history import ReportHistory
 from heads.probes import Probe, configured_probes
 from model import GPT, GPTConfig
+from model.hf import check_vocab, load_gpt2, resolve_gpt2
 from trainer import distributed
 from trainer.checkpoint import CHECKPOINT, save_checkpoint
 from trainer.config import RunConfig
@@ -28,10 +31,34 @@ from trainer.interrupt import LastSave
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
-from trainer.runtime import rng_state, seed_everything
+from trainer.runtime import ConfigError, rng_state, seed_everything
 from trainer.schedule import decay_progress, learning_rate
 from trainer.step import loss_scaler
 from trainer.wandb_run import WandbRun, start_run
+
+
+# the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
+APPLIED = ("block_size", "dropout", "attn_impl")
+
+
+def pretrained_model(cfg: RunConfig, verbose: bool) -> GPT:
+    """init_from's GPT-2 (downloaded when a hub name) with the model group's block_size, dropout and
+    attn_impl, its other settings taken from the checkpoint; its folder becomes data.tokenizer_kind,
+    so the data is prepared (into a folder of its own) with the model's tokenizer."""
+    if cfg.data.tokenizer_kind != "bpe":
+        raise ConfigError(f"data.tokenizer_kind={cfg.data.tokenizer_kind} and init_from={cfg.init_from} both choose "
+                          "the tokenizer: leave data.tokenizer_kind out, the model's own tokenizes the data")
+    folder = resolve_gpt2(cfg.init_from)
+    given = cfg.gpt_config()
+    model, config = load_gpt2(folder, given.dropout, given.attn_impl, given.block_size)
+    cfg.data.tokenizer_kind = str(folder)
+    if verbose:
+        taken = ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                          for key, value in config.to_dict().items() if key not in (*APPLIED, "zero_init_proj"))
+        print(f"init_from={cfg.init_from} ({folder}): from the checkpoint {taken}; of the model group only "
+              + ", ".join(f"model.{key}={getattr(config, key)}" for key in APPLIED)
+              + " apply; the data is tokenized with the model's tokenizer")
+    return model
 
 
 def format_seconds(seconds: float) -> str:
@@ -62,24 +89,30 @@ class Training:
     peak: float | None  # the device's peak FLOP/s, for MFU
     started: float = field(default_factory=time.time)  # wall clock of step 0 (earlier when resumed)
     best_val_loss: float = math.inf
-    report_history: Any = None  # heads.report.ReportHistory, made at the first report
+    report_history: ReportHistory = field(default_factory=ReportHistory)  # a resumed run's goes on from its checkpoint
+    painter: Any = None  # heads.painter.Painter, made at the first report (it imports matplotlib)
 
     @classmethod
     def build(cls, cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-              saved: LastSave) -> Training:
-        """Prepare the data (one process per node), build the model, its optimizers and the
-        batch sampler, start the wandb run and print the model line."""
+              saved: LastSave, pretrained: GPT | None = None) -> Training:
+        """Prepare the data (one process per node), build the model (or take `pretrained`, from
+        pretrained_model, which has set the data's tokenizer), its optimizers and the batch
+        sampler, start the wandb run and print the model line."""
         if ranks.local_rank == 0:  # nodes need not share a file system
             prepare(cfg.data)
         distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
         bins = TokenBins(cfg.data.dir)
-        model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)
+        if pretrained is None:
+            model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)
+        else:
+            model_cfg = pretrained.config
+            check_vocab(bins.tokenizer, model_cfg, Path(cfg.data.tokenizer_kind))
         bins.check_block_size(model_cfg.block_size)
         probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
         tc = cfg.train
 
-        seed_everything(cfg.seed)  # the same initial weights on every rank
-        model = GPT(model_cfg).to(device)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (and dropout masks for a pretrained one)
+        model = (GPT(model_cfg) if pretrained is None else pretrained.train()).to(device)  # load_gpt2's is in eval mode
         optimizers = make_optimizers(model, tc, device)
         step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
         sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
@@ -112,6 +145,7 @@ class Training:
             "elapsed": time.time() - self.started,
             "tokenizer_hash": self.bins.tokenizer.hash,
             "probes": [[probe.name, probe.text] for probe in self.probes],
+            "report_history": self.report_history.state(),
             "rng": rngs,  # one per rank, in rank order
             "sampler": self.sampler.generator.get_state(),
         }
@@ -138,21 +172,47 @@ class Training:
         The head ablation runs in the final report, or in every one (wandb.ablation)."""
         if self.run is None or not self.run.active:
             return  # wandb failed earlier (warned once): nothing would receive the report
-        from heads.report import ReportHistory, build_report, log_report, print_top_heads, report_inputs  # matplotlib: only runs that report pay for it
+        from heads.painter import Painter
+        from heads.report import build_report, log_report, print_top_heads, report_inputs  # matplotlib: only runs that report pay for it
 
         started_report = time.time()
         wc = self.cfg.wandb
         ablate = wc.ablation == "every" or (wc.ablation == "final" and final)
         group_ids, ablation = report_inputs(self.model, self.bins, wc, self.device, self.dtype, ablate)
+        ablation_seconds = time.time() - started_report  # the windows themselves take milliseconds
         title = f"{wc.project} · {self.out_dir.name} · step {step}"
         report = build_report(self.model, self.bins.tokenizer, self.probes, wc.probe_tokens, wc.table_rows,
-                              group_ids, ablation, title)
-        if self.report_history is None:
-            self.report_history = ReportHistory()
+                              group_ids, ablation, title, metric_maps=final)
         log_report(self.run, report, step, self.report_history)
+        if self.painter is None:
+            background = wc.pictures == "background" or (wc.pictures == "auto" and self.device.type != "cpu")
+            self.painter = Painter(background)
+        self.painter.submit(step, report.pictures)
+        self.log_pictures(step, wait=final)
+        where = " (pictures drawn in the background)" if self.painter.pool is not None and not final else ""
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s"
-              + (" (with head ablation)" if ablation else ""))
+              + (f" (head ablation {ablation_seconds:.1f}s of it)" if ablation else "") + where)
         print_top_heads(report)
+
+    def log_pictures(self, step: int, wait: bool = False) -> None:
+        """Log at `step` the pictures of the oldest report whose pictures are drawn. One report's per
+        step: a second one's at the same step would replace it in wandb. With wait (the final report)
+        every report's are waited for and the last one's logged; older ones that could not be logged
+        before it are skipped, said in one line."""
+        from heads.report import log_pictures
+
+        ready = self.painter.ready(wait, limit=None if wait else 1)
+        for report_step, files in ready:
+            if isinstance(files, BaseException):
+                print(f"warning: the attention pictures of step {report_step} could not be drawn "
+                      f"({type(files).__name__}: {files}); the report's numbers and head view were logged",
+                      file=sys.stderr, flush=True)
+            elif report_step != ready[-1][0]:
+                print(f"note: the attention pictures of step {report_step} were still being drawn when the final "
+                      f"report's were logged, so they are not in wandb (reports closer than drawing takes)")
+            else:
+                log_pictures(self.run, files, step, report_step)
+            self.painter.release(report_step)
 
     def log_progress(self, step: int, step_loss: torch.Tensor, lr: float, seconds_per_step: float,
                      guard: NonFiniteGuard) -> None:
@@ -173,6 +233,8 @@ class Training:
                   f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s{mfu_text} | "
                   f"{format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
                   + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
+        if self.painter is not None:
+            self.log_pictures(step)
         if self.run is not None:
             entry = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
                      "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
@@ -196,16 +258,16 @@ class Training:
         return lr
 
     def evaluate_and_report(self, step: int, evaluate_now: bool, report_now: bool, final: bool) -> dict | None:
-        """At an evaluation step: every rank's random state to rank 0, which evaluates and saves;
-        at a report step: rank 0 reports the heads. The other ranks wait. Returns the metrics
-        (rank 0, when it evaluated)."""
+        """At a report step: rank 0 reports the heads; at an evaluation step: every rank's random
+        state to rank 0, which evaluates and saves (the report first, so the checkpoint's report
+        history holds this step's). The other ranks wait. Returns the metrics (rank 0, when it evaluated)."""
         metrics = None
+        if self.ranks.is_main and report_now:
+            self.report_heads(step, final)
         if evaluate_now:
             rngs = distributed.gather_to_main(rng_state(self.device), self.ranks)
             if self.ranks.is_main:
                 metrics = self.evaluate_and_save(step, rngs)
-        if self.ranks.is_main and report_now:
-            self.report_heads(step, final)
         if evaluate_now or report_now:
             distributed.barrier(self.ranks)
         return metrics
@@ -227,6 +289,8 @@ class Training:
             reached = f", val bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
             print(f"done in {format_seconds(time.time() - self.started)} at step {last_step} ({budget}){reached}: "
                   f"checkpoint in {self.out_dir / CHECKPOINT}")
+        if self.painter is not None:
+            self.painter.close()  # an interrupted run's pictures still being drawn are dropped
         if self.run is not None:
             self.run.summary(metrics)
             where = self.run.finish(exit_code=1 if failed else 0)

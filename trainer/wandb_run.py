@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from trainer.runtime import ConfigError
 
 MODES = ("auto", "online", "offline", "disabled")
+HEAD_SCALARS = "val_heads"  # the attention report's per-head scalars: val_heads/<group>/L<l>H<h>/<metric>
 INIT_TIMEOUT = 15.0  # seconds wandb.init waits for the server (wandb's own default is 90)
 FINISH_TIMEOUT = {"offline": 60.0, "online": 600.0}  # seconds run.finish may take before wandb gives up
 SERVICE_STOP_TIMEOUT = 30.0  # seconds wandb's service may take to stop after run.finish
@@ -188,6 +189,11 @@ class WandbRun:
         self.failure: str | None = None  # the warning, once something failed
         self.finished = False
         wandb_log_files()  # quiet from the start: a full disk is reported once, by this class
+        # the attention report's per-head scalars (100s) stay out of the default panels: its charts
+        # show them, a line per head; the API still reads them. Named val_heads/ (they are measured
+        # on validation windows) so that tools listing metrics by name, like `wandb leet`, which
+        # ignores `hidden`, list train/ and val/ before them
+        self.send(lambda: run.define_metric(f"{HEAD_SCALARS}/*", hidden=True))
 
     @property
     def active(self) -> bool:

@@ -1,0 +1,60 @@
+"""python -m model.export: a training run's checkpoint as a Hugging Face GPT-2 folder, which
+transformers loads with GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained.
+
+    python -m model.export out_dir=out                      # out/best.pt -> out/hf/
+    python -m model.export out_dir=out checkpoint=last to=~/gpt2-mine
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from model.hf import PretrainedError, export_gpt2
+from trainer.checkpoint import CHECKPOINTS, load_model
+from trainer.config import not_a_file
+from trainer.runtime import ConfigError
+from trainer.settings import setting, typed
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """python -m model.export's config (config/export.yaml)."""
+
+    out_dir: str = setting("out", path=True, fix="the training run's folder, e.g. out_dir=out")
+    checkpoint: str = setting("best", choices=tuple(CHECKPOINTS), fix="best (best.pt) or last (ckpt.pt)")
+    to: str | None = setting(None, path=True, check=not_a_file,
+                             fix="a folder for the Hugging Face files, or null for <out_dir>/hf")
+
+
+def export_checkpoint(cfg: DictConfig) -> Path:
+    """Export the checkpoint cfg names; return the folder written."""
+    settings = typed(ExportConfig, cfg, "")  # every setting typed and in range before anything is read
+    folder = Path(settings.to) if settings.to is not None else Path(settings.out_dir) / "hf"
+    model, tokenizer, checkpoint = load_model(settings.out_dir, "cpu", settings.checkpoint)
+    try:
+        export_gpt2(model, folder, tokenizer)
+    except PretrainedError as e:  # a user error like a bad setting: one line, exit 2
+        raise ConfigError(str(e)) from None
+    print(f"wrote {folder}/ ({settings.checkpoint} checkpoint, step {checkpoint.get('step')}): load it with "
+          f"transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    return folder
+
+
+def main() -> None:
+    import hydra
+
+    from trainer.cli import prepare_hydra_argv, run_entry
+
+    prepare_hydra_argv("export", "python -m model.export")
+
+    @hydra.main(config_path="../config", config_name="export", version_base=None)
+    def run(cfg: DictConfig) -> None:
+        run_entry(lambda: export_checkpoint(cfg), interrupted=lambda: "no export was written")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

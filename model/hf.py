@@ -1,0 +1,520 @@
+"""The Hugging Face GPT-2 format: pretrained GPT-2 in, GPT2LMHeadModel folders out.
+
+In: `resolve_gpt2` finds a folder (a local one, or gpt2 ... gpt2-xl from the hub), `load_gpt2`
+builds our GPT from its config.json and weights, `gpt2_tokenizer` our Tokenizer from its
+vocab.json + merges.txt (or tokenizer.json). Out: `export_gpt2` writes a folder that
+`transformers.GPT2LMHeadModel.from_pretrained` and `AutoTokenizer.from_pretrained` load, with
+the same logits and the same token ids as ours.
+
+GPT-2 is our recipe with bias=true, learned positions, LayerNorm, tanh-GELU and a tied head; its
+weights differ from ours in layout only: HF's Conv1D stores (in, out) where nn.Linear stores
+(out, in), and c_attn is W_Q, W_K and W_V side by side. WEIGHT_MAP says, once, which of our
+tensors make each of theirs, for both directions. Every problem is a PretrainedError, one line
+naming the model, file, tensor or setting and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from data.tokenizer import EOT, Tokenizer
+from model.config import GPTConfig
+from model.gpt import GPT
+
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.json"]
+SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
+# tiktoken's "gpt2" split pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's own
+# 's|'t|...| ?\p{L}+| ?\p{N}+|...|\s+(?!\S)|\s+ with possessive quantifiers, which cut text the same
+# way, faster; using tiktoken's string makes an imported GPT-2 tokenizer identical to stock "gpt2"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# HF activation_function -> our mlp; gelu_new and gelu_pytorch_tanh are both GELU's tanh approximation
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+EXPORT_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}  # gelu_new: the name every GPT-2 tool knows
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our norms use; GPT-2's too
+EXPORT_FILES = ("config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json")
+
+
+class PretrainedError(Exception):
+    """A pretrained model that cannot be found, read, expressed or written; the message names the
+    model, file, tensor or setting, and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# weights: which of our tensors make each Hugging Face tensor
+
+
+def weight_map(config: GPTConfig) -> list[tuple[str, list[str], bool]]:
+    """(HF name, our names, conv1d) for every tensor of a GPT2LMHeadModel of this shape: the HF
+    tensor is our tensors concatenated along dim 0 (out features), transposed when conv1d (HF's
+    Conv1D computes x @ W + b with W (in, out)). Names without the "transformer." prefix; the
+    untied head (lm_head.weight) last."""
+    pairs = [("wte.weight", ["wte.weight"], False), ("wpe.weight", ["wpe.weight"], False)]
+    for i in range(config.n_layer):
+        hf, ours = f"h.{i}.", f"blocks.{i}."
+        qkv = [f"{ours}attn.W_{x}" for x in "QKV"]
+        for kind in ("weight", "bias"):
+            conv1d = kind == "weight"
+            pairs += [
+                (f"{hf}ln_1.{kind}", [f"{ours}ln_1.{kind}"], False),
+                (f"{hf}attn.c_attn.{kind}", [f"{name}.{kind}" for name in qkv], conv1d),
+                (f"{hf}attn.c_proj.{kind}", [f"{ours}attn.W_O.{kind}"], conv1d),
+                (f"{hf}ln_2.{kind}", [f"{ours}ln_2.{kind}"], False),
+                (f"{hf}mlp.c_fc.{kind}", [f"{ours}mlp.up.{kind}"], conv1d),
+                (f"{hf}mlp.c_proj.{kind}", [f"{ours}mlp.down.{kind}"], conv1d),
+            ]
+    pairs += [("ln_f.weight", ["ln_f.weight"], False), ("ln_f.bias", ["ln_f.bias"], False)]
+    if not config.tie_weights:
+        pairs.append(("lm_head.weight", ["lm_head.weight"], False))
+    return pairs
+
+
+def to_hf(ours: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our state dict (learned positions) -> GPT-2's tensors, fp32 and contiguous. A bias our
+    recipe leaves out (bias=false) is written as zeros: x @ W + 0 is x @ W, so the logits agree."""
+    out = {}
+    for hf_name, names, conv1d in weight_map(config):
+        parts = [ours[name] if name in ours else torch.zeros(ours[name.removesuffix("bias") + "weight"].size(0))
+                 for name in names]
+        tensor = torch.cat(parts, dim=0).detach().float()  # (sum of out, in) or (sum of out,)
+        out[hf_name] = (tensor.T if conv1d else tensor).contiguous().cpu()
+    return out
+
+
+def from_hf(theirs: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """GPT-2's tensors (checked: every one there with its shape) -> our state dict."""
+    ours = {}
+    for hf_name, names, conv1d in weight_map(config):
+        tensor = theirs[hf_name].T if conv1d else theirs[hf_name]  # (sum of out, in) or (sum of out,)
+        for name, part in zip(names, tensor.chunk(len(names), dim=0)):
+            ours[name] = part
+    if config.tie_weights:
+        ours["lm_head.weight"] = ours["wte.weight"]
+    return ours
+
+
+# ---------------------------------------------------------------------------------------------
+# in: find, configure and load a pretrained GPT-2
+
+
+def resolve_gpt2(name_or_path: str | Path) -> Path:
+    """The folder of a GPT-2 model: `name_or_path` itself when it is a folder holding config.json
+    and the weights, else gpt2, gpt2-medium, gpt2-large or gpt2-xl from the Hugging Face hub (its
+    cache first; HF_HUB_OFFLINE=1 uses the cache only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PretrainedError(f"{path} holds no config.json: point at a Hugging Face GPT-2 folder "
+                                  f"(config.json and {SAFETENSORS} or {TORCH_BIN})")
+        if not any((path / name).is_file() for name in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN)):
+            raise PretrainedError(f"{path} holds no weights ({SAFETENSORS} or {TORCH_BIN}): download them into it")
+        return path
+    name = str(name_or_path)
+    if name not in HUB_MODELS:
+        raise PretrainedError(f"{name!r} is neither a folder nor a GPT-2 model of the Hugging Face hub: give a "
+                              f"folder holding config.json and {SAFETENSORS}, or one of {', '.join(HUB_MODELS)}")
+    from huggingface_hub import constants, snapshot_download
+
+    repo = f"openai-community/{name}"
+    try:
+        # etag_timeout: an unreachable hub fails in seconds, not after minutes of waiting
+        return Path(snapshot_download(repo, allow_patterns=HUB_FILES, etag_timeout=5))
+    except Exception as e:  # no network, offline mode, DNS, HTTP errors, a broken cache
+        if constants.HF_HUB_OFFLINE:
+            cause = "HF_HUB_OFFLINE is set and it is not in the hub's cache"
+        else:  # the hub's messages run over lines; its first says what failed ("Got: ConnectError: ...")
+            first = next((line.removeprefix("Got: ") for line in str(e).splitlines() if line.strip()), "")
+            cause = f"{type(e).__name__}: {first[:120]}; no network?"
+        raise PretrainedError(
+            f"could not download {name!r} from the Hugging Face hub ({cause}): "
+            f"download it where you have network (`hf download {repo} config.json {SAFETENSORS} vocab.json merges.txt "
+            f"--local-dir {name}`) and pass its folder, init_from=/path/to/{name}"
+        ) from None
+
+
+def gpt2_config(settings: dict, source: Path, dropout: float = 0.0, attn_impl: str = "explicit",
+                block_size: int | None = None) -> GPTConfig:
+    """Our GPTConfig for a GPT2Config's settings (config.json), or a PretrainedError naming the
+    setting our GPT cannot express. Missing settings take GPT2Config's defaults, as transformers
+    does. block_size: a shorter context than the model's n_positions (the position table is cut)."""
+    def refuse(what: str) -> PretrainedError:
+        return PretrainedError(f"{source}: {what}, which our GPT cannot express: use a standard GPT-2 checkpoint")
+
+    if settings.get("model_type", "gpt2") != "gpt2":
+        raise PretrainedError(f"{source} is a {settings['model_type']!r} model, not GPT-2 (model_type gpt2)")
+    activation = settings.get("activation_function", "gelu_new")
+    if activation not in ACTIVATIONS:
+        raise refuse(f"activation_function={activation!r} (ours: {', '.join(ACTIVATIONS)})")
+    n_embd, n_positions = settings.get("n_embd", 768), settings.get("n_positions", 1024)
+    if settings.get("n_inner") not in (None, 4 * n_embd):
+        raise refuse(f"n_inner={settings['n_inner']} (ours is 4 * n_embd = {4 * n_embd})")
+    eps = settings.get("layer_norm_epsilon", LAYER_NORM_EPS)
+    if not isinstance(eps, (int, float)) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
+        raise refuse(f"layer_norm_epsilon={eps} (our LayerNorm uses {LAYER_NORM_EPS})")
+    for key, ours in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("add_cross_attention", False)):
+        if settings.get(key, ours) != ours:
+            raise refuse(f"{key}={settings[key]}")
+    # reorder_and_upcast_attn only changes the precision of fp16 attention: in fp32 the numbers are the same
+    if block_size is not None and block_size > n_positions:
+        raise PretrainedError(f"model.block_size={block_size} is longer than {source}'s n_positions={n_positions}: "
+                              f"the model has no position embedding past {n_positions}; use model.block_size<={n_positions}")
+    try:
+        return GPTConfig(
+            vocab_size=settings.get("vocab_size", 50257), block_size=block_size or n_positions,
+            n_layer=settings.get("n_layer", 12), n_head=settings.get("n_head", 12), n_embd=n_embd, dropout=dropout,
+            bias=True, attn_impl=attn_impl, pos_encoding="learned", norm="layernorm", mlp=ACTIVATIONS[activation],
+            tie_weights=bool(settings.get("tie_word_embeddings", True)),
+        )
+    except ValueError as e:
+        raise PretrainedError(f"{source}: {e}") from None
+
+
+def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a folder's model.safetensors (sharded or not) or pytorch_model.bin, names
+    without the "transformer." prefix, and the file they came from (for messages)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = folder / SAFETENSORS_INDEX
+    if (folder / SAFETENSORS).is_file():
+        files = [folder / SAFETENSORS]
+    elif index.is_file():
+        try:
+            files = [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise PretrainedError(f"{index} is not a safetensors index ({e}): download it again") from None
+    else:
+        files = [folder / TORCH_BIN]
+    tensors = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                loaded = load_file(file)
+            else:  # weights_only: loading never runs code from the file
+                loaded = torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as e:
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PretrainedError(f"{file} cannot be read ({first_line[:160]}): download it again") from None
+        if not isinstance(loaded, dict):
+            raise PretrainedError(f"{file} holds no state dict of tensors: download it again")
+        tensors.update({name.removeprefix("transformer."): tensor for name, tensor in loaded.items()})
+    return tensors, files[0] if len(files) == 1 else index
+
+
+def load_gpt2(name_or_path: str | Path, dropout: float = 0.0, attn_impl: str = "explicit",
+              block_size: int | None = None) -> tuple[GPT, GPTConfig]:
+    """A pretrained GPT-2 (a folder, or a hub name: resolve_gpt2) as our GPT, in eval mode on the
+    CPU, with its GPTConfig; fp32 logits equal GPT2LMHeadModel's. dropout and attn_impl do not
+    change the weights; block_size cuts the context (and the position table)."""
+    folder = resolve_gpt2(name_or_path)
+    config_path = folder / "config.json"
+    try:
+        settings = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{config_path} cannot be read as JSON ({e}): download it again") from None
+    if not isinstance(settings, dict):
+        raise PretrainedError(f"{config_path} is not a GPT2Config (a JSON object): download it again")
+    config = gpt2_config(settings, config_path, dropout, attn_impl, block_size)
+    theirs, source = read_weights(folder)
+    for name in [n for n in theirs if n.endswith((".attn.bias", ".attn.masked_bias"))]:
+        del theirs[name]  # the causal mask, stored as a buffer by old transformers: not a weight
+    if "wpe.weight" in theirs:
+        theirs["wpe.weight"] = theirs["wpe.weight"][: config.block_size]  # (block_size, C)
+    head = theirs.pop("lm_head.weight", None) if config.tie_weights else None
+    if head is not None and "wte.weight" in theirs and not torch.equal(head, theirs["wte.weight"]):
+        raise PretrainedError(f"{source}: lm_head.weight differs from wte.weight but {config_path} says "
+                              "tie_word_embeddings=true: set it to false in config.json")
+    model = GPT(config)
+    expected = to_hf(model.state_dict(), config)
+    missing = [name for name in expected if name not in theirs]
+    if missing:
+        raise PretrainedError(f"{source} misses {missing[0]}: it does not fit {config_path}; download both again")
+    unexpected = [name for name in theirs if name not in expected]
+    if unexpected:
+        raise PretrainedError(f"{source} has {unexpected[0]}, which GPT-2 of {config_path} does not: "
+                              "it is not a GPT2LMHeadModel checkpoint")
+    for name, tensor in theirs.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise PretrainedError(f"{source}: {name} has shape {tuple(tensor.shape)}, {config_path} needs "
+                                  f"{tuple(expected[name].shape)}: download both again")
+        if not torch.isfinite(tensor).all():
+            raise PretrainedError(f"{source}: {name} holds NaN or inf values: download it again")
+    model.load_state_dict(from_hf(theirs, config))  # copies into fp32 parameters; the tie stays
+    return model.eval(), config
+
+
+def check_vocab(tokenizer: Tokenizer, config: GPTConfig, folder: Path) -> None:
+    """A model folder's tokenizer must have one id for each row of its model's embedding."""
+    if tokenizer.vocab_size != config.vocab_size:
+        raise PretrainedError(f"the tokenizer of {folder} has {tokenizer.vocab_size} tokens but its model's vocab_size "
+                              f"is {config.vocab_size}: use the tokenizer files the model was trained with")
+
+
+# ---------------------------------------------------------------------------------------------
+# out: a GPT2LMHeadModel folder
+
+
+def exportable(config: GPTConfig) -> None:
+    """Raise a PretrainedError naming the first setting GPT-2's architecture cannot express."""
+    refused = {"pos_encoding": ("rope", "GPT-2 adds a position table, it does not rotate queries and keys"),
+               "norm": ("rmsnorm", "GPT-2 normalises with LayerNorm"),
+               "qk_norm": (True, "GPT-2 does not normalise queries and keys"),
+               "mlp": ("relu2", "GPT-2's MLP uses GELU"),
+               "attn_score": ("additive", "GPT-2 scores with scaled dot products")}
+    for name, (value, why) in refused.items():
+        if getattr(config, name) == value:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise PretrainedError(f"model.{name}={shown} cannot be exported as GPT-2 ({why}): only recipes GPT-2 can "
+                                  "express export (learned or sinusoidal positions, layernorm, gelu or gelu_tanh, dot "
+                                  "scores, no qk_norm)")
+
+
+def hf_config(config: GPTConfig, tokenizer: Tokenizer | None) -> dict:
+    """config.json of a GPT2LMHeadModel with our model's shape."""
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    return {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocab_size,
+        "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+        "activation_function": EXPORT_ACTIVATION[config.mlp], "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": config.tie_weights, "use_cache": True,
+        "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
+    }
+
+
+def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write `out_dir` as a Hugging Face GPT2LMHeadModel folder: config.json, model.safetensors and,
+    with a tokenizer, tokenizer.json + tokenizer_config.json. Sinusoidal positions are written as
+    the learned table they equal. Written into a temp sibling folder and renamed into place, so a
+    failure never leaves a folder that looks complete; an existing out_dir is replaced only when
+    it is empty or a previous export."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    exportable(config)
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise PretrainedError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                              f"{config.vocab_size}: export the model with the tokenizer it was trained with")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= set(EXPORT_FILES)):
+        raise PretrainedError(f"{out_dir} exists and is not a previous export: choose an empty or new folder, "
+                              "or remove it")
+    ours = model.state_dict()
+    if config.pos_encoding == "sinusoidal":
+        ours["wpe.weight"] = model.sinusoids  # (block_size, C): added to the embeddings as a learned table would be
+    tensors = to_hf(ours, config)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, tokenizer), indent=2) + "\n", encoding="utf-8")
+        save_file({f"transformer.{k}" if k != "lm_head.weight" else k: v for k, v in tensors.items()},
+                  tmp / SAFETENSORS, metadata={"format": "pt"})  # transformers refuses files without format=pt
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp, config.block_size)
+        if out_dir.exists():
+            out_dir.rename(old)  # the previous export stays whole until the new one is in place
+        tmp.rename(out_dir)
+    except OSError as e:
+        if old.exists() and not out_dir.exists():
+            old.rename(out_dir)
+        raise PretrainedError(f"cannot write {out_dir} ({e.strerror or e}): free disk space or choose a writable "
+                              "folder; nothing was left half-written") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers: ours (tiktoken ranks over bytes) <-> byte-level BPE in Hugging Face's formats
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table: byte-level vocab files store every token as
+    text, the printable bytes as themselves and the others shifted past 255 (a space is Ġ)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+def bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """tiktoken's BPE of `token` with only the ranks below max_rank: repeatedly merge the adjacent
+    pair whose concatenation has the lowest rank."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], max_rank), i) for i in range(len(parts) - 1)]
+        rank, i = min(pairs, default=(max_rank, -1))
+        if rank >= max_rank:
+            return parts
+        parts[i: i + 2] = [parts[i] + parts[i + 1]]
+
+
+def merges_of(tokenizer: Tokenizer) -> list[tuple[bytes, bytes]]:
+    """The merges that build each token of rank r, in rank order: its BPE with the ranks below r,
+    which ends in exactly two parts for a vocabulary BPE built."""
+    ranks = {token: rank for rank, token in enumerate(tokenizer.ranks)}
+    merges = []
+    for rank, token in enumerate(tokenizer.ranks):
+        if len(token) > 1:
+            parts = bpe_split(ranks, token, rank)
+            if len(parts) != 2:
+                raise PretrainedError(f"token {rank} ({token!r}) of tokenizer {tokenizer.name!r} is not the merge of two "
+                                      "earlier tokens, so it has no byte-level BPE merge: retrain the tokenizer")
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
+    """tokenizer.json (the `tokenizers` library's format) that encodes as ours: our split pattern
+    (Split, isolated), bytes as GPT-2's printable characters (ByteLevel without its own regex), and
+    BPE with the merges recovered from our ranks. ignore_merges: a piece that is a whole token
+    becomes that token, as tiktoken does, before any merge is tried."""
+    chars = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(chars[b] for b in token)
+
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for s, i in sorted(tokenizer.special_tokens.items())],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {text(token): rank for rank, token in enumerate(tokenizer.ranks)},
+                  # "a b" strings: byte-level text has no spaces, and every tokenizers version reads this form
+                  "merges": [f"{text(a)} {text(b)}" for a, b in merges_of(tokenizer)]},
+    }
+
+
+def write_hf_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int) -> None:
+    """tokenizer.json and tokenizer_config.json, which AutoTokenizer.from_pretrained(folder) loads."""
+    (folder / "tokenizer.json").write_text(json.dumps(hf_tokenizer_json(tokenizer), ensure_ascii=False),
+                                           encoding="utf-8")
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
+                "model_max_length": max_length, "add_bos_token": False, "add_eos_token": False,
+                "clean_up_tokenization_spaces": False}  # decode gives back the bytes, no space clean-up
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The files gpt2_tokenizer reads from a GPT-2 folder: vocab.json + merges.txt, else tokenizer.json."""
+    folder = Path(folder)
+    for names in (("vocab.json", "merges.txt"), ("tokenizer.json",)):
+        if all((folder / name).is_file() for name in names):
+            return [folder / name for name in names]
+    raise PretrainedError(f"{folder} holds no tokenizer (vocab.json + merges.txt, or tokenizer.json): "
+                          "download them with the model")
+
+
+def tokenizer_label(folder: Path) -> str:
+    """What data tokenized by a folder's tokenizer is keyed by: the model's name (the hub repo's for
+    a hub cache snapshot, models--openai-community--gpt2/snapshots/<commit>, else the folder's) and
+    a hash of the tokenizer files, e.g. gpt2-1f2e3d4c. Cheap: the files are hashed, not parsed."""
+    digest = hashlib.sha256()
+    for path in tokenizer_files(folder):
+        try:
+            digest.update(path.read_bytes())
+        except OSError as e:
+            raise PretrainedError(f"{path} cannot be read ({e.strerror or e}): download it again") from None
+    return f"{model_name(folder)}-{digest.hexdigest()[:8]}"
+
+
+def model_name(folder: Path) -> str:
+    """A GPT-2 folder's short name: gpt2 for the hub cache's models--openai-community--gpt2/snapshots/<commit>,
+    else the folder's own name."""
+    folder = Path(folder).resolve()
+    if folder.parent.name == "snapshots":
+        return folder.parent.parent.name.split("--")[-1]
+    return folder.name
+
+
+def gpt2_tokenizer(folder: Path) -> Tokenizer:
+    """Our Tokenizer from a GPT-2 folder's vocab.json + merges.txt (GPT-2's split pattern), or from
+    its tokenizer.json when that is all there is. Ids are the vocab's; for GPT-2 itself this is
+    tiktoken's "gpt2" encoding, ranks, pattern and hash alike."""
+    files = tokenizer_files(folder)
+    try:
+        if files[0].name == "vocab.json":
+            vocab_path, merges_path = files
+            source, vocab, pattern = merges_path, json.loads(vocab_path.read_text(encoding="utf-8")), GPT2_PATTERN
+            lines = merges_path.read_text(encoding="utf-8").splitlines()
+            merges = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+            specials = [EOT] if EOT in vocab else []
+        else:
+            json_path, = files
+            source, spec = json_path, json.loads(json_path.read_text(encoding="utf-8"))
+            vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+            merges = [m.split(" ") if isinstance(m, str) else m for m in merges]
+            pattern = split_pattern(spec.get("pre_tokenizer"), json_path)
+            specials = [t["content"] for t in spec.get("added_tokens", []) if t.get("special")]
+            vocab = {**vocab, **{t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PretrainedError(f"the tokenizer files of {folder} cannot be read ({e}): download them again") from None
+    return tokenizer_from_vocab(vocab, merges, pattern, specials, source)
+
+
+def split_pattern(pre_tokenizer: dict | None, source: Path) -> str:
+    """The split regex of a byte-level tokenizer.json: a Split's (our exports), or GPT-2's own when
+    ByteLevel splits with its built-in regex."""
+    steps = (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer] if pre_tokenizer else [])
+    for step in steps:
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return GPT2_PATTERN
+    raise PretrainedError(f"{source}'s pre_tokenizer is not byte-level BPE's (a Split regex or ByteLevel with "
+                          "use_regex): only GPT-2-style tokenizers can be imported")
+
+
+def tokenizer_from_vocab(vocab: dict[str, int], merges: list, pattern: str, specials: list[str],
+                         source: Path) -> Tokenizer:
+    """Our Tokenizer for a byte-level vocab (text -> id) and its merges: ranks are the ids, which
+    must follow the merge order (tiktoken merges by rank, HF by merge order; GPT-2's agree)."""
+    if EOT not in specials:
+        raise PretrainedError(f"{source} has no {EOT} token, which our models separate documents with")
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    regular = sorted((i, token) for token, i in vocab.items() if token not in specials)
+    if [i for i, _ in regular] != list(range(len(regular))):
+        raise PretrainedError(f"{source}: the ids of the tokens are not 0..{len(regular) - 1} without gaps")
+    bad = next((token for _, token in regular if any(c not in byte_of for c in token)), None)
+    if bad is not None:
+        raise PretrainedError(f"{source}: token {bad!r} is not byte-level text: only byte-level BPE "
+                              "(GPT-2's) can be imported")
+    ranks = [bytes(byte_of[c] for c in token) for _, token in regular]
+    if len({r for r in ranks if len(r) == 1}) != 256:
+        raise PretrainedError(f"{source} lacks some of the 256 single bytes: only byte-level BPE can be imported")
+    last = -1
+    for line, merge in enumerate(merges, 1):
+        merged = vocab.get("".join(merge), -1) if len(merge) == 2 else -1
+        if merged <= last:
+            raise PretrainedError(f"{source}: merge {line} ({' '.join(merge)}) does not make a token with a higher id "
+                                  "than the merge before it: ids must follow the merge order, as GPT-2's do")
+        last = merged
+    special_tokens = {token: vocab[token] for token in specials}
+    if sorted(special_tokens.values()) != list(range(len(ranks), len(ranks) + len(specials))):
+        raise PretrainedError(f"{source}: the special tokens ({', '.join(specials)}) must have the ids after the "
+                              "regular tokens")
+    return Tokenizer("gpt2" if pattern == GPT2_PATTERN else "bpe", pattern, ranks, special_tokens)
