@@ -66,7 +66,7 @@ def test_a_worker_process_draws_the_same_pngs_as_drawing_in_place(tmp_path):
 def test_pictures_are_collected_only_when_drawn_unless_waited_for(tmp_path):
     painter = Painter(background=True)
     try:
-        painter.submit(0, {"slow": partial(figure_noting_its_process, tmp_path, 3.0)})
+        painter.submit(0, {"slow": partial(figure_noting_its_process, tmp_path, 1.0)})
         assert collect(painter, wait=False) == []  # training goes on meanwhile
         ((step, files),) = collect(painter, wait=True)
         assert step == 0 and set(files) == {"slow"}
@@ -78,7 +78,7 @@ def test_pictures_are_collected_only_when_drawn_unless_waited_for(tmp_path):
 def test_ctrl_c_reaches_the_worker_without_losing_its_pictures(tmp_path):
     painter = Painter(background=True)
     try:
-        painter.submit(0, {"slow": partial(figure_noting_its_process, tmp_path, 2.0)})
+        painter.submit(0, {"slow": partial(figure_noting_its_process, tmp_path, 1.0)})
         deadline = time.time() + 60
         while not (tmp_path / "pid").exists() and time.time() < deadline:  # the worker is drawing...
             time.sleep(0.05)
