@@ -14,6 +14,11 @@ from data.sources import DataError
 from data.tokenizer import Tokenizer
 
 SCAN_LINES = 200
+# the probes of a model that stores none and has no data here (a pretrained GPT-2): one per group
+# of the default corpus
+FALLBACK_TEXTS = ["The king and the queen walked to the castle at night, while the rain fell on the sea.",
+                  "国王和王后在夜里走向城堡，雨落在海上。中国人民的经济发展很快。",
+                  "我喜欢喝茶。 = I like to drink tea."]
 
 
 @dataclass(frozen=True)

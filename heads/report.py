@@ -27,7 +27,7 @@ from heads.html_view import head_view_html
 from heads.labels import token_texts
 from heads.painter import Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
-from heads.probes import Probe, configured_probes
+from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
 from trainer.wandb_run import HEAD_SCALARS
 
@@ -269,12 +269,6 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     return bins
 
 
-# the probes of a model that stores none (a pretrained GPT-2): one per group of the default corpus
-FALLBACK_PROBES = ["The king and the queen walked to the castle at night, while the rain fell on the sea.",
-                   "国王和王后在夜里走向城堡，雨落在海上。中国人民的经济发展很快。",
-                   "我喜欢喝茶。 = I like to drink tea."]
-
-
 def report_checkpoint(cfg) -> None:
     """python -m heads.report: the report of one checkpoint, or of a pretrained GPT-2 (init_from),
     written to files (and to wandb)."""
@@ -297,7 +291,7 @@ def report_checkpoint(cfg) -> None:
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
         print("no probe texts in the model or in probes=[...]: using an English, a Chinese and a pair line")
-        probes = configured_probes(FALLBACK_PROBES, None, cfg.probe_tokens)
+        probes = configured_probes(FALLBACK_TEXTS, None, cfg.probe_tokens)
     device = next(model.parameters()).device
     bins = checkpoint_bins(checkpoint, tokenizer)
     group_ids, ablation = report_inputs(model, bins, cfg, device, torch.float32, ablate=True)

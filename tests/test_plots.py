@@ -8,9 +8,9 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from heads.painter import DPI  # what the report saves at
 from heads.plots import layer_figure, metric_figure
 
-DPI = 90  # heads.report.png_bytes
 EN = ["␣The", "␣quick", "␣brown", "␣fox", "␣jumps", "␣over", "␣the", "␣lazy", "␣dog", ".", "␣It", "␣was", "␣the",
       "␣best", "␣of", "␣times", ",", "␣it", "␣was", "␣the", "␣worst", "␣of", "␣times", ";", "␣the", "␣age", "␣of",
       "␣wisdom", ",", "␣and", "␣the", "↵"]
