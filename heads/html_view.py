@@ -342,15 +342,20 @@ def cjk_face() -> bytes:
     return buffer.getvalue()
 
 
-@functools.cache
 def embedded_font(text: str) -> str:
-    """An @font-face rule holding the glyphs of exactly the characters of `text` that Noto Sans CJK
-    SC has, or "" when DejaVu Sans draws all of them. Cached per text: a run's probes, and so its
-    pages' characters, stay the same from report to report."""
+    """An @font-face rule holding the glyphs of the characters of `text` that DejaVu Sans lacks and
+    Noto Sans CJK SC has, or "" when DejaVu Sans draws all of them."""
     from heads.plots import latin_code_points  # the Latin font the PNGs draw with, DejaVu Sans
 
-    code_points = {ord(ch) for ch in text}
-    if code_points <= latin_code_points():
+    return font_face(frozenset(ord(ch) for ch in text) - latin_code_points())
+
+
+@functools.cache
+def font_face(code_points: frozenset[int]) -> str:
+    """embedded_font's rule for these code points. Cached on them, not on the page's text: a run's
+    probes, and so its pages' Chinese, stay the same from report to report while the title's step
+    changes, and subsetting takes about a second."""
+    if not code_points:
         return ""
     from fontTools import subset
     from fontTools.ttLib import TTFont

@@ -248,6 +248,39 @@ def test_prepare_twice_is_a_no_op_and_a_change_rebuilds(tiny_corpus, tmp_path):
     assert retokenized["vocab_size"] == 300
 
 
+def damage_file(path: Path, damage: str) -> None:
+    """A prepared file as a crash, a full disk or another run could leave it."""
+    if damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif damage == "not json":
+        path.write_bytes(b"\x00garbage")
+    else:  # "another tokenizer": valid, but not the one the bins were made with
+        spec = json.loads(path.read_text())
+        spec["ranks"][300], spec["ranks"][301] = spec["ranks"][301], spec["ranks"][300]
+        path.write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("name,damage", [("train.bin", "missing"), ("train.bin", "empty"), ("val.bin", "truncated"),
+                                         ("tokenizer.json", "not json"), ("tokenizer.json", "truncated"),
+                                         ("tokenizer.json", "another tokenizer")])
+def test_a_damaged_prepared_file_is_rebuilt_from_the_source_text(tiny_corpus, tmp_path, capsys, name, damage):
+    """Through train.py (what a user meets): tests/test_faults_cli.py, tests/test_prepare_faults_cli.py."""
+    cfg = _config(tiny_corpus, tmp_path / "prepared")
+    intact = prepare(cfg)
+    damage_file(cfg.dir / name, damage)
+    capsys.readouterr()
+    meta = prepare(cfg)
+    assert "data: training a 320-token BPE" in capsys.readouterr().out  # rebuilt, not trusted
+    bins = TokenBins(cfg.dir)
+    assert Tokenizer.load(cfg.dir / "tokenizer.json").hash == meta["tokenizer_hash"] == intact["tokenizer_hash"]
+    assert {split: len(tokens) for split, tokens in bins.splits.items()} == {
+        split: intact["splits"][split]["tokens"] for split in bins.splits}
+
+
 def test_truncated_bin_is_reported_not_read(tiny_corpus, tmp_path):
     cfg = _config(tiny_corpus, tmp_path / "prepared")
     prepare(cfg)

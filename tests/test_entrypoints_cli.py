@@ -64,7 +64,8 @@ def test_attention_report_lands_in_the_offline_run(run):
     media = run_dir / "files" / "media"
     for step in (0, 15, 30):  # before training, every wandb.attn_every steps, and at the end
         for probe, layer in itertools.product(("en", "zh"), (0, 1)):  # custom probes named by their script
-            assert list((media / "images" / "attn_maps" / probe).glob(f"L{layer}_{step}_*.png"))
+            # wandb.pictures=auto on a CPU: the final report's PNGs only, the head view at every report
+            assert bool(list((media / "images" / "attn_maps" / probe).glob(f"L{layer}_{step}_*.png"))) == (step == 30)
         for metric in ("entropy", "distance", "prev_token", "sink", "induction"):  # one heatmap per metric and group,
             assert bool(list((media / "images" / "attn_metrics" / metric).glob(f"*_{step}_*.png"))) == (step == 30)  # final
         (page,) = (media / "html").glob(f"attn_head_view_{step}_*.html")
@@ -84,6 +85,7 @@ def test_attention_report_lands_in_the_offline_run(run):
         assert 0.0 <= final[0][f"val_heads/{group}/L{layer}H{head}/{metric}"] <= 1.0  # every metric on a 0-1 scale
     assert any(key.startswith("attn_chart/entropy/") for key in final[0])  # a chart per metric, a line per head
     assert "attention heads past chance by their margin: " in run["stdout"]
+    assert "attention report at step 15 in" in run["stdout"] and "(no pictures until the final report: wandb.pictures=auto)" in run["stdout"]
     assert "silencing one head costs the most bits per byte: " in run["stdout"]
 
 
@@ -174,16 +176,9 @@ def test_jsonl_output_parses_one_object_per_sample(run, tmp_path):
     assert all(len(r["tokens"]) == 12 and r["tokens_per_second"] > 0 and isinstance(r["text"], str) for r in records)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("temperature=-1", "temperature=-1"),
-    ("top_k=0", "top_k=0"),
-    ("top_p=1.5", "top_p=1.5"),
-    ("top_p=0", "top_p=0"),
-    ("max_new_tokens=-3", "max_new_tokens=-3"),
-    ("format=xml", "format='xml' must be one of text, jsonl"),
+@pytest.mark.parametrize("override,message", [  # checked once a checkpoint is looked for; each rule: tests/test_settings.py
     ("prompt_file=/nonexistent/prompts.txt", "prompt_file=/nonexistent/prompts.txt does not exist"),
     ("checkpoint=middle", "checkpoint='middle' must be one of last, best"),
-    ("compile=true use_kv_cache=false", "compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true"),
 ])
 def test_sample_rejects_bad_settings_with_exit_code_2(run, override, message):
     result = run_entry("sample.py", f"out_dir={run['out']}", *override.split(), cwd=run["tmp"], env=run["env"])
@@ -224,22 +219,12 @@ def test_training_keeps_the_last_and_the_best_checkpoint(run):
     assert run["stdout"].count("new best") >= 1
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize("override,message", [  # checked against the data and the machine; each rule: tests/test_settings.py
     ("model.n_head=3", "model.n_embd=32 is not divisible by model.n_head=3"),
-    ("model.attn_impl=magic", "model.attn_impl='magic' must be one of"),
     ("model.block_size=100000", "model.block_size=100000 is not smaller than the"),
-    ("device=tpu", "device='tpu' must be one of"),
     pytest.param("device=cuda", "device=cuda but no CUDA GPU is visible", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="a CUDA GPU is visible: device=cuda is no error here")),
     ("dtype=float16", "dtype=float16 is not supported on CPU: use bfloat16 or float32"),
-    ("dtype=int8", "dtype='int8' must be one of"),
-    ("model.pos_encoding=alibi", "model.pos_encoding='alibi' must be one of"),
-    ("model.n_layer=0", "model.n_layer=0 must be a positive integer"),
-    ("model.n_embd=-32", "model.n_embd=-32 must be a positive integer"),
-    ("train.max_iters=0", "train.max_iters=0 must be a positive integer"),
-    ("train.batch_size=-8", "train.batch_size=-8 must be a positive integer"),
-    ("train.max_nonfinite=0", "train.max_nonfinite=0 must be a positive integer"),
-    ("train.resume=maybe", "train.resume='maybe' must be auto, true or false"),
 ])
 def test_train_rejects_bad_config_with_exit_code_2(run, tmp_path, override, message):
     result = run_entry("train.py", *run["overrides"], f"out_dir={tmp_path / 'out'}", override, cwd=tmp_path, env=run["env"])

@@ -55,12 +55,12 @@ def wait_for_a_save(checkpoint, previous: int | None, timeout: float = 120.0) ->
 
 
 @pytest.mark.slow
-def test_kill_9_five_times_then_resume_completes_and_every_checkpoint_loads(setup):
-    args = [sys.executable, str(REPO / "train.py"), *setup["args"], "train.max_iters=600", "train.eval_interval=10",
+def test_kill_9_three_times_then_resume_completes_and_every_checkpoint_loads(setup):
+    args = [sys.executable, str(REPO / "train.py"), *setup["args"], "train.max_iters=250", "train.eval_interval=10",
             "train.log_interval=100"]
     checkpoint = setup["out"] / "ckpt.pt"
     rng = random.Random(0)
-    for kill in range(5):
+    for kill in range(3):
         previous = load_checkpoint(setup["out"])["step"] if checkpoint.exists() else None
         process = subprocess.Popen(args, cwd=setup["tmp"], env=setup["env"], stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,7 +76,7 @@ def test_kill_9_five_times_then_resume_completes_and_every_checkpoint_loads(setu
                            text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-2000:]
     assert f"resuming from {checkpoint} at step {steps_before_final}" in final.stdout and steps_before_final > 0
-    assert load_checkpoint(setup["out"])["step"] == 600
+    assert load_checkpoint(setup["out"])["step"] == 250
     assert load_checkpoint(setup["out"], name="best.pt")["step"] % 10 == 0
 
 
@@ -90,14 +90,11 @@ def test_an_out_dir_that_cannot_be_written_stops_before_training(setup):
     assert "step 1" not in result.stdout
 
 
-@pytest.mark.parametrize("damage", ["missing", "empty", "truncated"])
-def test_damaged_bins_are_rebuilt_from_the_source_text(setup, damage):
+def test_a_truncated_bin_is_rebuilt_from_the_source_text(setup):
+    # the other damages, in process: tests/test_corpus.py
     assert train(setup, "train.max_iters=1").returncode == 0
     train_bin = setup["bins"] / "train.bin"
-    if damage == "missing":
-        train_bin.unlink()
-    else:
-        train_bin.write_bytes(b"" if damage == "empty" else train_bin.read_bytes()[:-7])
+    train_bin.write_bytes(train_bin.read_bytes()[:-7])
     result = train(setup, "train.max_iters=1", "train.resume=false", "train.overwrite=true")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data: training a 320-token BPE" in result.stdout  # rebuilt, not trusted

@@ -74,6 +74,31 @@ def test_pictures_are_collected_only_when_drawn_unless_waited_for(tmp_path):
         painter.close()
 
 
+def figure_waiting_for_another_process(folder: Path, name: str) -> Figure:
+    """A picture that notes its process and returns only once a second process has noted its own:
+    drawn one after the other, the first never returns (the test fails on its timeout instead)."""
+    (folder / f"{name}.pid").write_text(str(os.getpid()))
+    deadline = time.time() + 60
+    while len({f.read_text() for f in folder.glob("*.pid")}) < 2:
+        if time.time() > deadline:
+            raise TimeoutError("no second process drew a picture at the same time")
+        time.sleep(0.05)
+    return Figure(figsize=(1, 1))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="spreading needs two cores")
+def test_the_final_reports_pictures_are_drawn_by_several_processes_at_once(tmp_path):
+    painter = Painter(background=True)
+    try:
+        painter.submit(9, {f"p{i}": partial(figure_waiting_for_another_process, tmp_path, f"p{i}") for i in range(4)},
+                       spread=True)
+        ((step, files),) = collect(painter)
+    finally:
+        painter.close()
+    assert step == 9 and isinstance(files, dict) and set(files) == {"p0", "p1", "p2", "p3"}
+    assert os.getpid() not in {int(f.read_text()) for f in tmp_path.glob("*.pid")}
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="needs POSIX signals")
 def test_ctrl_c_reaches_the_worker_without_losing_its_pictures(tmp_path):
     painter = Painter(background=True)

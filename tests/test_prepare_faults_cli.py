@@ -130,18 +130,11 @@ def train(setup: dict, out: str) -> subprocess.CompletedProcess:
     return run_entry("train.py", *setup["args"], f"out_dir={setup['tmp'] / out}", cwd=setup["tmp"], env=setup["env"])
 
 
-@pytest.mark.parametrize("damage", ["not json", "truncated", "another tokenizer"])
-def test_a_corrupt_or_foreign_tokenizer_json_is_rebuilt_and_training_goes_on(setup, damage):
+def test_a_corrupt_tokenizer_json_is_rebuilt_and_training_goes_on(setup):
+    # a truncated one and a foreign one, in process: tests/test_corpus.py
     assert train(setup, "out1").returncode == 0
     tokenizer = setup["bins"] / "tokenizer.json"
-    if damage == "not json":
-        tokenizer.write_bytes(b"\x00garbage")
-    elif damage == "truncated":
-        tokenizer.write_bytes(tokenizer.read_bytes()[:100])
-    else:  # a valid tokenizer, but not the one the bins were made with
-        spec = json.loads(tokenizer.read_text())
-        spec["ranks"][300], spec["ranks"][301] = spec["ranks"][301], spec["ranks"][300]
-        tokenizer.write_text(json.dumps(spec))
+    tokenizer.write_bytes(b"\x00garbage")
     result = train(setup, "out2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data: training a 320-token BPE" in result.stdout  # rebuilt, not trusted (and not stuck)

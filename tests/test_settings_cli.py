@@ -27,15 +27,9 @@ def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> 
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize("override,message", [  # a range and a type; every rule: tests/test_settings.py
     ("train.learning_rate=-1", "train.learning_rate=-1 must be"),
-    ("train.beta1=1.5", "train.beta1=1.5 must be"),
-    ("seed=-1", "seed=-1 must be"),
-    ("data.val_fraction=0", "data.val_fraction=0 must be"),
     ("data.vocab_size=abc", "data.vocab_size='abc' must be"),
-    ("train.max_seconds=-1", "train.max_seconds=-1 must be"),
-    ("out_dir=", "out_dir='' must be"),
-    ("wandb.probe_tokens=0", "wandb.probe_tokens=0 must be"),
 ])
 def test_train_stops_at_a_bad_setting_before_writing_anything(machine, tmp_path, override, message):
     cwd = tmp_path / "cwd"
@@ -49,9 +43,7 @@ def test_train_stops_at_a_bad_setting_before_writing_anything(machine, tmp_path,
 
 @pytest.mark.parametrize("override,message", [
     ("temperature=1e-40", "temperature=1e-40 must be 0 (greedy) or at least"),
-    ("temperature=nan", "temperature=nan must be"),
     ("temperature=hot", "temperature='hot' must be"),
-    ("top_k=1.5", "top_k=1.5 must be"),
 ])
 def test_sample_stops_at_a_bad_setting_before_loading_a_model(machine, tmp_path, override, message):
     # out_dir holds no checkpoint: the setting is refused before anything is read

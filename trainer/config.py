@@ -108,7 +108,7 @@ class ReportSettings:
 
 
 ABLATION = ("final", "every", "off")
-PICTURES = ("auto", "inline", "background")  # where the report's PNGs are drawn (heads/painter.py)
+PICTURES = ("auto", "inline", "background", "final")  # which reports draw PNGs, and where (heads/painter.py)
 
 
 @dataclasses.dataclass
@@ -121,7 +121,8 @@ class WandbConfig(ReportSettings):
     attn_every: int = setting(1000, minimum=0, fix="steps between attention reports, or wandb.attn_every=0 for none")
     ablation: str = setting("final", choices=ABLATION, fix="final ablates the heads in the last report only, every in each")
     pictures: str = setting("auto", choices=PICTURES,
-                            fix="auto draws them in a worker process when training on a GPU, in place on a CPU")
+                            fix="auto is background on a GPU and final on a CPU; inline draws every report's in "
+                                "place, background in a worker process, final the last report's only")
 
 
 @dataclasses.dataclass

@@ -184,12 +184,17 @@ class Training:
         report = build_report(self.model, self.bins.tokenizer, self.probes, wc.probe_tokens, wc.table_rows,
                               group_ids, ablation, title, metric_maps=final)
         log_report(self.run, report, step, self.report_history)
+        # on a CPU drawing stalls training for seconds a report, so by default only the final report
+        # draws; the head view shows every report's maps
+        pictures = wc.pictures if wc.pictures != "auto" else ("final" if self.device.type == "cpu" else "background")
         if self.painter is None:
-            background = wc.pictures == "background" or (wc.pictures == "auto" and self.device.type != "cpu")
-            self.painter = Painter(background)
-        self.painter.submit(step, report.pictures)
-        self.log_pictures(step, wait=final)
-        where = " (pictures drawn in the background)" if self.painter.pool is not None and not final else ""
+            self.painter = Painter(background=pictures == "background")
+        if final or pictures != "final":
+            self.painter.submit(step, report.pictures, spread=final)
+            self.log_pictures(step, wait=final)
+            where = " (pictures drawn in the background)" if self.painter.pool is not None and not final else ""
+        else:
+            where = f" (no pictures until the final report: wandb.pictures={wc.pictures})"
         print(f"attention report at step {step} in {time.time() - started_report:.1f}s"
               + (f" (head ablation {ablation_seconds:.1f}s of it)" if ablation else "") + where)
         print_top_heads(report)
