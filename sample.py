@@ -14,13 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from data.sources import decode_utf8
 from trainer.checkpoint import load_inference_model
-from trainer.cli import run_entry
 from trainer.config import SampleConfig
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype
 from trainer.settings import typed
@@ -107,13 +105,7 @@ def main_sample(cfg: DictConfig) -> None:
             print(f"[{n_new} tokens in {seconds:.2f}s, {n_new / seconds:.0f} tokens/s]", file=sys.stderr)
 
 
-@hydra.main(config_path="config", config_name="sample", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_entry(lambda: main_sample(cfg), interrupted=lambda: "sampling stopped")
-
-
 if __name__ == "__main__":
-    from trainer.cli import prepare_hydra_argv
+    from trainer.cli import hydra_entry
 
-    prepare_hydra_argv("sample", "python sample.py")
-    main()
+    hydra_entry("sample", "python sample.py", main_sample, lambda cfg: "sampling stopped")

@@ -3,6 +3,7 @@ it is split and tokenized, and where the prepared bins go. Every field is checke
 trainer.settings.typed(DataConfig, cfg.data, "data.") before anything is read or written."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,11 @@ class DataConfig:
         never rebuilds the same folder back and forth."""
         return Path(self.root) / (self.name if self.tokenizer_kind == "bpe" else f"{self.name}-{self.tokenizer_label}")
 
-    @property
+    @functools.cached_property
     def tokenizer_label(self) -> str:
         """The tokenizer's part of the folder name: the encoding's name, or a model folder's name
-        and the hash of its tokenizer files (a PretrainedError when it has none)."""
+        and the hash of its tokenizer files (a PretrainedError when it has none). Hashed once per
+        config: a run's data folder stays the one it started with."""
         if self.tokenizer_kind in TOKENIZER_KINDS:
             return self.tokenizer_kind
         from model.hf import tokenizer_label  # torch: only for a model's tokenizer

@@ -328,18 +328,9 @@ def prepare(cfg: DataConfig) -> dict:
 
 
 if __name__ == "__main__":
-    import hydra
-    from omegaconf import DictConfig
-
-    from trainer.cli import prepare_hydra_argv, run_entry
+    from trainer.cli import hydra_entry
     from trainer.settings import typed
 
-    prepare_hydra_argv("train", "python -m data.prepare")
-
-    @hydra.main(config_path="../config", config_name="train", version_base=None)
-    def main(cfg: DictConfig) -> None:
-        run_entry(lambda: prepare(typed(DataConfig, cfg.data, "data.")),
-                  interrupted=lambda: f"nothing already prepared in {cfg.data.root}/{cfg.data.name} was replaced: "
-                                      "run again to prepare it")
-
-    main()
+    hydra_entry("train", "python -m data.prepare", lambda cfg: prepare(typed(DataConfig, cfg.data, "data.")),
+                lambda cfg: f"nothing already prepared in {cfg.data.root}/{cfg.data.name} was replaced: run again to "
+                            "prepare it")

@@ -319,20 +319,7 @@ def report_checkpoint(cfg) -> None:
                 print(where)
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig
-
-    from trainer.cli import prepare_hydra_argv, run_entry
-
-    prepare_hydra_argv("heads", "python -m heads.report")
-
-    @hydra.main(config_path="../config", config_name="heads", version_base=None)
-    def run(cfg: DictConfig) -> None:
-        run_entry(lambda: report_checkpoint(cfg), interrupted=lambda: "the report is incomplete")
-
-    run()
-
-
 if __name__ == "__main__":
-    main()
+    from trainer.cli import hydra_entry
+
+    hydra_entry("heads", "python -m heads.report", report_checkpoint, lambda cfg: "the report is incomplete")

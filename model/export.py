@@ -42,19 +42,7 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     return folder
 
 
-def main() -> None:
-    import hydra
-
-    from trainer.cli import prepare_hydra_argv, run_entry
-
-    prepare_hydra_argv("export", "python -m model.export")
-
-    @hydra.main(config_path="../config", config_name="export", version_base=None)
-    def run(cfg: DictConfig) -> None:
-        run_entry(lambda: export_checkpoint(cfg), interrupted=lambda: "no export was written")
-
-    run()
-
-
 if __name__ == "__main__":
-    main()
+    from trainer.cli import hydra_entry
+
+    hydra_entry("export", "python -m model.export", export_checkpoint, lambda cfg: "no export was written")

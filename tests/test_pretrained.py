@@ -61,7 +61,9 @@ def test_prepared_data_is_keyed_by_tokenizer_and_neither_folder_rebuilds_the_oth
     merges, prepared = tiny_gpt2 / "merges.txt", hf.dir
     lines = merges.read_text(encoding="utf-8").splitlines()
     merges.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
-    assert hf.dir != prepared and hf.dir.name.startswith("custom-tiny-gpt2-")
+    assert hf.dir == prepared  # hashed once: a run's config keeps the folder it started with
+    following = data_config(tiny_corpus, tmp_path / "prepared", str(tiny_gpt2))  # the next run's
+    assert following.dir != prepared and following.dir.name.startswith("custom-tiny-gpt2-")
 
 
 def test_tokenizer_kind_takes_a_model_folder_and_refuses_anything_else_in_one_line(tmp_path, tiny_corpus):

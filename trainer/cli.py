@@ -1,5 +1,5 @@
-"""How every entry point (train.py, sample.py, python -m data.prepare, python -m heads.report)
-reads its command line and how it ends.
+"""How every entry point (train.py, sample.py, python -m data.prepare, python -m heads.report,
+python -m model.export) reads its command line and how it ends.
 
 Before hydra: UTF-8 values need no quotes (`prompt=人民日报`), and a mistyped key or group option
 is one line naming the closest valid one. At the end: a user error is one line on stderr and
@@ -218,3 +218,21 @@ def prepare_hydra_argv(config_name: str, command: str) -> None:
     (hydra_argv), then check the override keys (check_overrides): a bad one is `error: ...`, exit 2."""
     sys.argv[1:] = hydra_argv(sys.argv[1:])
     run_entry(lambda: check_overrides(sys.argv[1:], config_name, command))
+
+
+def hydra_entry(config_name: str, command: str, job: Callable[[object], object],
+                interrupted: Callable[[object], str]) -> None:
+    """The whole `__main__` of sample.py and the `python -m` entry points: the command line prepared
+    (prepare_hydra_argv), config/<config_name>.yaml composed by hydra with its overrides (each point
+    of a `-m` sweep in turn), then job(cfg) under run_entry; interrupted(cfg) says what is on disk
+    after Ctrl-C."""
+    import hydra
+
+    prepare_hydra_argv(config_name, command)
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "config"), config_name=config_name,
+                version_base=None)
+    def run(cfg) -> None:
+        run_entry(lambda: job(cfg), interrupted=lambda: interrupted(cfg))
+
+    run()
