@@ -116,9 +116,10 @@ PROBES = ["the king and the queen walk to the castle", "国王和王后在夜里
 
 def run_history(run_dir: Path) -> list[dict]:
     """The history rows of an offline run, read back from its .wandb log by wandb's own reader."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=120, check=True)
+    # `python -m wandb`, not the `wandb` script beside python: a `pip install --target` (the GPU
+    # machine's recipe, ../shared/gpu/README.md) puts that script elsewhere
+    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=True)
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
