@@ -29,8 +29,9 @@ def read_prompts(cfg: SampleConfig) -> list[str]:
     if cfg.prompt_file is None:
         return cfg.prompt
     path = Path(cfg.prompt_file)
-    if not path.is_file():
-        raise ConfigError(f"prompt_file={path} does not exist: give a UTF-8 text file, one prompt a line")
+    if not (path.is_file() or path.is_fifo()):  # a pipe is read to its end (prompt_file=/dev/stdin); /dev/zero has none
+        what = "does not exist" if not path.exists() else "is a folder" if path.is_dir() else "is a device, not a file"
+        raise ConfigError(f"prompt_file={path} {what}: give a UTF-8 text file, one prompt a line")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -108,4 +109,4 @@ def main_sample(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from trainer.cli import hydra_entry
 
-    hydra_entry("sample", "python sample.py", main_sample, lambda cfg: "sampling stopped")
+    hydra_entry("sample", "python sample.py", SampleConfig, main_sample, lambda cfg: "sampling stopped", result=True)

@@ -18,19 +18,18 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from heads.history import ReportHistory
 from model import GPT
 from trainer import distributed
 from trainer.cli import run_entry
 from trainer.config import SCRATCH, RunConfig
 from trainer.interrupt import GracefulStop, LastSave
 from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
-from trainer.resume import claim_out_dir, resume
+from trainer.resume import claim_out_dir
 from trainer.runtime import ConfigError, resolve_device, resolve_dtype, reuse_host_memory
 from trainer.settings import typed
 from trainer.step import train_step
 from trainer.sweeps import separate_sweep_jobs
-from trainer.training import Training, pretrained_model
+from trainer.training import RunData, Training, prepared_data, pretrained_model
 
 
 def check_config(cfg: RunConfig, world_size: int) -> None:
@@ -51,22 +50,22 @@ def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: Las
     if device.type == "cpu":
         reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
     out_dir = Path(cfg.out_dir)
-    # before out_dir is claimed: a model that cannot be downloaded or read fails with nothing written
+    # before out_dir is claimed: a model that cannot be downloaded or read, data that does not fit
+    # it, or a probe too short fails with nothing written
     pretrained = pretrained_model(cfg, ranks.is_main) if cfg.init_from != SCRATCH else None
+    data = prepared_data(cfg, ranks, pretrained)
     with claim_out_dir(cfg, out_dir, ranks):
-        return fit(cfg, ranks, device, dtype, out_dir, saved, pretrained)
+        return fit(cfg, ranks, device, dtype, out_dir, saved, data, pretrained)
 
 
 def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-        saved: LastSave, pretrained: GPT | None = None) -> dict:
-    """Build the run and continue it if asked; then, step by step: evaluate and report on schedule,
+        saved: LastSave, data: RunData, pretrained: GPT | None = None) -> dict:
+    """Build the run (continuing out_dir's if asked); then, step by step: evaluate and report on schedule,
     set the learning rate, take an optimizer step, log. Stop at the step or time budget (whichever
     ends first), at Ctrl-C or SIGTERM (saving), or after too many non-finite steps in a row."""
     tc = cfg.train
-    t = Training.build(cfg, ranks, device, dtype, out_dir, saved, pretrained)
-    start_step, t.best_val_loss, elapsed, history = resume(cfg, out_dir, device, t.model, t.model_cfg, t.optimizers,
-                                                           t.sampler, t.bins.tokenizer.hash, ranks)
-    t.report_history = ReportHistory(history)
+    t = Training.build(cfg, ranks, device, dtype, out_dir, saved, data, pretrained)
+    start_step = t.resumed.step
     if start_step:
         saved.step = start_step  # ckpt.pt already holds it
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
@@ -74,7 +73,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     stop = GracefulStop()
     attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
     last_log = time.time()
-    t.started = last_log - elapsed  # a resumed time budget goes on where it stopped
+    t.started = last_log - t.resumed.elapsed  # a resumed time budget goes on where it stopped
     metrics: dict = {}
     last_step, interrupted = tc.max_iters, False
     try:
@@ -141,7 +140,7 @@ def main(raw: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainer.cli import prepare_hydra_argv
+    from trainer.cli import prepare_entry
 
-    prepare_hydra_argv("train", "python train.py")
+    prepare_entry("train", "python train.py", RunConfig)
     main()

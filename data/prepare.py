@@ -11,11 +11,12 @@ three times: to learn the document names, which decide the split; to train the B
 tokenize it a few MB at a time into a temp file per split and group. Memory is bounded by those
 batches, the BPE's sample and 40 bytes per document, not by the size of the text.
 
-Nothing already prepared is replaced until everything new is written: all goes to `*.tmp` files
-first; then meta.json is removed, the new files are renamed over the old ones and meta.json comes
-back last, so a folder with a meta.json is complete. One preparation at a time holds the folder's
-lock (a second waits, then finds the data up to date). Temp files are removed on every failure
-and on Ctrl-C; those of a killed run, by the next run (trainer/lock.py).
+Nothing already prepared is replaced until everything new is written: all goes to temp files
+first (trainer/folders.py: temp_path); then meta.json is removed, the new files are renamed over
+the old ones and meta.json comes back last, so a folder with a meta.json is complete. One
+preparation at a time holds the folder's lock (a second waits, then finds the data up to date).
+Temp files are removed on every failure, on Ctrl-C and on SIGTERM; those of a killed run, by the
+next run.
 
 Run alone: python -m data.prepare [data=custom data.text_paths=[...]]
 """
@@ -39,7 +40,7 @@ from data.corpus import DataError, Piece, check_val_fraction, document_pieces, h
 from data.sources import (CLEANING_VERSION, DEFAULT_SOURCES, custom_files, custom_fingerprint, custom_pieces,
                           default_corpus)
 from data.tokenizer import SPLIT_PATTERN, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
-from trainer.lock import folder_lock, remove_debris
+from trainer.folders import folder_lock, remove_debris, temp_path
 
 META_VERSION = 1
 # the BPE learns from at most this much training text: all of it up to here, beyond a seeded random
@@ -130,8 +131,16 @@ class Inventory:
         """Each piece with its split, by its document's place in its group."""
         index = dict.fromkeys(self.val, 0)
         for piece in pieces:
+            seen = self.val.get(piece.group)
+            if seen is None or index[piece.group] >= len(seen):
+                raise changed(piece.name.split("#")[0])  # a document the first pass did not see
             yield ("val" if self.val[piece.group][index[piece.group]] else "train"), piece
             index[piece.group] += piece.last
+
+
+def changed(what: str) -> DataError:
+    return DataError(f"data.text_paths: {what} changed while it was being prepared: run again once it no longer "
+                     "changes; nothing already prepared was replaced")
 
 
 def bpe_texts(stream: Stream, inventory: Inventory) -> Iterator[str]:
@@ -163,7 +172,7 @@ def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tok
 
 class Part:
     """One group's share of one split: its tokens, each document's followed by <|endoftext|>, are
-    appended to `<split>.<group>.tmp` a batch at a time."""
+    appended to a temp file `<split>.<group>` a batch at a time."""
 
     def __init__(self, path: Path, dtype: np.dtype, eot_id: int):
         self.path, self.dtype, self.eot_id = path, dtype, eot_id
@@ -219,7 +228,7 @@ def encode_batch(batch: list[tuple[str, Piece]], tokenizer: Tokenizer, parts: di
     done = 0
     for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
         if piece.group not in parts[split]:
-            parts[split][piece.group] = Part(out / f"{split}.{piece.group}.tmp", dtype, tokenizer.eot_id)
+            parts[split][piece.group] = Part(temp_path(out / f"{split}.{piece.group}"), dtype, tokenizer.eot_id)
         n_bytes = len(piece.text.encode("utf-8"))
         parts[split][piece.group].add(piece, n_bytes, ids)
         done += n_bytes
@@ -229,22 +238,22 @@ def encode_batch(batch: list[tuple[str, Piece]], tokenizer: Tokenizer, parts: di
 
 
 def join_parts(path: Path, parts: dict[str, Part]) -> dict:
-    """Lay a split's Parts out group after group in `path` (the first Part becomes it, the others
-    are appended and removed); return the split's layout for meta.json."""
+    """Lay a split's Parts out group after group in the temp file of `path` (the first Part becomes
+    it, the others are appended and removed); return the split's layout for meta.json."""
     first, *rest = parts.values()
     with open(first.path, "ab") as joined:
         for part in rest:
             with open(part.path, "rb") as f:
                 shutil.copyfileobj(f, joined, 1 << 20)
             part.path.unlink()
-    first.path.replace(path)
+    first.path.replace(temp_path(path))
     groups, start = {}, 0
     for group, part in parts.items():
         groups[group] = {"start": start, "end": start + part.length, "tokens": part.tokens, "bytes": part.bytes,
                          "documents": part.documents}
         start += part.length
     return {
-        "file": path.name.removesuffix(".tmp"),
+        "file": path.name,
         "tokens": start,
         "bytes": sum(g["bytes"] for g in groups.values()),
         "documents": sum(g["documents"] for g in groups.values()),
@@ -262,7 +271,7 @@ def build(cfg: DataConfig, expected: str) -> dict:
     tokenizer = make_tokenizer(cfg, stream, inventory)
     try:
         parts = tokenize(stream, inventory, tokenizer, out)
-        splits = {split: join_parts(out / f"{split}.bin.tmp", parts[split]) for split in SPLITS}
+        splits = {split: join_parts(out / f"{split}.bin", parts[split]) for split in SPLITS}
         totals = {g: [sum(s["groups"].get(g, {}).get(k, 0) for s in splits.values()) for k in ("bytes", "tokens")]
                   for g in inventory.val}  # every group, in corpus order
         meta = {
@@ -274,8 +283,10 @@ def build(cfg: DataConfig, expected: str) -> dict:
             "splits": splits,
             "bytes_per_token": {g: round(b / max(t, 1), 3) for g, (b, t) in totals.items()},
         }
-        (out / "tokenizer.json.tmp").write_text(tokenizer.to_json(), encoding="utf-8")
-        (out / "meta.json.tmp").write_text(json.dumps(meta, indent=2))
+        temp_path(out / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+        temp_path(out / "meta.json").write_text(json.dumps(meta, indent=2))
+        if fingerprint(cfg) != expected:  # a file edited, grown or shrunk while it was read
+            raise changed("a file")
     except BaseException:  # a full disk, Ctrl-C, anything: the old files stay, the new ones go
         remove_debris(out)
         raise
@@ -287,12 +298,12 @@ def build(cfg: DataConfig, expected: str) -> dict:
 
 
 def replace_prepared(out: Path, names: list[str]) -> None:
-    """Rename each staged `<name>.tmp` over `<name>`: meta.json goes first and comes back last, so
-    the folder reads as complete only when it is."""
+    """Rename each staged temp file over `<name>`: meta.json goes first and comes back last, so the
+    folder reads as complete only when it is."""
     try:
         (out / "meta.json").unlink(missing_ok=True)
         for name in [*names, "meta.json"]:
-            (out / f"{name}.tmp").replace(out / name)
+            temp_path(out / name).replace(out / name)
     except OSError as e:
         remove_debris(out)
         raise DataError(f"cannot move the new data into {out} ({e.strerror}): it is incomplete and is prepared "
@@ -329,8 +340,9 @@ def prepare(cfg: DataConfig) -> dict:
 
 if __name__ == "__main__":
     from trainer.cli import hydra_entry
+    from trainer.config import RunConfig
     from trainer.settings import typed
 
-    hydra_entry("train", "python -m data.prepare", lambda cfg: prepare(typed(DataConfig, cfg.data, "data.")),
+    hydra_entry("train", "python -m data.prepare", RunConfig, lambda cfg: prepare(typed(DataConfig, cfg.data, "data.")),
                 lambda cfg: f"nothing already prepared in {cfg.data.root}/{cfg.data.name} was replaced: run again to "
                             "prepare it")

@@ -218,6 +218,8 @@ def text_files(paths: list[str]) -> list[Path]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO or a device: the corpus is read three times, /dev/zero never ends
+            raise DataError(f"data.text_paths: {path} is not a regular file: give text files or folders of them")
         else:
             raise DataError(f"data.text_paths: {path} does not exist: give existing files or folders")
     return files

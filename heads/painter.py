@@ -18,9 +18,12 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from trainer.folders import atomic_write
 
 Picture = Callable[[], Figure]  # draws one figure: a functools.partial of heads.plots' functions, so it pickles
 DPI = 90  # heads/plots.py sizes every label for this
@@ -28,13 +31,16 @@ FINAL_WORKERS = 8  # processes that may draw the final report's pictures at once
 
 
 def paint(pictures: dict[str, Picture], folder: Path) -> dict[str, Path]:
-    """Draw each picture into folder as a PNG; key -> file (a key's '/' becomes '_')."""
+    """Draw each picture into folder as a PNG, whole or not at all (a full disk leaves no empty
+    file); key -> file (a key's '/' becomes '_')."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for key, picture in pictures.items():
         files[key] = folder / (key.replace("/", "_") + ".png")
-        # zlib's fastest level: a tenth of the drawing time saved for PNGs a quarter larger
-        picture().savefig(files[key], format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
+        # zlib's fastest level: a tenth of the drawing time saved for PNGs a quarter larger; no fsync:
+        # a picture lost to a power cut is drawn again
+        atomic_write(files[key], partial(picture().savefig, format="png", dpi=DPI, pil_kwargs={"compress_level": 1}),
+                     sync=False)
     return files
 
 

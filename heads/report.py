@@ -29,6 +29,7 @@ from heads.painter import Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
+from trainer.folders import atomic_write
 from trainer.wandb_run import HEAD_SCALARS
 
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
@@ -189,9 +190,9 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> d
     """PNGs (one per picture), head_view.html and metrics.json into folder; what went where
     (the pictures under their wandb keys)."""
     written = paint(report.pictures, folder)
-    (folder / "head_view.html").write_text(report.html, encoding="utf-8")
+    atomic_write(folder / "head_view.html", lambda f: f.write(report.html.encode("utf-8")))
     summary = {"step": step, **report.summary(), "probes": report.probes}
-    (folder / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    atomic_write(folder / "metrics.json", lambda f: f.write(json.dumps(summary, ensure_ascii=False, indent=1).encode()))
     return {**written, "head_view": folder / "head_view.html", "metrics": folder / "metrics.json"}
 
 
@@ -321,5 +322,7 @@ def report_checkpoint(cfg) -> None:
 
 if __name__ == "__main__":
     from trainer.cli import hydra_entry
+    from trainer.config import HeadsConfig
 
-    hydra_entry("heads", "python -m heads.report", report_checkpoint, lambda cfg: "the report is incomplete")
+    hydra_entry("heads", "python -m heads.report", HeadsConfig, report_checkpoint,
+                lambda cfg: "the report is incomplete")

@@ -45,4 +45,5 @@ def export_checkpoint(cfg: DictConfig) -> Path:
 if __name__ == "__main__":
     from trainer.cli import hydra_entry
 
-    hydra_entry("export", "python -m model.export", export_checkpoint, lambda cfg: "no export was written")
+    hydra_entry("export", "python -m model.export", ExportConfig, export_checkpoint,
+                lambda cfg: "no export was written")

@@ -297,6 +297,7 @@ def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -
     the learned table they equal. Written into a temp sibling folder and renamed into place, so a
     failure never leaves a folder that looks complete; an existing out_dir is replaced only when
     it is empty or a previous export."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     config = model.config
@@ -305,9 +306,12 @@ def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -
         raise PretrainedError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                               f"{config.vocab_size}: export the model with the tokenizer it was trained with")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= set(EXPORT_FILES)):
-        raise PretrainedError(f"{out_dir} exists and is not a previous export: choose an empty or new folder, "
-                              "or remove it")
+    held = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None
+    previous = held is not None and (not held or {"config.json", SAFETENSORS} <= held <= set(EXPORT_FILES))
+    if out_dir.exists() and not previous:  # empty, or an export of ours: never a user's folder
+        raise PretrainedError(f"{out_dir} exists and is not a previous export"
+                              + (f" (it holds {', '.join(sorted(held))})" if held else "")
+                              + ": choose an empty or new folder, or remove it")
     ours = model.state_dict()
     if config.pos_encoding == "sinusoidal":
         ours["wpe.weight"] = model.sinusoids  # (block_size, C): added to the embeddings as a learned table would be
@@ -325,10 +329,11 @@ def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -
         if out_dir.exists():
             out_dir.rename(old)  # the previous export stays whole until the new one is in place
         tmp.rename(out_dir)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors says "I/O error: No space left on device (os error 28)"
         if old.exists() and not out_dir.exists():
             old.rename(out_dir)
-        raise PretrainedError(f"cannot write {out_dir} ({e.strerror or e}): free disk space or choose a writable "
+        why = e.strerror if isinstance(e, OSError) else str(e).rpartition("error: ")[2].split(" (os error")[0]
+        raise PretrainedError(f"cannot write {out_dir} ({why or e}): free disk space or choose a writable "
                               "folder; nothing was left half-written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,3 +101,16 @@ def test_a_ctrl_c_inside_torch_save_comes_back_as_keyboard_interrupt_not_a_runti
     with pytest.raises(KeyboardInterrupt):
         save_torch({"weights": torch.zeros(1000, 100), "more": torch.ones(1000, 100)}, CtrlCOnThirdWrite())
 
+
+
+def test_resuming_names_each_training_setting_that_differs_from_the_checkpoints_run():
+    """Through train.py: tests/test_resume_cli.py."""
+    import dataclasses
+
+    from trainer.config import RunConfig, TrainConfig
+    from trainer.resume import changed_settings
+
+    saved = dataclasses.asdict(RunConfig(train=TrainConfig(batch_size=8, learning_rate=1e-3)))
+    now = dataclasses.asdict(RunConfig(seed=7, train=TrainConfig(batch_size=16, learning_rate=1e-3, resume="true")))
+    assert changed_settings(saved, now) == ["seed 1337 -> 7", "train.batch_size 8 -> 16"]  # not resume itself
+    assert changed_settings({}, now) == []  # a checkpoint without its config: nothing to compare

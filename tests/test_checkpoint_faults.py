@@ -9,7 +9,7 @@ def test_a_folder_that_cannot_be_locked_is_a_warning_and_the_job_goes_on(tmp_pat
     import errno
     import fcntl
 
-    from trainer.lock import folder_lock
+    from trainer.folders import folder_lock
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -20,3 +20,20 @@ def test_a_folder_that_cannot_be_locked_is_a_warning_and_the_job_goes_on(tmp_pat
     assert (tmp_path / "out" / "ran").exists()
     assert capsys.readouterr().err == (f"warning: cannot lock {tmp_path / 'out'} (No locks available): nothing stops "
                                        "a second job from using it at the same time\n")
+
+
+def test_only_our_own_temp_files_are_debris(tmp_path):
+    """A user's notes.tmp in out_dir is theirs; a temp file this project left behind is removed when the
+    folder is next locked. Through train.py after a kill -9: tests/test_checkpoint_faults_cli.py."""
+    from trainer.folders import folder_lock, temp_path
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    theirs = {"thesis.tmp": "notes", ".hidden.tmp": "mine", "ckpt.pt.tmp": "also mine"}
+    for name, text in theirs.items():
+        (folder / name).write_text(text)
+    ours = temp_path(folder / "ckpt.pt")
+    ours.write_bytes(b"half a checkpoint")
+    with folder_lock(folder, "out_dir"):
+        assert not ours.exists()
+        assert {name: (folder / name).read_text() for name in theirs} == theirs

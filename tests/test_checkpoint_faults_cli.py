@@ -18,6 +18,7 @@ import torch
 
 from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
 from trainer.checkpoint import load_checkpoint
+from trainer.folders import TEMP_SUFFIX
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def one_error_line(result, code: int = 2) -> str:
 
 
 def no_debris(folder: Path) -> None:
-    assert not list(folder.glob("*.tmp")), sorted(p.name for p in folder.iterdir())
+    assert not list(folder.glob(f"*{TEMP_SUFFIX}")), sorted(p.name for p in folder.iterdir())
 
 
 def copy_run(trained: dict, folder: Path) -> Path:
@@ -90,18 +91,25 @@ def test_two_runs_started_together_on_one_out_dir_one_trains_and_one_stops(train
     no_debris(out)
 
 
-def test_a_killed_run_leaves_no_lock_behind(trained, tmp_path):
+def test_a_killed_run_leaves_no_lock_behind_and_only_its_own_debris_is_removed(trained, tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    users = {"thesis.tmp": "my notes", "ckpt.pt.tmp": "mine too"}  # a user's files in out_dir, named like temp files
+    for name, text in users.items():
+        (out / name).write_text(text)
     first = start(trained, out, "train.max_iters=100000")
     for line in first.stdout:
         if line.startswith("step 5/"):
             break
     first.kill()  # kill -9: the kernel drops the lock with the process
     first.wait()
+    debris = out / f".ckpt.pt.{first.pid}{TEMP_SUFFIX}"
+    debris.write_bytes(b"half a checkpoint")  # what a kill mid-save leaves
     result = run_entry("train.py", *trained["data"], f"out_dir={out}", "train.max_iters=40", cwd=trained["tmp"],
                        env=trained["env"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(out)["step"] == 40
+    assert not debris.exists() and {name: (out / name).read_text() for name in users} == users
 
 
 # --- a trained run is never replaced by accident -------------------------------------------------
@@ -158,7 +166,7 @@ def test_a_second_ctrl_c_during_a_save_stops_at_once_without_a_temp_file(trained
     # signals land inside the step-0 save even on a loaded machine
     run = start(trained, out, "model.n_layer=8", "model.n_embd=512", "train.eval_windows=1")
     deadline = time.time() + 120
-    while not list(out.glob("ckpt.pt.*.tmp")) and time.time() < deadline and run.poll() is None:
+    while not list(out.glob(f".ckpt.pt.*{TEMP_SUFFIX}")) and time.time() < deadline and run.poll() is None:
         time.sleep(0.002)
     run.send_signal(signal.SIGINT)
     time.sleep(0.02)  # the first is handled (a request to stop) before the second arrives

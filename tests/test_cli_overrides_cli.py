@@ -68,3 +68,31 @@ def test_unknown_key_on_sample_and_hydra_keys_still_work(tmp_path: Path) -> None
     shown = run_entry("train.py", "+extra=1", "~seed", "hydra.job.chdir=false", "recipe=fast", "--cfg", "job",
                       cwd=tmp_path, env=env)
     assert shown.returncode == 0 and "extra: 1" in shown.stdout and "seed:" not in shown.stdout, shown.stderr
+
+
+# --- issue 26: a string setting takes the text typed; what hydra cannot read is one line ------------
+
+def test_everyday_punctuation_in_a_string_setting_is_taken_as_typed(trained: dict) -> None:
+    env = {**trained["env"], "HOME": str(trained["tmp"])}  # out_dir=~/输出 is the trained run, unexpanded as zsh sends it
+    for prompt in ["What's this? To be, or not to be!", "中国,人民"]:
+        result = run_entry("sample.py", f"prompt={prompt}", "out_dir=~/输出", "max_new_tokens=2", "device=cpu",
+                           cwd=trained["tmp"], env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines()[0] == f"--- sample 1/1 (prompt {prompt!r}) ---"
+
+
+def test_deleting_a_null_setting_works(tmp_path: Path) -> None:
+    shown = run_entry("train.py", "~wandb.name", "--cfg", "job", cwd=tmp_path, env=fresh_machine_env(tmp_path))
+    assert shown.returncode == 0 and "  name: null" in shown.stdout, shown.stderr
+
+
+@pytest.mark.parametrize(("arg", "expected"), [
+    ("out_dir=a\nb", "error: out_dir='a\\nb' must be a path without line breaks, tabs or other control characters"),
+    ("out_dir=/tmp/caf\udce9", "error: out_dir=/tmp/caf\\xe9 is not UTF-8 text (byte 0xe9): "),  # the byte 0xe9 in argv
+    ("seed=1,2", "error: seed=1,2 gives several values: add -m to run one job for each (python sample.py -m ...)"),
+])
+def test_a_value_hydra_cannot_take_is_one_line_before_anything_is_made(tmp_path: Path, arg: str, expected: str) -> None:
+    result = run_entry("sample.py", arg, cwd=tmp_path, env=fresh_machine_env(tmp_path))
+    assert one_error_line(result).startswith(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name.lower() for name in (
+        "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"))  # nothing made beside the test's own

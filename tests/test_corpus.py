@@ -209,6 +209,8 @@ def test_custom_text_errors_name_the_culprit(tmp_path):
         custom_documents([str(tmp_path / "empty")])
     with pytest.raises(DataError, match="nowhere.txt does not exist"):
         custom_documents([str(tmp_path / "nowhere.txt")])
+    with pytest.raises(DataError, match="/dev/zero is not a regular file: give text files or folders of them"):
+        custom_documents(["/dev/zero"])  # it used to be "does not exist"; it exists, and it never ends
 
 
 def _config(corpus: Path, root: Path, **changes) -> DataConfig:
@@ -291,3 +293,35 @@ def test_truncated_bin_is_reported_not_read(tiny_corpus, tmp_path):
     prepare(cfg)  # a damaged folder is rebuilt, not trusted
     assert len(TokenBins(cfg.dir).splits["train"]) == json.loads((cfg.dir / "meta.json").read_text())["splits"]["train"]["tokens"]
     assert np.dtype(TokenBins(cfg.dir).meta["dtype"]) == np.uint16
+
+
+def test_a_text_that_grows_while_it_is_prepared_stops_in_one_line_and_replaces_nothing(tiny_corpus, tmp_path,
+                                                                                        monkeypatch):
+    """Through python -m data.prepare, with a file appended to by another process: tests/test_prepare_faults_cli.py."""
+    import data.prepare
+    from trainer.folders import TEMP_SUFFIX
+
+    cfg = _config(tiny_corpus, tmp_path / "prepared")
+    prepare(cfg)
+    before = {p.name: p.read_bytes() for p in cfg.dir.iterdir()}
+    (tiny_corpus / "doc0.txt").write_text("edited, so the folder is prepared again", encoding="utf-8")
+    reads = []
+    real_stream = data.prepare.corpus_stream
+
+    def growing(config):
+        stream = real_stream(config)
+
+        def read():  # each pass reads the folder anew; from the second on, a new document is there
+            reads.append(1)
+            yield from stream()
+            if len(reads) > 1:
+                yield data.corpus.Piece("text", "notes.txt", "a document that arrived later", last=True)
+        return read
+
+    monkeypatch.setattr(data.prepare, "corpus_stream", growing)
+    with pytest.raises(DataError) as error:
+        prepare(cfg)
+    assert str(error.value) == ("data.text_paths: notes.txt changed while it was being prepared: run again once it no "
+                                "longer changes; nothing already prepared was replaced")
+    assert {p.name: p.read_bytes() for p in cfg.dir.iterdir()} == before  # no temp file, the old files as they were
+    assert not list(cfg.dir.glob(f"*{TEMP_SUFFIX}"))

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROBES, fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
+from conftest import (ENGLISH, PROBES, fresh_machine_env, make_tiny_corpus, run_entry, run_history, small_tmpfs,
+                      tiny_args)
+from data.tokenizer import Tokenizer
 
 
 
@@ -104,6 +106,18 @@ def test_heads_report_writes_pictures_view_and_metrics_for_a_checkpoint(run, tmp
     assert set(summary["ablation"]["delta_bpb"]) >= {"all"} and summary["windows"]
 
 
+def test_heads_report_on_a_full_disk_is_one_line_and_leaves_no_empty_file(run, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "200k") as disk:  # a few of the report's ~20 PNGs fit
+        result = subprocess.run([sys.executable, "-m", "heads.report", f"out_dir={run['out']}",
+                                 f"report_dir={disk / 'heads'}"], cwd=tmp_path, env=run["env"], capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=300)
+        written = {p.name: p.stat().st_size for p in (disk / "heads").iterdir()}
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: report_dir={disk / 'heads'} cannot be written (No space left on device): choose another report_dir "
+        "or free some space")
+    assert written and all(size > 0 and name.endswith(".png") for name, size in written.items()), written
+
+
 def test_wandb_disabled_writes_and_computes_nothing(run, tmp_path):
     out = tmp_path / "out"
     result = run_entry("train.py", *run["overrides"], "train.max_iters=5", f"out_dir={out}", "wandb.mode=disabled",
@@ -148,6 +162,16 @@ def test_compiled_decoding_samples_the_same_greedy_text(run):
     compiled = run_entry("sample.py", *args, "compile=true", cwd=run["tmp"], env=run["env"])
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert compiled.stdout == eager.stdout
+
+
+def test_compiling_with_a_full_cache_disk_is_one_line(run, tmp_path):
+    with small_tmpfs(tmp_path / "cache", "8k") as cache:
+        (cache / "filler").write_bytes(b"x" * 8192)
+        result = run_entry("sample.py", f"out_dir={run['out']}", "compile=true", "max_new_tokens=2", cwd=run["tmp"],
+                           env={**run["env"], "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: torch.compile cannot write its cache in {cache / 'inductor'} (No space left on device): free space "
+        "there, set TORCHINDUCTOR_CACHE_DIR to a folder with room, or use compile=false"), result.stderr[-3000:]
 
 
 def test_empty_prompt_starts_from_endoftext(run):
@@ -231,6 +255,21 @@ def test_train_rejects_bad_config_with_exit_code_2(run, tmp_path, override, mess
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("too_short", ["characters", "tokens"])
+def test_a_probe_too_short_is_refused_before_out_dir_or_a_wandb_run_is_made(run, tmp_path, too_short):
+    if too_short == "characters":
+        probe, message = "a", ("error: wandb.probes=['a'] must be texts of 2 characters or more (a probe needs 2 tokens "
+                               "to show attention)")
+    else:  # a word the run's BPE made into one token: found only once the data is prepared
+        tokenizer = Tokenizer.load(run["tmp"] / "prepared" / "custom" / "tokenizer.json")
+        probe = next(word for word in ENGLISH if len(word) >= 2 and len(tokenizer.encode(word)) == 1)
+        message = f"error: probe 'en' ('{probe}') has fewer than 2 tokens: give a longer probe text"
+    result = run_entry("train.py", *run["overrides"], f"out_dir={tmp_path / 'out'}", f"wandb.probes=[{probe}]",
+                       "wandb.mode=offline", cwd=tmp_path, env=run["env"])
+    assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_train_names_a_file_that_is_not_utf8(run, tmp_path):

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import ADAMW, REPO, TINY, free_port, fresh_machine_env, make_tiny_corpus, run_entry
 from data.batches import TrainSampler
 from model import GPT, GPTConfig
 from trainer.checkpoint import load_checkpoint
+from trainer.config import RunConfig, TrainConfig
 from trainer.optim import make_optimizers
 
 EVAL_LINE = re.compile(r"^eval step (\d+) \([\d.]+s\): val loss ([\d.]+)", re.MULTILINE)
@@ -54,7 +54,7 @@ def test_resume_keeps_random_states_on_the_cpu_whatever_the_device(tiny_run):
         model = GPT(model_cfg)
     optimizers = make_optimizers(model, ADAMW, device)
     sampler = TrainSampler(np.zeros(100, dtype=np.uint16), model_cfg.block_size, 8, seed=0)
-    cfg = OmegaConf.create({"train": {"resume": "true"}})
+    cfg = RunConfig(train=TrainConfig(resume="true", max_iters=3))
     step = resume(cfg, out, device, model, model_cfg, optimizers, sampler, checkpoint["tokenizer_hash"]).step
     assert step == 3
     assert torch.equal(sampler.generator.get_state(), checkpoint["sampler"])

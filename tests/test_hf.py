@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHINESE, ENGLISH, GPT2_SHAPE, make_gpt2, write_gpt2_files
+from conftest import CHINESE, ENGLISH, GPT2_SHAPE, make_gpt2, small_tmpfs, write_gpt2_files
 
 from data.tokenizer import SPLIT_PATTERN, train_bpe
 from model import GPT, GPTConfig
@@ -229,17 +229,25 @@ def test_an_export_replaces_a_previous_one_but_never_another_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes"]  # no temp folder left behind
 
 
-def test_a_failed_write_leaves_no_folder_that_looks_complete(tmp_path, monkeypatch):
-    import safetensors.torch
+def test_a_failed_write_leaves_no_folder_that_looks_complete(tmp_path):
+    with small_tmpfs(tmp_path / "disk", "256k") as disk:  # a real full disk: safetensors' own error, not an OSError
+        export_gpt2(trained_like({}, seed=1), disk / "hf")  # a previous export, ~150 kB
+        before = {p.name: p.read_bytes() for p in (disk / "hf").iterdir()}
+        with pytest.raises(PretrainedError) as error:
+            export_gpt2(trained_like({}), disk / "hf")  # its temp folder beside it does not fit
+        assert one_line(error).startswith(f"cannot write {disk / 'hf'} (No space left on device): ")
+        assert [p.name for p in disk.iterdir()] == ["hf"]  # no temp folder
+        assert {p.name: p.read_bytes() for p in (disk / "hf").iterdir()} == before  # the previous export, whole
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+def test_a_folder_that_holds_only_a_tokenizer_is_no_previous_export(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "tokenizer.json").write_text("{}")
     with pytest.raises(PretrainedError) as error:
-        export_gpt2(trained_like({}), tmp_path / "hf")
-    assert "No space left on device" in one_line(error)
-    assert not list(tmp_path.iterdir())
+        export_gpt2(trained_like({}), tmp_path / "mine")
+    assert one_line(error).startswith(f"{tmp_path / 'mine'} exists and is not a previous export (it holds "
+                                      "tokenizer.json): ")
+    assert (tmp_path / "mine" / "tokenizer.json").read_text() == "{}"
 
 
 # --- tokenizers ---------------------------------------------------------------------------------

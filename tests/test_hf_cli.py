@@ -3,13 +3,14 @@ own save_checkpoint: a Hugging Face folder that transformers loads with our logi
 and refusals as one `error:` line, exit 2."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHINESE, ENGLISH, REPO, fresh_machine_env
+from conftest import CHINESE, ENGLISH, REPO, fresh_machine_env, small_tmpfs
 
 from data.tokenizer import train_bpe
 from model import GPT, GPTConfig
@@ -65,9 +66,10 @@ def test_export_writes_a_folder_transformers_loads_with_our_logits_and_ids(tmp_p
     assert result.returncode == 0 and "(last checkpoint, step 7)" in result.stdout, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("case", ["rope", "missing", "foreign", "bad_choice"])
+@pytest.mark.parametrize("case", ["rope", "missing", "foreign", "tokenizer_only", "full_disk", "bad_choice"])
 def test_export_refusals_are_one_line_exit_2(tmp_path, case):
     run = tmp_path / "run"
+    disk = tmp_path / "disk"
     if case == "rope":
         write_run(run, pos_encoding="rope")
         expected = "error: model.pos_encoding=rope cannot be exported as GPT-2"
@@ -81,9 +83,23 @@ def test_export_refusals_are_one_line_exit_2(tmp_path, case):
         (tmp_path / "mine" / "notes.txt").write_text("keep")
         expected = f"error: {tmp_path / 'mine'} exists and is not a previous export"
         overrides = [f"out_dir={run}", f"to={tmp_path / 'mine'}"]
+    elif case == "tokenizer_only":  # a folder of the user's that happens to hold a tokenizer.json: not replaced
+        write_run(run)
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "tokenizer.json").write_text("keep")
+        expected = f"error: {tmp_path / 'mine'} exists and is not a previous export (it holds tokenizer.json)"
+        overrides = [f"out_dir={run}", f"to={tmp_path / 'mine'}"]
+    elif case == "full_disk":
+        write_run(run)
+        expected = f"error: cannot write {disk / 'hf'} (No space left on device): free disk space"
+        overrides = [f"out_dir={run}", f"to={disk / 'hf'}"]
     else:
         expected = "error: checkpoint='newest' must be"
         overrides = [f"out_dir={run}", "checkpoint=newest"]
-    line = one_error_line(export(*overrides, cwd=tmp_path))
+    with small_tmpfs(disk, "64k") if case == "full_disk" else contextlib.nullcontext():  # ~150 kB do not fit
+        line = one_error_line(export(*overrides, cwd=tmp_path))
+        assert not disk.exists() or list(disk.iterdir()) == []  # nothing half-written
     assert line.startswith(expected), line
     assert not (run / "hf").exists()
+    if case in ("foreign", "tokenizer_only"):
+        assert [p.read_text() for p in (tmp_path / "mine").iterdir()] == ["keep"]

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import CHINESE, ENGLISH, TINY, fresh_machine_env, run_entry, small_tmpfs, tiny_args
 from data.tokenizer import Tokenizer
-from trainer.lock import folder_lock
+from trainer.folders import TEMP_SUFFIX, folder_lock
 
 
 def make_corpus(folder: Path, files: int = 8, lines: int = 2000, seed: int = 0, spaced: bool = False) -> Path:
@@ -73,7 +73,7 @@ def test_a_full_disk_while_writing_bins_is_one_line_naming_the_folder_and_leaves
         assert f"{folder} (No space left on device)" in line
         assert "free space there or set data.root" in line and "nothing already prepared there was replaced" in line
         assert "data: tokenizing" in result.stdout  # it failed writing the bins, not before
-        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # no *.tmp, no half folder
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # no temp file, no half folder
 
 
 def test_a_rebuild_that_meets_a_full_disk_leaves_the_prepared_folder_intact(tmp_path):
@@ -87,7 +87,7 @@ def test_a_rebuild_that_meets_a_full_disk_leaves_the_prepared_folder_intact(tmp_
         make_corpus(corpus, seed=1)  # new text: the bins must be rebuilt, and there is no room
         line = one_error_line(run_prepare(tmp_path, *prepare_args(corpus, disk)))
         assert f"{folder} (No space left on device)" in line
-        assert digests(folder) == before  # every old file as it was, nothing *.tmp left
+        assert digests(folder) == before  # every old file as it was, no temp file left
         (disk / "filler").unlink()
         rebuilt = run_prepare(tmp_path, *prepare_args(corpus, disk))  # with room again, the rebuild goes through
         assert rebuilt.returncode == 0 and "data: prepared" in rebuilt.stdout
@@ -155,11 +155,12 @@ def test_custom_text_that_is_a_single_document_is_one_line_naming_the_file(tmp_p
         assert line == (f"error: data.text_paths: {notes} is a single document (no blank line between paragraphs) "
                         "and validation needs a whole document held out: add a second file to data.text_paths, "
                         "or put blank lines between its paragraphs")
-        assert not list((tmp_path / "p" / "custom").glob("*.tmp"))
+        assert not list((tmp_path / "p" / "custom").glob(f"*{TEMP_SUFFIX}"))
 
 
-@pytest.mark.parametrize("phase", ["data: training a", "data: tokenizing"])
-def test_ctrl_c_during_preparation_is_one_line_exit_130_and_leaves_no_temp_file(tmp_path, phase):
+@pytest.mark.parametrize(("phase", "signum"), [("data: training a", signal.SIGINT), ("data: tokenizing", signal.SIGINT),
+                                               ("data: tokenizing", signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_during_preparation_is_one_line_and_leaves_no_temp_file(tmp_path, phase, signum):
     corpus = make_corpus(tmp_path / "corpus", files=16, lines=30000)  # ~30 MB: tens of seconds to prepare
     root = tmp_path / "prepared"
     env = {**fresh_machine_env(tmp_path), "PYTHONUNBUFFERED": "1"}
@@ -169,15 +170,31 @@ def test_ctrl_c_during_preparation_is_one_line_exit_130_and_leaves_no_temp_file(
         if line.startswith(phase):
             break
     deadline = time.time() + 60
-    while phase == "data: tokenizing" and not list((root / "custom").glob("*.tmp")) and time.time() < deadline:
+    while phase == "data: tokenizing" and not list((root / "custom").glob(f"*{TEMP_SUFFIX}")) and time.time() < deadline:
         time.sleep(0.01)  # until tokens are being written: then there are temp files to remove
-    assert process.poll() is None, "the preparation ended before Ctrl-C"
-    process.send_signal(signal.SIGINT)
+    assert process.poll() is None, "the preparation ended before the signal"
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130, stderr[-2000:]
-    assert stderr.strip() == (f"interrupted: nothing already prepared in {root}/custom was replaced: "
-                              "run again to prepare it")
+    assert process.returncode == 128 + signum, stderr[-2000:]  # 130 for Ctrl-C, 143 for SIGTERM
+    said = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert stderr.strip() == f"{said}: nothing already prepared in {root}/custom was replaced: run again to prepare it"
     assert "data: prepared" not in stdout
+    assert sorted(p.name for p in (root / "custom").iterdir()) == [".lock"]
+
+
+def test_a_text_that_grows_while_it_is_prepared_is_one_line_and_replaces_nothing(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", files=2, lines=100000)  # ~10 MB: a few seconds to read three times
+    root = tmp_path / "prepared"
+    process = subprocess.Popen(prepare_command(*prepare_args(corpus, root)), cwd=tmp_path, text=True,
+                               env={**fresh_machine_env(tmp_path), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert process.stdout.readline().startswith("data: reading the corpus")  # after the inputs' fingerprint
+    with open(corpus / "doc1.txt", "a", encoding="utf-8") as f:  # another program adds to a file being read
+        f.write("\n\nlater lines " * 1000)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and stderr.strip().startswith("error: data.text_paths: "), stderr[-2000:]
+    assert stderr.strip().endswith(" changed while it was being prepared: run again once it no longer changes; "
+                                   "nothing already prepared was replaced")
     assert sorted(p.name for p in (root / "custom").iterdir()) == [".lock"]
 
 

@@ -46,6 +46,7 @@ def test_sigint_saves_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
     resumed = run_entry("train.py", *overrides(tmp_path, corpus, out), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {out / 'ckpt.pt'} at step {stopped_at}" in resumed.stdout
+    assert "other settings" not in resumed.stdout  # the same command: nothing differs
     expected, got = losses(tmp_path / "full"), losses(out)
     assert set(range(1, 201)) <= set(got)
     # equal up to float round-off: MKL may sum in another order when buffers sit at other addresses
@@ -67,3 +68,22 @@ def test_resuming_with_another_model_shape_names_the_differing_keys(tmp_path):
     assert second.returncode == 2
     assert "cannot resume from" in second.stderr and "n_layer (checkpoint 2, config 3)" in second.stderr
     assert (out / "ckpt.pt").read_bytes() == before  # nothing written over the good checkpoint
+
+
+def test_a_resume_says_what_differs_from_the_checkpoints_run_and_refuses_to_go_back(tmp_path):
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    env = fresh_machine_env(tmp_path)
+    out = tmp_path / "out"
+    args = overrides(tmp_path, corpus, out, "wandb.mode=disabled", "train.eval_interval=10")
+    assert run_entry("train.py", *args, "train.max_iters=10", cwd=tmp_path, env=env).returncode == 0
+    before = (out / "ckpt.pt").read_bytes()
+    back = run_entry("train.py", *args, "train.max_iters=5", cwd=tmp_path, env=env)
+    assert back.returncode == 2 and back.stderr.strip() == (
+        f"error: train.max_iters=5 is below the step {out / 'ckpt.pt'} is at (10): raise train.max_iters to train "
+        "on, or train.resume=false train.overwrite=true to start over")
+    assert (out / "ckpt.pt").read_bytes() == before and "done" not in back.stdout
+    on = run_entry("train.py", *args, "train.max_iters=20", "train.batch_size=16", cwd=tmp_path, env=env)
+    assert on.returncode == 0, on.stderr[-2000:]
+    assert (f"note: {out / 'ckpt.pt'} was trained with other settings (train.batch_size 8 -> 16, train.max_iters 10 -> "
+            "20, train.lr_decay_iters 10 -> 20): the steps from here use this command's, so the run differs from an "
+            "uninterrupted one with either") in on.stdout.splitlines()

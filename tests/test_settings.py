@@ -87,6 +87,7 @@ def test_interpolations_are_resolved():
     ({"maybe": 0}, "ex.maybe=0 must be a positive integer or null"),
     ({"folder": ""}, "ex.folder='' must be a non-empty path"),
     ({"folder": "  "}, "ex.folder='  ' must be a non-empty path"),
+    ({"folder": "runs\nb"}, "ex.folder='runs\\nb' must be a path without line breaks, tabs or other control characters"),
     ({"even": 3}, "ex.even=3 must be an even integer: try 2"),
     ({"inner": {"rate": 1}}, "ex.inner.rate=1 must be a number in (0, 1): try 0.5"),
     ({"inner": 3}, "ex.inner=3 must be a group of settings"),
@@ -225,6 +226,8 @@ def test_the_smallest_temperature_samples_without_overflow():
     ("sample", "compile=true use_kv_cache=false", "compile=true compiles the KV-cache decoding step"),
     ("heads", f"report_dir={REPO / 'README.md'}", f"report_dir='{REPO / 'README.md'}' must be a folder, not an existing file"),
     ("heads", "probe_tokens=0", "probe_tokens=0 must be an integer >= 2"),
+    ("train", "wandb.probes=[a]", "wandb.probes=['a'] must be texts of 2 characters or more (a probe needs 2 tokens"),
+    ("heads", "probes=[ab,c]", "probes=['ab', 'c'] must be texts of 2 characters or more"),
 ])
 def test_bad_settings_are_one_line_naming_the_key_and_value(name, override, message):
     with pytest.raises(ConfigError) as caught:
@@ -239,6 +242,24 @@ def test_a_prompt_file_byte_order_mark_is_no_part_of_the_first_prompt(tmp_path):
     path.write_bytes("\ufeffKING:\n\n国王\n".encode("utf-8"))
     assert sample.read_prompts(typed(SampleConfig, {"prompt_file": str(path)}, "")) == ["KING:", "国王"]
     assert sample.read_prompts(typed(SampleConfig, {"prompt": 2024}, "")) == ["2024"]
+
+
+def test_a_prompt_file_that_is_a_folder_or_a_device_is_named_for_what_it_is_and_a_pipe_is_read(tmp_path):
+    import threading
+
+    import sample
+
+    for path, what in [(tmp_path, "is a folder"), ("/dev/zero", "is a device, not a file"),
+                       (tmp_path / "none.txt", "does not exist")]:
+        with pytest.raises(ConfigError) as caught:
+            sample.read_prompts(typed(SampleConfig, {"prompt_file": str(path)}, ""))
+        assert str(caught.value) == f"prompt_file={path} {what}: give a UTF-8 text file, one prompt a line"
+    fifo = tmp_path / "fifo"  # as prompt_file=/dev/stdin is under `echo ... | python sample.py`
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("KING:\n国王\n", encoding="utf-8"))
+    writer.start()
+    assert sample.read_prompts(typed(SampleConfig, {"prompt_file": str(fifo)}, "")) == ["KING:", "国王"]
+    writer.join()
 
 
 def test_a_report_dir_below_a_file_is_refused_before_the_checkpoint_is_read(tmp_path):

@@ -4,6 +4,7 @@ whose writer fails, a server that refuses or never answers. The wrapper's own un
 tests/test_wandb_faults.py."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,29 @@ def test_a_full_disk_under_out_dir_wandb_is_one_warning_and_training_and_checkpo
                             "without wandb")
     # after the failure nothing would receive a report, so none is computed
     assert "eval step 30 (" in result.stdout and "attention report at step 30" not in result.stdout
+
+
+def test_a_full_temp_folder_is_named_not_out_dir(setup):
+    # wandb stages the report's HTML and tables in TMPDIR before it copies them into the run folder;
+    # tempfile only takes a TMPDIR it can write a probe file into, so 16 kB are left free
+    with small_tmpfs(setup["tmp"] / "tmpdir", "64k") as tmpdir:
+        (tmpdir / "filler").write_bytes(b"x" * 48 * 1024)
+        result = train(setup, "wandb.mode=offline", "wandb.attn_every=15", env={**setup["env"], "TMPDIR": str(tmpdir)})
+    assert_trained_to_the_end(setup, result)
+    assert only_line(result.stderr) == (f"wandb: cannot write to {tmpdir} (No space left on device): logging to wandb "
+                                        "stops here, training and checkpoints go on without wandb")
+
+
+def test_without_a_writable_home_the_caches_move_and_say_so_in_one_line(setup):
+    env = {key: value for key, value in setup["env"].items() if not key.startswith(("WANDB_", "XDG_", "MPLCONFIG"))}
+    env.pop("HOME", None)  # wandb's service and matplotlib would print a dozen lines each
+    env["TMPDIR"] = str(setup["tmp"])  # where the caches go
+    result = train(setup, "wandb.mode=offline", "wandb.pictures=inline", "train.max_iters=2", "train.eval_interval=2",
+                   env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert only_line(result.stderr) == (f"warning: HOME is not set: caches and settings go to "
+                                        f"{setup['tmp'] / f'gpt-attention-{os.getuid()}'} instead")
+    assert list((setup["out"] / "wandb").glob("offline-run-*/files/media/images/attn_maps/*/*.png"))
 
 
 def test_a_wandb_writer_that_fills_the_disk_is_one_warning_at_the_end_and_training_finishes(setup):

@@ -2,9 +2,9 @@
 loss so far) and tokenizer.json. `load_inference_model` loads such a folder's model, or a pretrained
 GPT-2 (init_from), for sample.py and python -m heads.report alike.
 
-Saves are atomic (a temp file of this process in the same folder, fsync, rename), so a crash, a
-kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint loadable and the temp
-file is removed; weights that are not finite are never written. best.pt is a hard link to the
+Saves are atomic (trainer/folders.py: a temp file of this process in the same folder, fsync,
+rename), so a crash, a kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint
+loadable and the temp file is removed; weights that are not finite are never written. best.pt is a hard link to the
 ckpt.pt it was (no second copy on disk). Loads use torch.load(weights_only=True), so loading never
 runs code from the file, and are checked before anything uses them: the model settings must be
 known, every tensor present with the model's shape, and every weight finite.
@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shlex
 import shutil
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +25,7 @@ import torch
 
 from data.tokenizer import Tokenizer, TokenizerError
 from model import GPT, GPTConfig
+from trainer.folders import atomic_write, temp_path
 
 CHECKPOINT = "ckpt.pt"
 BEST = "best.pt"
@@ -53,21 +54,6 @@ class RecordingWriter:
 
     def flush(self) -> None:
         self.file.flush()
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through write(file) into a temp file of this process, fsync, rename. The temp
-    file is removed whatever stops the write (an OSError, a second Ctrl-C); the old file stays."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers never share a temp file
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def save_torch(state: dict, file: BinaryIO) -> None:
@@ -100,7 +86,7 @@ def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool
             atomic_write(tokenizer_path, lambda f: f.write(tokenizer_json))
         atomic_write(path, lambda f: save_torch(state, f))
         if best:
-            link = out_dir / f"{BEST}.{os.getpid()}.tmp"
+            link = temp_path(out_dir / BEST)
             try:
                 link.unlink(missing_ok=True)
                 try:
@@ -147,7 +133,8 @@ def load_checkpoint(out_dir: Path, name: str = CHECKPOINT) -> dict:
     out_dir = Path(out_dir)
     path = out_dir / name
     if not out_dir.is_dir():
-        raise CheckpointError(f"checkpoint folder {out_dir} does not exist: train first (python train.py out_dir={out_dir})")
+        raise CheckpointError(f"checkpoint folder {out_dir} does not exist: train first "
+                              f"(python train.py {shlex.quote(f'out_dir={out_dir}')})")
     if not path.is_file():
         other = "checkpoint=last reads ckpt.pt" if name == BEST else "checkpoint=best reads best.pt"
         raise CheckpointError(f"{path} is missing: train first, or point out_dir at a folder holding {name} ({other})")

@@ -100,7 +100,9 @@ class ReportSettings:
     in config/train.yaml (the reports during training) and at the top of config/heads.yaml
     (python -m heads.report)."""
 
-    probes: list[str] | None = setting(None, fix='["text one", "text two"], or null for the default probes')
+    probes: list[str] | None = setting(None, check=lambda texts: None if all(len(text) >= 2 for text in texts) else
+                                       "texts of 2 characters or more (a probe needs 2 tokens to show attention)",
+                                       fix='["text one", "text two"], or null for the default probes')
     probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
     table_rows: int = setting(2000, minimum=1, fix="the most rows of the attention table, e.g. 2000")
     windows: int = setting(16, minimum=1, fix="validation windows per group that the head metrics average, e.g. 16")

@@ -1,5 +1,7 @@
-"""Stopping a run: Ctrl-C or SIGTERM finishes the step and saves (GracefulStop), and the line
-printed when a run is cut short names the checkpoint it left (LastSave)."""
+"""Stopping a run: Ctrl-C, SIGTERM or SIGHUP (a closed terminal or ssh session) finishes the step
+and saves (GracefulStop); outside the training loop each is a KeyboardInterrupt, so what is half
+written is removed and one line said (raise_interrupt, trainer/cli.py); the line printed when a run
+is cut short names the checkpoint it left (LastSave)."""
 from __future__ import annotations
 
 import signal
@@ -10,17 +12,31 @@ from pathlib import Path
 from trainer.checkpoint import CHECKPOINT
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def on_stop_signals(handler) -> dict:
+    """Handle each stop signal with `handler`, except one the process ignores (SIGHUP under nohup
+    stays ignored); return the previous handlers."""
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+
+
+def raise_interrupt(signum, frame) -> None:
+    """A stop signal as a KeyboardInterrupt naming it: trainer.cli.run_entry exits 128 + its number."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 class GracefulStop:
-    """The first SIGINT or SIGTERM asks the loop to finish its step, save and exit 0; a second
-    SIGINT stops at once (saves are atomic, so the last checkpoint stays loadable)."""
+    """The first stop signal asks the loop to finish its step, save and exit 0; a second stops at
+    once (saves are atomic, so the last checkpoint stays loadable)."""
 
     def __init__(self):
         self.requested = False
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = on_stop_signals(self.handle)
 
     def handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise_interrupt(signum, frame)
         self.requested = True
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving (press Ctrl-C again to stop now)",
               file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ continue one exactly where it stopped (weights, optimizers, step, random states,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,10 @@ from model import GPT, GPTConfig
 from trainer import distributed
 from trainer.checkpoint import (BEST, CHECKPOINT, CheckpointError, check_writable, load_checkpoint, load_weights,
                                 saved_model_config)
-from trainer.config import RunConfig
-from trainer.lock import folder_lock
+from trainer.config import RunConfig, TrainConfig
+from trainer.folders import folder_lock
 from trainer.runtime import ConfigError, set_rng_state
+from trainer.settings import show
 
 
 @contextlib.contextmanager
@@ -50,6 +52,22 @@ def check_existing_run(cfg: RunConfig, out_dir: Path) -> None:
 
 # what a checkpoint must hold to continue exactly where it stopped
 RESUME_KEYS = ("model", "optimizers", "step", "best_val_loss", "elapsed", "rng", "sampler")
+
+
+# the settings that change what a resumed run computes (other data or another model is refused in resume);
+# not how often it logs or saves, how many bad steps it bears, or how it started
+TRAINING_SETTINGS = ("seed", "dtype", *(f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in
+                                        ("resume", "overwrite", "log_interval", "eval_interval", "max_nonfinite")))
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """`train.batch_size 8 -> 16` for each of TRAINING_SETTINGS where the saved run's config and this one differ."""
+    def value(config: dict, key: str):
+        group, _, name = key.rpartition(".")
+        return (config.get(group) or {}).get(name) if group else config.get(name)
+
+    return [f"{key} {show(value(saved, key))} -> {show(value(now, key))}" for key in TRAINING_SETTINGS
+            if value(saved, key) is not None and value(saved, key) != value(now, key)]
 
 
 class Resumed(NamedTuple):
@@ -104,5 +122,13 @@ def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, mode
         print(f"note: {path} was saved by {len(saved_rngs)} process(es), this run has "
               f"{ranks.world_size}: ranks without a saved random state keep their seeded one (dropout masks "
               "differ from an uninterrupted run; the batches do not)")
-    print(f"resuming from {path} at step {checkpoint['step']}")
-    return Resumed(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed"], checkpoint.get("report_history"))
+    step = checkpoint["step"]
+    if step > cfg.train.max_iters:
+        raise ConfigError(f"train.max_iters={cfg.train.max_iters} is below the step {path} is at ({step}): raise "
+                          "train.max_iters to train on, or train.resume=false train.overwrite=true to start over")
+    print(f"resuming from {path} at step {step}")
+    changed = changed_settings(checkpoint.get("config") or {}, dataclasses.asdict(cfg))
+    if changed and ranks.is_main:
+        print(f"note: {path} was trained with other settings ({', '.join(changed)}): the steps from here use this "
+              "command's, so the run differs from an uninterrupted one with either")
+    return Resumed(step, checkpoint["best_val_loss"], checkpoint["elapsed"], checkpoint.get("report_history"))

@@ -100,6 +100,18 @@ def check_fields(obj: Any, prefix: str) -> None:
             setattr(obj, f.name, convert(getattr(obj, f.name), hints[f.name], prefix + f.name, f.metadata.get(RULE, Rule()), f))
 
 
+def setting_type(cls: type, key: str) -> tuple[Any, Any] | None:
+    """(annotation, default) of the setting `key` (`train.learning_rate`) of the settings dataclass
+    `cls`, or None when it has no such setting."""
+    hint, default = cls, None
+    for name in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(hint)} if dataclasses.is_dataclass(hint) else {}
+        if name not in fields:
+            return None
+        hint, default = typing.get_type_hints(hint)[name], default_of(fields[name])
+    return hint, default
+
+
 def plain(node: Any, prefix: str = "") -> Any:
     """Plain Python values from an OmegaConf node, interpolations (`${.max_iters}`) resolved."""
     if not isinstance(node, (DictConfig, ListConfig)):
@@ -216,6 +228,8 @@ def scalar(value: Any, hint: Any, key: str, rule: Rule, optional: bool) -> Any:
     if rule.path:
         if not value.strip():
             raise Mismatch(key, given, what)
+        if not value.isprintable():  # a line break would split every line that names the path
+            raise Mismatch(key, given, "a path without line breaks, tabs or other control characters")
         value = os.path.expanduser(value)  # `~/runs` means the home folder, not a folder named "~"
     return value
 

@@ -1,5 +1,5 @@
 """Hydra sweeps (`python train.py -m a=1,2 ...`): every job of a sweep gets its own out_dir and
-wandb name, from the swept keys."""
+wandb name, from the swept keys; a job that stops the sweep says which points did not run."""
 from __future__ import annotations
 
 import sys
@@ -11,17 +11,45 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
+def swept_keys() -> set[str] | None:
+    """The keys a `-m` sweep varies; None outside a sweep (or outside hydra)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return {o.key_or_group for o in command_overrides() if o.is_sweep_override()}
+
+
+def command_overrides() -> list:
+    return OverridesParser.create().parse_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+
+
+def point_name(overrides: list[str], swept: set[str]) -> str:
+    """A point of the sweep as `a=2,b=x`: its swept keys only."""
+    return ",".join(item for item in overrides if item.split("=", 1)[0].lstrip("+") in swept)
+
+
 def sweep_point() -> str | None:
     """Under `python train.py -m a=1,2 ...`, this job's point of the sweep as `a=2` (the swept keys
     only, as the job got them); None in a single run, or when out_dir itself is swept."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    swept = swept_keys()
+    if swept is None or "out_dir" in swept:
         return None
-    swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(
-        [arg for arg in sys.argv[1:] if not arg.startswith("-")]) if o.is_sweep_override()}
-    if "out_dir" in swept:
-        return None
-    point = [item for item in HydraConfig.get().overrides.task if item.split("=", 1)[0].lstrip("+") in swept]
-    return ",".join(point).replace("/", "_") or f"job{HydraConfig.get().job.num}"
+    return point_name(HydraConfig.get().overrides.task, swept).replace("/", "_") or f"job{HydraConfig.get().job.num}"
+
+
+def sweep_left() -> str:
+    """For a job that stops a `-m` sweep: `; the sweep stopped at point 2 of 4 (a=2): a=3, a=4 did
+    not run`; '' outside a sweep."""
+    swept = swept_keys()
+    if swept is None:
+        return ""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # what orders hydra's own sweep
+
+    points = [point_name(job, swept) for batch in BasicSweeper.split_arguments(command_overrides(), None)
+              for job in batch]
+    num = HydraConfig.get().job.num
+    left = points[num + 1:]
+    return (f"; the sweep stopped at point {num + 1} of {len(points)} ({points[num]})"
+            + (f": {', '.join(left)} did not run" if left else ""))
 
 
 def separate_sweep_jobs(raw: DictConfig) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -31,6 +31,7 @@ from trainer.interrupt import LastSave
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
+from trainer.resume import Resumed, resume
 from trainer.runtime import ConfigError, rng_state, seed_everything
 from trainer.schedule import decay_progress, learning_rate
 from trainer.step import loss_scaler
@@ -61,6 +62,32 @@ def pretrained_model(cfg: RunConfig, verbose: bool) -> GPT:
     return model
 
 
+class RunData(NamedTuple):
+    bins: TokenBins
+    model_cfg: GPTConfig  # the model's settings, its vocabulary the tokenizer's
+    probes: list[Probe]  # the attention report's fixed inputs
+
+
+def prepared_data(cfg: RunConfig, ranks: distributed.Ranks, pretrained: GPT | None = None) -> RunData:
+    """The data (prepared once per node), the model's settings and the report's probes, each checked
+    against the data before out_dir is claimed: a block_size past a split or a probe of one token
+    fails with nothing written and nothing trained."""
+    if ranks.local_rank == 0:  # nodes need not share a file system
+        prepare(cfg.data)
+    distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
+    bins = TokenBins(cfg.data.dir)
+    if pretrained is None:
+        model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)
+    else:
+        model_cfg = pretrained.config
+        check_vocab(bins.tokenizer, model_cfg, Path(cfg.data.tokenizer_kind))
+    bins.check_block_size(model_cfg.block_size)
+    probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
+    for probe in probes:
+        probe.ids(bins.tokenizer, min(cfg.wandb.probe_tokens, model_cfg.block_size))  # a DataError below 2 tokens
+    return RunData(bins, model_cfg, probes)
+
+
 def format_seconds(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s"
@@ -87,6 +114,7 @@ class Training:
     run: WandbRun | None  # rank 0 only
     flops_per_step: float
     peak: float | None  # the device's peak FLOP/s, for MFU
+    resumed: Resumed  # where out_dir's checkpoint left the run (step 0 for a fresh one)
     started: float = field(default_factory=time.time)  # wall clock of step 0 (earlier when resumed)
     best_val_loss: float = math.inf
     report_history: ReportHistory = field(default_factory=ReportHistory)  # a resumed run's goes on from its checkpoint
@@ -94,21 +122,11 @@ class Training:
 
     @classmethod
     def build(cls, cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-              saved: LastSave, pretrained: GPT | None = None) -> Training:
-        """Prepare the data (one process per node), build the model (or take `pretrained`, from
-        pretrained_model, which has set the data's tokenizer), its optimizers and the batch
-        sampler, start the wandb run and print the model line."""
-        if ranks.local_rank == 0:  # nodes need not share a file system
-            prepare(cfg.data)
-        distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
-        bins = TokenBins(cfg.data.dir)
-        if pretrained is None:
-            model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)
-        else:
-            model_cfg = pretrained.config
-            check_vocab(bins.tokenizer, model_cfg, Path(cfg.data.tokenizer_kind))
-        bins.check_block_size(model_cfg.block_size)
-        probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)
+              saved: LastSave, data: RunData, pretrained: GPT | None = None) -> Training:
+        """Build the model (or take `pretrained`, from pretrained_model), its optimizers and the batch
+        sampler over `data` (prepared_data), continue out_dir's run if asked (trainer/resume.py), start
+        the wandb run and print the model line."""
+        bins, model_cfg, probes = data
         tc = cfg.train
 
         seed_everything(cfg.seed)  # the same initial weights on every rank (and dropout masks for a pretrained one)
@@ -117,13 +135,17 @@ class Training:
         step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
         sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
                                ranks.world_size)
+        # a checkpoint that cannot be continued fails here, before a wandb run is made
+        resumed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash, ranks)
         run = (start_run(cfg.wandb.mode, cfg.wandb.project, cfg.wandb.name, dataclasses.asdict(cfg), out_dir)
                if ranks.is_main else None)
         peak, peak_source = peak_flops(device, dtype) if ranks.is_main else (None, "")
         training = cls(cfg, ranks, device, dtype, out_dir, saved, bins, model_cfg, probes, model, step_model, ddp,
                        optimizers, loss_scaler(device, dtype), sampler,
                        micro_batch=tc.batch_size // (ranks.world_size * tc.grad_accum), run=run,
-                       flops_per_step=flops_per_token(model) * tc.batch_size * model_cfg.block_size, peak=peak)
+                       flops_per_step=flops_per_token(model) * tc.batch_size * model_cfg.block_size, peak=peak,
+                       resumed=resumed, best_val_loss=resumed.best_val_loss,
+                       report_history=ReportHistory(resumed.report_history))
         if ranks.is_main:
             print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} "
                   f"heads x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, "
@@ -209,8 +231,10 @@ class Training:
         ready = self.painter.ready(wait, limit=None if wait else 1)
         for report_step, files in ready:
             if isinstance(files, BaseException):
-                print(f"warning: the attention pictures of step {report_step} could not be drawn "
-                      f"({type(files).__name__}: {files}); the report's numbers and head view were logged",
+                why = (f"{files.strerror} in {self.painter.folder}" if isinstance(files, OSError)  # a full TMPDIR
+                       else f"{type(files).__name__}: {files}")
+                print(f"warning: the attention pictures of step {report_step} could not be drawn ({why})"
+                      + ("; the report's numbers and head view were logged" if self.run.active else ""),
                       file=sys.stderr, flush=True)
             elif report_step != ready[-1][0]:
                 print(f"note: the attention pictures of step {report_step} were still being drawn when the final "

@@ -18,9 +18,11 @@ import json
 import logging
 import netrc
 import os
+import shlex
 import shutil
 import struct
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -207,7 +209,14 @@ class WandbRun:
             return
         wrote = isinstance(error, (str, OSError))  # a str is the writer's reason, from wandb's service
         why = error if isinstance(error, str) else reason(error)
-        self.failure = f"wandb: {'cannot write to' if wrote else 'cannot log to'} {self.folder} ({why}): {outcome}"
+        folder = self.folder
+        if isinstance(error, OSError):
+            # the folder of the file it names (a copy's destination), else the fuller of the run's folder and
+            # the temp folder, where wandb stages tables and HTML before it copies them into the run
+            named = error.filename2 or error.filename
+            folder = (min((self.folder, Path(tempfile.gettempdir())), key=free_bytes) if not named
+                      else self.folder if self.folder in Path(named).parents else Path(named).parent)
+        self.failure = f"wandb: {'cannot write to' if wrote else 'cannot log to'} {folder} ({why}): {outcome}"
         close_wandb_log_files()
         print(self.failure, file=sys.stderr, flush=True)
 
@@ -247,7 +256,7 @@ class WandbRun:
                    or f"{self.run_file.name} is incomplete")
             self.fail(why, "the offline run is incomplete; training and checkpoints are not affected")
         return f"wandb: run in {self.folder}" + (
-            f" (offline: upload with `wandb sync {self.folder}`)" if self.offline else "")
+            f" (offline: upload with `wandb sync {shlex.quote(str(self.folder))}`)" if self.offline else "")
 
 
 def start_run(mode: str, project: str, name: str | None, config: dict, out_dir: Path) -> WandbRun | None:

@@ -1,9 +1,15 @@
-"""Exclusive folder locks: one training run per out_dir, one preparation per data folder.
+"""The folders this project writes into: one job at a time in each, files replaced whole, and
+only our own leftovers removed.
 
-A lock is an flock on `<folder>/.lock`, held for as long as the job runs. The kernel drops it when
-the process ends in any way (exit, crash, kill -9), so a stale lock never blocks a later run. The
-file also says who holds it (pid, host, command, start time), for the message the next job prints.
-Holding the lock also means that any `*.tmp` file in the folder is debris of a killed job.
+- A lock (one training run per out_dir, one preparation per data folder) is an flock on
+  `<folder>/.lock`, held for as long as the job runs. The kernel drops it when the process ends in
+  any way (exit, crash, kill -9), so a stale lock never blocks a later run. The file also says who
+  holds it (pid, host, command, start time), for the message the next job prints.
+- A file is written to a temp file of this project and process beside it (`temp_path`: a hidden
+  name ending in `.gpt-attention-tmp`), fsynced and renamed over the old one (`atomic_write`), so
+  a crash, a kill -9, Ctrl-C or a full disk mid-write leaves the old file whole.
+- Holding a folder's lock, any temp file of ours in it is debris of a killed job and is removed;
+  nothing else is (a user's `notes.tmp` in out_dir is theirs).
 """
 from __future__ import annotations
 
@@ -13,10 +19,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 LOCK = ".lock"
+TEMP_SUFFIX = ".gpt-attention-tmp"  # what marks a file as our own temp file
 
 
 class FolderBusy(Exception):
@@ -64,8 +72,31 @@ def folder_lock(folder: Path, setting: str, wait: bool = False) -> Iterator[None
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, of this process (two writers
+    never share one), and recognisably ours."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], sync: bool = True) -> None:
+    """Write `path` through write(file) into its temp_path, fsync (unless not `sync`: a file that
+    is made again anyway), rename. The temp file is removed whatever stops the write (an OSError, a
+    second Ctrl-C); the old file stays."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 def remove_debris(folder: Path) -> None:
-    """Temp files a killed job left behind; only safe while holding the folder's lock."""
-    for path in folder.glob("*.tmp"):
+    """Our temp files that a killed job left behind (only ours); only safe while holding the folder's lock."""
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             path.unlink()
