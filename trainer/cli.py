@@ -103,6 +103,11 @@ _UNESCAPE = re.compile(r"\\([\\()\[\]{}:=, \t])")  # hydra's ESC sequences in un
 _CALL = re.compile(r"([A-Za-z_]\w*)\((.*)\)", re.DOTALL)  # a sweep function: choice(a,b), range(1,5)
 
 
+def sweeping(argv: list[str]) -> bool:
+    """Whether the command line asks hydra for a sweep (`-m`)."""
+    return "-m" in argv or "--multirun" in argv
+
+
 def _split_top(text: str, sep: str) -> list[str]:
     """`text` cut at each `sep` outside quoted strings, brackets and backslash escapes (a quote opens
     a string only where an element starts: the apostrophe of `What's` does not)."""
@@ -189,7 +194,7 @@ def hydra_argv(argv: list[str], text: Callable[[str], bool] = lambda key: False)
     value, each item of a `[...]` list or `{...}` dict, each point of a sweep `a,b`) becomes a
     single-quoted string. Flags, other ASCII arguments, quoted values, interpolations and null are
     returned unchanged."""
-    sweep = any(arg in ("-m", "--multirun") for arg in argv)
+    sweep = sweeping(argv)
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -216,7 +221,7 @@ def check_overrides(argv: list[str], config_name: str, command: str, config_dir:
     lacks (`model.n_layr=3`, `~model.n_layr`) or of an unknown option of a config group (`preset=gpu`),
     naming the closest valid one; hydra's own keys (`hydra.*`) and appends (`+k=v`, `++k=v`) are left
     to hydra."""
-    overrides, skip, sweep = [], False, False
+    overrides, skip, sweep = [], False, sweeping(argv)
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if skip:
@@ -225,8 +230,6 @@ def check_overrides(argv: list[str], config_name: str, command: str, config_dir:
             return
         elif arg in _VALUE_FLAGS:
             skip = True
-        elif arg in ("-m", "--multirun"):
-            sweep = True
         elif not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
             overrides.append(arg)
     if not overrides:
@@ -357,7 +360,7 @@ def prepare_entry(config_name: str, command: str, settings: type, result: bool =
         argv = hydra_argv([null_deletion(arg, settings) for arg in sys.argv[1:]],
                           lambda key: text_setting(settings, key))
         check_overrides(argv, config_name, command)
-        if "-m" in argv or "--multirun" in argv:
+        if sweeping(argv):
             check_sweep_folder(argv, config_name)
         sys.argv[1:] = argv
 
@@ -376,7 +379,7 @@ def hydra_entry(config_name: str, command: str, settings: type, job: Callable[[o
     import hydra
 
     sweep_folder = None
-    if "-m" in sys.argv or "--multirun" in sys.argv:
+    if sweeping(sys.argv):
         sweep_folder = tempfile.mkdtemp(prefix="gpt-attention-sweep-")
         sys.argv.append(f"hydra.sweep.dir={sweep_folder}")
     prepare_entry(config_name, command, settings, result)
