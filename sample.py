@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from common.errors import ConfigError
+from common.settings import typed
 from data.sources import decode_utf8
 from trainer.checkpoint import load_inference_model
 from trainer.config import SampleConfig
-from trainer.runtime import ConfigError, resolve_device, resolve_dtype
-from trainer.settings import typed
+from trainer.runtime import resolve_device, resolve_dtype
 
 
 def read_prompts(cfg: SampleConfig) -> list[str]:
@@ -107,6 +108,6 @@ def main_sample(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainer.cli import hydra_entry
+    from common.cli import hydra_entry
 
     hydra_entry("sample", "python sample.py", SampleConfig, main_sample, lambda cfg: "sampling stopped", result=True)

@@ -18,17 +18,19 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from common.cli import run_entry
+from common.errors import ConfigError
+from common.interrupt import GracefulStop
+from common.settings import typed
+from common.sweeps import separate_sweep_jobs
 from model import GPT
 from trainer import distributed
-from trainer.cli import run_entry
+from trainer.checkpoint import LastSave
 from trainer.config import SCRATCH, RunConfig
-from trainer.interrupt import GracefulStop, LastSave
 from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
 from trainer.resume import claim_out_dir
-from trainer.runtime import ConfigError, resolve_device, resolve_dtype, reuse_host_memory
-from trainer.settings import typed
+from trainer.runtime import resolve_device, resolve_dtype, reuse_host_memory
 from trainer.step import train_step
-from trainer.sweeps import separate_sweep_jobs
 from trainer.training import RunData, Training, prepared_data, pretrained_model
 
 
@@ -140,7 +142,7 @@ def main(raw: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainer.cli import prepare_entry
+    from common.cli import prepare_entry
 
     prepare_entry("train", "python train.py", RunConfig)
     main()

@@ -41,10 +41,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
 
 from bench.timing import TimedSteps, synchronize  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
 from trainer.runtime import resolve_device, resolve_dtype, reuse_host_memory  # noqa: E402

@@ -1,6 +1,6 @@
 """The `data` settings (config/data/*.yaml) as a typed dataclass: where the text comes from, how
 it is split and tokenized, and where the prepared bins go. Every field is checked by
-trainer.settings.typed(DataConfig, cfg.data, "data.") before anything is read or written."""
+common.settings.typed(DataConfig, cfg.data, "data.") before anything is read or written."""
 from __future__ import annotations
 
 import functools
@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import ConfigError
+from common.settings import setting
 from data.sources import DEFAULT_SOURCES
 from data.tokenizer import STOCK_ENCODINGS
-from trainer.runtime import ConfigError
-from trainer.settings import setting
 
 TOKENIZER_KINDS = ("bpe", *STOCK_ENCODINGS)
 MIN_BPE_VOCAB = 258  # the 256 bytes, one merge and <|endoftext|>

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import UserError
+
 PIECE_CHARS = 1 << 16  # a long document is cut at the first token-safe point after this many characters
 
 BLANK_LINES = re.compile(r"\n{2,}")  # separates paragraphs (line breaks are \n only, see sources.read_text)
@@ -29,7 +31,7 @@ BLANK_LINES = re.compile(r"\n{2,}")  # separates paragraphs (line breaks are \n 
 TOKEN_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad or missing input data; the message names the culprit and the fix."""
 
 

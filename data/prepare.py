@@ -12,7 +12,7 @@ tokenize it a few MB at a time into a temp file per split and group. Memory is b
 batches, the BPE's sample and 40 bytes per document, not by the size of the text.
 
 Nothing already prepared is replaced until everything new is written: all goes to temp files
-first (trainer/folders.py: temp_path); then meta.json is removed, the new files are renamed over
+first (common/folders.py: temp_path); then meta.json is removed, the new files are renamed over
 the old ones and meta.json comes back last, so a folder with a meta.json is complete. One
 preparation at a time holds the folder's lock (a second waits, then finds the data up to date).
 Temp files are removed on every failure, on Ctrl-C and on SIGTERM; those of a killed run, by the
@@ -34,13 +34,32 @@ from pathlib import Path
 
 import numpy as np
 
+from common.folders import folder_lock, remove_debris, temp_path
 from data.batches import bin_problem
 from data.config import TOKENIZER_KINDS, DataConfig
-from data.corpus import DataError, Piece, check_val_fraction, document_pieces, held_out, name_digest
-from data.sources import (CLEANING_VERSION, DEFAULT_SOURCES, custom_files, custom_fingerprint, custom_pieces,
-                          default_corpus)
-from data.tokenizer import SPLIT_PATTERN, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
-from trainer.folders import folder_lock, remove_debris, temp_path
+from data.corpus import (
+    DataError,
+    Piece,
+    check_val_fraction,
+    document_pieces,
+    held_out,
+    name_digest,
+)
+from data.sources import (
+    CLEANING_VERSION,
+    DEFAULT_SOURCES,
+    custom_files,
+    custom_fingerprint,
+    custom_pieces,
+    default_corpus,
+)
+from data.tokenizer import (
+    SPLIT_PATTERN,
+    Tokenizer,
+    TokenizerError,
+    stock_tokenizer,
+    train_bpe,
+)
 
 META_VERSION = 1
 # the BPE learns from at most this much training text: all of it up to here, beyond a seeded random
@@ -331,7 +350,7 @@ def prepare(cfg: DataConfig) -> dict:
                 if not is_prepared(cfg, expected):  # the holder we waited for may have just prepared it
                     return build(cfg, expected)
     except BrokenPipeError:
-        raise  # stdout's reader went away (`| head`): no data folder problem, see trainer.cli.run_entry
+        raise  # stdout's reader went away (`| head`): no data folder problem, see common.cli.run_entry
     except OSError as e:  # writing: the data folder's own errors (reading ones are DataErrors already)
         raise write_failure(cfg, e) from None
     print(f"data: {cfg.dir} is up to date")
@@ -339,9 +358,9 @@ def prepare(cfg: DataConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from trainer.cli import hydra_entry
+    from common.cli import hydra_entry
+    from common.settings import typed
     from trainer.config import RunConfig
-    from trainer.settings import typed
 
     hydra_entry("train", "python -m data.prepare", RunConfig, lambda cfg: prepare(typed(DataConfig, cfg.data, "data.")),
                 lambda cfg: f"nothing already prepared in {cfg.data.root}/{cfg.data.name} was replaced: run again to "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import tiktoken
 
+from common.errors import UserError
+
 EOT = "<|endoftext|>"  # separates documents in the token stream
 
 # GPT-4's split pattern with numbers in groups of at most two digits (as nanochat): text is first
@@ -28,7 +30,7 @@ STOCK_ENCODINGS = ("gpt2", "cl100k_base")
 FORMAT = "gpt-attention-tokenizer/1"
 
 
-class TokenizerError(Exception):
+class TokenizerError(UserError):
     """A tokenizer that cannot be built or loaded; the message names the culprit and the fix."""
 
 

@@ -20,7 +20,9 @@ def ablate_heads(model: GPT, bins: TokenBins, n_windows: int, batch_size: int, d
                  dtype: torch.dtype) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The intact model's bits per byte per group ('all' too), and group -> (n_layer, n_head) the
     increase in bits per byte when that one head is zero-ablated."""
-    from trainer.evaluate import evaluate  # the evaluation train.py prints, on fewer windows
+    from trainer.evaluate import (
+        evaluate,  # the evaluation train.py prints, on fewer windows
+    )
 
     def bpb() -> dict[str, float]:
         scores = evaluate(model, bins, model.config.block_size, n_windows, batch_size, device, dtype)

@@ -15,8 +15,14 @@ import torch
 
 from data.batches import TokenBins, eval_starts, windows
 from data.tokenizer import Tokenizer
-from heads.metrics import (ROW_METRICS, induction_score, standout, uniform_causal, uniform_weight_on_keys,
-                           weight_on_keys)
+from heads.metrics import (
+    ROW_METRICS,
+    induction_score,
+    standout,
+    uniform_causal,
+    uniform_weight_on_keys,
+    weight_on_keys,
+)
 from model import GPT
 
 MIN_PAIR_QUERIES = 20  # fewer English or Chinese tokens in pair lines say nothing about a head

@@ -345,7 +345,9 @@ def cjk_face() -> bytes:
 def embedded_font(text: str) -> str:
     """An @font-face rule holding the glyphs of the characters of `text` that DejaVu Sans lacks and
     Noto Sans CJK SC has, or "" when DejaVu Sans draws all of them."""
-    from heads.plots import latin_code_points  # the Latin font the PNGs draw with, DejaVu Sans
+    from heads.plots import (
+        latin_code_points,  # the Latin font the PNGs draw with, DejaVu Sans
+    )
 
     return font_face(frozenset(ord(ch) for ch in text) - latin_code_points())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from trainer.folders import atomic_write
+from common.folders import atomic_write
 
 Picture = Callable[[], Figure]  # draws one figure: a functools.partial of heads.plots' functions, so it pickles
 DPI = 90  # heads/plots.py sizes every label for this

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.folders import atomic_write
 from data.tokenizer import Tokenizer
 from heads.evidence import Evidence, head_evidence, report_windows
 from heads.history import ReportHistory
@@ -29,7 +30,6 @@ from heads.painter import Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
-from trainer.folders import atomic_write
 from trainer.wandb_run import HEAD_SCALARS
 
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
@@ -199,7 +199,7 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> d
 def check_report_dir(folder: Path) -> None:
     """Fail before the checkpoint is read, not after the report is built, when `folder` cannot be
     made or written: its nearest existing ancestor must be a folder this process may write."""
-    from trainer.runtime import ConfigError
+    from common.errors import ConfigError
 
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -252,7 +252,6 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     from data.batches import TokenBins
     from data.config import DataConfig
     from data.sources import DataError
-
     from model.hf import PretrainedError
 
     if "init_from" in checkpoint:
@@ -273,11 +272,12 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
 def report_checkpoint(cfg) -> None:
     """python -m heads.report: the report of one checkpoint, or of a pretrained GPT-2 (init_from),
     written to files (and to wandb)."""
+    from common.errors import ConfigError
+    from common.settings import typed
     from model.hf import model_name
     from trainer.checkpoint import load_inference_model
     from trainer.config import HeadsConfig
-    from trainer.runtime import ConfigError, resolve_device
-    from trainer.settings import typed
+    from trainer.runtime import resolve_device
     from trainer.wandb_run import start_run
 
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
@@ -321,7 +321,7 @@ def report_checkpoint(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from trainer.cli import hydra_entry
+    from common.cli import hydra_entry
     from trainer.config import HeadsConfig
 
     hydra_entry("heads", "python -m heads.report", HeadsConfig, report_checkpoint,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from common.errors import ConfigError
+from common.settings import setting, typed
 from model.hf import PretrainedError, export_gpt2
 from trainer.checkpoint import CHECKPOINTS, load_model
 from trainer.config import not_a_file
-from trainer.runtime import ConfigError
-from trainer.settings import setting, typed
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ def export_checkpoint(cfg: DictConfig) -> Path:
 
 
 if __name__ == "__main__":
-    from trainer.cli import hydra_entry
+    from common.cli import hydra_entry
 
     hydra_entry("export", "python -m model.export", ExportConfig, export_checkpoint,
                 lambda cfg: "no export was written")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from data.tokenizer import EOT, Tokenizer
 from model.config import GPTConfig
 from model.gpt import GPT
@@ -41,7 +42,7 @@ LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our norms use; GPT-2's to
 EXPORT_FILES = ("config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json")
 
 
-class PretrainedError(Exception):
+class PretrainedError(UserError):
     """A pretrained model that cannot be found, read, expressed or written; the message names the
     model, file, tensor or setting, and the fix."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+
 def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """PE[pos, 2i] = sin(pos / base^(2i/dim)), PE[pos, 2i+1] = cos(pos / base^(2i/dim)) -> (n_positions, dim)."""
     position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)

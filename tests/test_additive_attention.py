@@ -8,13 +8,18 @@ import functools
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from conftest import REPO
+from omegaconf import OmegaConf
 from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
 from model import GPT, GPTConfig
 from model.additive import additive_scores
-from model.attention import MultiHeadAttention, explicit_attention, future_mask, last_positions
+from model.attention import (
+    MultiHeadAttention,
+    explicit_attention,
+    future_mask,
+    last_positions,
+)
 from trainer.config import TrainConfig
 from trainer.optim import make_optimizers
 

@@ -10,7 +10,12 @@ import torch
 
 import model.attention as attention
 from model import GPT, GPTConfig
-from model.attention import MultiHeadAttention, explicit_attention, flash_attention, sdpa_attention
+from model.attention import (
+    MultiHeadAttention,
+    explicit_attention,
+    flash_attention,
+    sdpa_attention,
+)
 from model.config import ATTN_IMPLS, ATTN_SCORES
 from model.positions import apply_rotary, rotary_angles, sinusoidal_table
 

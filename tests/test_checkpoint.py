@@ -7,10 +7,17 @@ import os
 
 import pytest
 import torch
-
 from conftest import small_tmpfs
+
+from common.errors import UserError
+from common.folders import check_writable
 from data.tokenizer import train_bpe
-from trainer.checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint, save_torch
+from trainer.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    save_torch,
+)
 
 
 class RunsCode:
@@ -79,7 +86,7 @@ def test_a_full_disk_during_a_save_is_the_os_error_and_leaves_the_previous_check
 def test_an_out_dir_that_cannot_be_a_folder_is_reported_before_training(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(CheckpointError, match="out_dir=.*a-file/out is not a writable folder"):
+    with pytest.raises(UserError, match="out_dir=.*a-file/out is not a writable folder"):
         check_writable(blocker / "out")
 
 

@@ -9,7 +9,7 @@ def test_a_folder_that_cannot_be_locked_is_a_warning_and_the_job_goes_on(tmp_pat
     import errno
     import fcntl
 
-    from trainer.folders import folder_lock
+    from common.folders import folder_lock
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -25,7 +25,7 @@ def test_a_folder_that_cannot_be_locked_is_a_warning_and_the_job_goes_on(tmp_pat
 def test_only_our_own_temp_files_are_debris(tmp_path):
     """A user's notes.tmp in out_dir is theirs; a temp file this project left behind is removed when the
     folder is next locked. Through train.py after a kill -9: tests/test_checkpoint_faults_cli.py."""
-    from trainer.folders import folder_lock, temp_path
+    from common.folders import folder_lock, temp_path
 
     folder = tmp_path / "out"
     folder.mkdir()

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    REPO,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+    small_tmpfs,
+    tiny_args,
+)
 
-from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
+from common.folders import TEMP_SUFFIX
 from trainer.checkpoint import load_checkpoint
-from trainer.folders import TEMP_SUFFIX
 
 
 @pytest.fixture(scope="module")

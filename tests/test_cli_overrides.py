@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.cli import hydra_argv
+from common.cli import hydra_argv
 
 
 def test_hydra_argv_quotes_only_unquoted_non_ascii_elements() -> None:
@@ -38,7 +38,7 @@ def test_hydra_argv_values_parse_as_the_text_typed() -> None:
 # --- issue 26: a string setting takes the text typed ---------------------------------------------
 
 def sample_text(key: str) -> bool:
-    from trainer.cli import text_setting
+    from common.cli import text_setting
     from trainer.config import SampleConfig
 
     return text_setting(SampleConfig, key)
@@ -72,7 +72,7 @@ def test_in_a_sweep_commas_separate_points_each_the_text_typed() -> None:
 
 
 def test_deleting_a_null_setting_is_setting_its_default() -> None:
-    from trainer.cli import null_deletion
+    from common.cli import null_deletion
     from trainer.config import RunConfig
 
     assert null_deletion("~wandb.name", RunConfig) == "wandb.name=null"
@@ -81,8 +81,8 @@ def test_deleting_a_null_setting_is_setting_its_default() -> None:
 
 
 def test_a_byte_that_is_not_utf8_is_one_line_naming_it() -> None:
-    from trainer.cli import check_utf8
-    from trainer.runtime import ConfigError
+    from common.cli import check_utf8
+    from common.errors import ConfigError
 
     check_utf8("out_dir=/tmp/café")
     with pytest.raises(ConfigError) as error:
@@ -96,8 +96,8 @@ def test_a_byte_that_is_not_utf8_is_one_line_naming_it() -> None:
     (["~model.n_layr"], "model.n_layr is not a setting: did you mean model.n_layer?"),
 ])
 def test_an_override_hydra_cannot_take_is_one_line(args: list[str], expected: str) -> None:
-    from trainer.cli import check_overrides
-    from trainer.runtime import ConfigError
+    from common.cli import check_overrides
+    from common.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
         check_overrides(args, "train", "python train.py")

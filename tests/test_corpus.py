@@ -18,8 +18,17 @@ from data.batches import TokenBins
 from data.config import DataConfig
 from data.corpus import Document, pieces, split_documents, whole_documents
 from data.prepare import prepare
-from data.sources import (DataError, clean_tagged_line, custom_documents, decode_utf8, hsk_pair_documents,
-                          normalise_newlines, peoples_daily_documents, shakespeare_documents, text_files)
+from data.sources import (
+    DataError,
+    clean_tagged_line,
+    custom_documents,
+    decode_utf8,
+    hsk_pair_documents,
+    normalise_newlines,
+    peoples_daily_documents,
+    shakespeare_documents,
+    text_files,
+)
 from data.tokenizer import Tokenizer
 
 
@@ -299,7 +308,7 @@ def test_a_text_that_grows_while_it_is_prepared_stops_in_one_line_and_replaces_n
                                                                                         monkeypatch):
     """Through python -m data.prepare, with a file appended to by another process: tests/test_prepare_faults_cli.py."""
     import data.prepare
-    from trainer.folders import TEMP_SUFFIX
+    from common.folders import TEMP_SUFFIX
 
     cfg = _config(tiny_corpus, tmp_path / "prepared")
     prepare(cfg)

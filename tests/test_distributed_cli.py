@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_history, tiny_args
 
 

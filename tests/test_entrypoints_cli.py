@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    ENGLISH,
+    PROBES,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+    run_history,
+    small_tmpfs,
+    tiny_args,
+)
 
-from conftest import (ENGLISH, PROBES, fresh_machine_env, make_tiny_corpus, run_entry, run_history, small_tmpfs,
-                      tiny_args)
 from data.tokenizer import Tokenizer
-
 
 
 @pytest.fixture(scope="module")

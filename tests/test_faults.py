@@ -31,9 +31,8 @@ class NoHostRead(torch.Tensor):
 
 
 def optimizers_after_one_step(optimizer: str):
-    from trainer.config import TrainConfig
-
     from model import GPT, GPTConfig
+    from trainer.config import TrainConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
     tc = TrainConfig(optimizer=optimizer, weight_decay=0.1, learning_rate=1e-2, beta1=0.9, beta2=0.99)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
+
 from trainer.checkpoint import load_checkpoint
 
 

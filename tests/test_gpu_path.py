@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-
 from conftest import ADAMW, REPO, free_port
+
+from common.errors import ConfigError
 from model import GPT, GPTConfig, additive, attention
 from model.additive import chunk_rows
 from model.attention import MultiHeadAttention, flash_kernel_exists
@@ -20,7 +21,7 @@ from trainer import distributed, runtime
 from trainer.mfu import mfu
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
-from trainer.runtime import ConfigError, resolve_device, resolve_dtype
+from trainer.runtime import resolve_device, resolve_dtype
 from trainer.step import train_step
 
 
@@ -156,9 +157,9 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
                  "train.max_iters=2", "train.eval_interval=1"]
     with hydra.initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = hydra.compose("train", overrides=overrides)
+    from common.settings import typed
+    from trainer.checkpoint import LastSave
     from trainer.config import RunConfig
-    from trainer.interrupt import LastSave
-    from trainer.settings import typed
 
     train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", LastSave(tiny_run["tmp"] / "out"))
     assert {size for training, size in sizes if training} == {2}  # 8 sequences in 4 micro-batches

@@ -11,8 +11,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    ADAMW,
+    REPO,
+    TINY,
+    free_port,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+)
 
-from conftest import ADAMW, REPO, TINY, free_port, fresh_machine_env, make_tiny_corpus, run_entry
 from data.batches import TrainSampler
 from model import GPT, GPTConfig
 from trainer.checkpoint import load_checkpoint

@@ -1,4 +1,4 @@
-"""trainer/cli.py's guards of a process, in this process: output that never stops a job, a stop
+"""common/cli.py's guards of a process, in this process: output that never stops a job, a stop
 signal as one line, caches moved off an unwritable HOME, and a write that found no room named.
 Through the real entry points: tests/test_output_cli.py and the *_faults_cli.py modules."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from trainer.cli import Output, OutputError, no_room, run_entry, usable_caches
-from trainer.interrupt import on_stop_signals, raise_interrupt
+from common.cli import Output, OutputError, no_room, run_entry, usable_caches
+from common.interrupt import on_stop_signals, raise_interrupt
 
 
 class Failing(io.StringIO):

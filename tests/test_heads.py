@@ -12,10 +12,19 @@ import torch
 
 from heads.html_view import head_view_html
 from heads.labels import token_texts, visible
-from heads.metrics import (induction_score, normalised_entropy, previous_token_score, relative_distance, sink_score,
-                           standout, uniform_causal, uniform_weight_on_keys, weight_on_keys)
-from heads.plots import drawable_labels, layer_figure, metric_figure
+from heads.metrics import (
+    induction_score,
+    normalised_entropy,
+    previous_token_score,
+    relative_distance,
+    sink_score,
+    standout,
+    uniform_causal,
+    uniform_weight_on_keys,
+    weight_on_keys,
+)
 from heads.painter import paint
+from heads.plots import drawable_labels, layer_figure, metric_figure
 
 T = 12
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHINESE, ENGLISH, GPT2_SHAPE, make_gpt2, small_tmpfs, write_gpt2_files
+from conftest import (
+    CHINESE,
+    ENGLISH,
+    GPT2_SHAPE,
+    make_gpt2,
+    small_tmpfs,
+    write_gpt2_files,
+)
 
 from data.tokenizer import SPLIT_PATTERN, train_bpe
 from model import GPT, GPTConfig

@@ -13,7 +13,7 @@ RUNNERS = {"run_entry", "run_gpu_entry"}  # tests/conftest.py's and tests/gpu/co
 
 def child_process_calls(source: str) -> list[tuple[int, str]]:
     """(line, what) for every call that starts a child process: the conftest runners (imported from
-    conftest; trainer.cli.run_entry runs in this process), or anything of subprocess's."""
+    conftest; common.cli.run_entry runs in this process), or anything of subprocess's."""
     tree = ast.parse(source)
     runners, subprocess_names = set(), set()
     for node in ast.walk(tree):
@@ -52,4 +52,4 @@ def test_only_cli_modules_run_child_processes():
 def test_the_layout_rule_tells_a_runner_from_an_in_process_call():
     assert child_process_calls("from conftest import run_entry\nrun_entry('train.py')\n") == [(2, "run_entry")]
     assert child_process_calls("import subprocess\nsubprocess.run(['ls'])\n") == [(2, "subprocess.run")]
-    assert child_process_calls("from trainer.cli import run_entry\nrun_entry(job)\n") == []  # runs job() here
+    assert child_process_calls("from common.cli import run_entry\nrun_entry(job)\n") == []  # runs job() here

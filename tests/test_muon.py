@@ -90,9 +90,8 @@ def test_on_a_cpu_without_native_bf16_every_muon_matmul_runs_in_fp32(monkeypatch
 
 
 def test_the_training_setup_picks_the_orthogonalisation_dtype_of_its_device(monkeypatch):
-    from trainer.config import TrainConfig
-
     from model import GPT, GPTConfig
+    from trainer.config import TrainConfig
     from trainer.optim import make_optimizers
     tc = TrainConfig(optimizer="muon", learning_rate=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
     model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_tmpfs
 from matplotlib.figure import Figure
 
-from conftest import small_tmpfs
 from heads.evidence import Evidence
 from heads.history import ReportHistory
 from heads.painter import Painter

@@ -14,10 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import (
+    CHINESE,
+    ENGLISH,
+    TINY,
+    fresh_machine_env,
+    run_entry,
+    small_tmpfs,
+    tiny_args,
+)
 
-from conftest import CHINESE, ENGLISH, TINY, fresh_machine_env, run_entry, small_tmpfs, tiny_args
+from common.folders import TEMP_SUFFIX, folder_lock
 from data.tokenizer import Tokenizer
-from trainer.folders import TEMP_SUFFIX, folder_lock
 
 
 def make_corpus(folder: Path, files: int = 8, lines: int = 2000, seed: int = 0, spaced: bool = False) -> Path:

@@ -16,14 +16,14 @@ import pytest
 import torch
 from conftest import make_tiny_gpt2
 
+from common.cli import run_entry
+from common.errors import ConfigError
+from common.settings import typed
 from data.config import DataConfig
 from data.prepare import prepare
 from model.hf import PretrainedError, gpt2_tokenizer, load_gpt2
 from trainer.checkpoint import load_inference_model
-from trainer.cli import run_entry
 from trainer.config import HeadsConfig, RunConfig, SampleConfig
-from trainer.runtime import ConfigError
-from trainer.settings import typed
 from trainer.training import pretrained_model
 
 pytest.importorskip("transformers", reason="writes the tiny GPT-2 folders (pip install -e .[test])")

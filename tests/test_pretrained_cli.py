@@ -17,14 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fresh_machine_env, free_port, make_tiny_corpus, make_tiny_gpt2, run_entry, tiny_args
+from conftest import (
+    free_port,
+    fresh_machine_env,
+    make_tiny_corpus,
+    make_tiny_gpt2,
+    run_entry,
+    tiny_args,
+)
 
+from common.settings import typed
 from data.batches import TokenBins
 from data.config import DataConfig
 from model.hf import gpt2_tokenizer, load_gpt2
 from trainer.checkpoint import load_model
 from trainer.evaluate import evaluate
-from trainer.settings import typed
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import json
 
-from conftest import fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
+from conftest import (
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+    run_history,
+    tiny_args,
+)
 
 
 def chart_steps(run_dir, key: str) -> list[int]:

@@ -8,8 +8,14 @@ import sys
 
 import pytest
 import torch
-
-from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
+from conftest import (
+    REPO,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+    run_history,
+    tiny_args,
+)
 
 
 def overrides(tmp_path, corpus, out, *extra: str) -> list[str]:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 # a small GPT with a large vocabulary (its logits are 16 MiB), trained for 8 steps to settle,

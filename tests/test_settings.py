@@ -1,4 +1,4 @@
-"""Every setting's type and range, checked once where it is defined (trainer/settings.py,
+"""Every setting's type and range, checked once where it is defined (common/settings.py,
 trainer/config.py, data/config.py): the converter's rules and the configs against the yaml files,
 in this process. Bad values through the real entry points (one line, exit 2, nothing written) are
 in tests/test_settings_cli.py."""
@@ -8,15 +8,22 @@ import dataclasses
 import os
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from common.errors import ConfigError
+from common.settings import setting, typed
 from data.config import DataConfig
 from model import GPTConfig
-from trainer.config import MIN_TEMPERATURE, HeadsConfig, RunConfig, SampleConfig, TrainConfig, WandbConfig
-from trainer.runtime import ConfigError
-from trainer.settings import setting, typed
+from trainer.config import (
+    MIN_TEMPERATURE,
+    HeadsConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+    WandbConfig,
+)
 
 # --- the converter ----------------------------------------------------------------------------
 

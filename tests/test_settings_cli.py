@@ -1,6 +1,6 @@
 """Bad settings through the real entry points, each in a child process: train.py, sample.py and
 python -m heads.report stop at a bad value with one `error:` line and exit 2, before writing or
-reading anything. The rules themselves (trainer/settings.py, trainer/config.py, data/config.py)
+reading anything. The rules themselves (common/settings.py, trainer/config.py, data/config.py)
 are tested in process in tests/test_settings.py."""
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
-
 
 # --- through the real entry points ------------------------------------------------------------
 

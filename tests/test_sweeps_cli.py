@@ -3,6 +3,7 @@ name, and nothing lands in the working directory."""
 from __future__ import annotations
 
 from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
+
 from trainer.checkpoint import load_checkpoint
 
 

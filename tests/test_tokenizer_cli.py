@@ -6,8 +6,8 @@ import json
 import re
 
 from conftest import fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
-from data.tokenizer import EOT, Tokenizer
 
+from data.tokenizer import EOT, Tokenizer
 
 # --- through sample.py ---------------------------------------------------------------------------
 

@@ -13,8 +13,15 @@ import threading
 import time
 
 import pytest
+from conftest import (
+    REPO,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_entry,
+    small_tmpfs,
+    tiny_args,
+)
 
-from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
 from trainer.checkpoint import load_checkpoint
 from trainer.wandb_run import run_file_complete
 

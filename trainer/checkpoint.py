@@ -2,7 +2,7 @@
 loss so far) and tokenizer.json. `load_inference_model` loads such a folder's model, or a pretrained
 GPT-2 (init_from), for sample.py and python -m heads.report alike.
 
-Saves are atomic (trainer/folders.py: a temp file of this process in the same folder, fsync,
+Saves are atomic (common/folders.py: a temp file of this process in the same folder, fsync,
 rename), so a crash, a kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint
 loadable and the temp file is removed; weights that are not finite are never written. best.pt is a hard link to the
 ckpt.pt it was (no second copy on disk). Loads use torch.load(weights_only=True), so loading never
@@ -18,14 +18,16 @@ import shlex
 import shutil
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
+from common.errors import UserError
+from common.folders import atomic_write, temp_path
 from data.tokenizer import Tokenizer, TokenizerError
 from model import GPT, GPTConfig
-from trainer.folders import atomic_write, temp_path
 
 CHECKPOINT = "ckpt.pt"
 BEST = "best.pt"
@@ -33,7 +35,21 @@ CHECKPOINTS = {"last": CHECKPOINT, "best": BEST}
 TOKENIZER = "tokenizer.json"
 
 
-class CheckpointError(Exception):
+@dataclass
+class LastSave:
+    """Where the run's latest checkpoint is, for the line printed when the run is cut short."""
+
+    out_dir: Path
+    step: int | None = None
+
+    def describe(self) -> str:
+        if self.step is None:
+            return "this run saved no checkpoint"
+        return (f"the last checkpoint is {self.out_dir / CHECKPOINT} (step {self.step}); run the same command again "
+                "to continue")
+
+
+class CheckpointError(UserError):
     """A checkpoint that cannot be written or read; the message names the file and the fix."""
 
 
@@ -102,19 +118,6 @@ def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool
         raise CheckpointError(f"cannot write the checkpoint in {out_dir} ({e.strerror or e}): free disk space or choose a "
                               f"writable out_dir; the checkpoints already there are unchanged") from None
     return path
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fail before training, not at the first save, when out_dir cannot hold a checkpoint."""
-    out_dir = Path(out_dir)
-    probe = out_dir / f".write-test.{os.getpid()}"  # two runs starting together must not remove each other's
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CheckpointError(f"out_dir={out_dir} is not a writable folder ({e.strerror or e}): "
-                              "choose another out_dir or fix its permissions") from None
 
 
 def sync_folder(folder: Path) -> None:

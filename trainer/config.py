@@ -3,7 +3,7 @@ train.py (RunConfig: TrainConfig, WandbConfig, data.config.DataConfig, the model
 sample.py (SampleConfig) and python -m heads.report (HeadsConfig).
 
 Each entry point converts its hydra config once, first thing: `typed(RunConfig, cfg, "")` (see
-trainer/settings.py). After that every value has its type and range, so the code below never
+common/settings.py). After that every value has its type and range, so the code below never
 meets a string where it wants a number, and nothing has been read or written for a bad setting.
 """
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 import re
 from typing import Any
 
+from common.errors import ConfigError
+from common.settings import check_fields, setting
 from data.config import DataConfig
 from model import GPTConfig
 from model.hf import HUB_MODELS
 from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
-from trainer.runtime import DEVICES, DTYPES, ConfigError
-from trainer.settings import check_fields, setting
+from trainer.runtime import DEVICES, DTYPES
 from trainer.wandb_run import MODES
 
 SCRATCH = "scratch"  # init_from's default: a new model of the model group's settings

@@ -11,15 +11,22 @@ from typing import NamedTuple
 
 import torch
 
+from common.errors import ConfigError
+from common.folders import check_writable, folder_lock
+from common.settings import show
 from data.batches import TrainSampler
 from model import GPT, GPTConfig
 from trainer import distributed
-from trainer.checkpoint import (BEST, CHECKPOINT, CheckpointError, check_writable, load_checkpoint, load_weights,
-                                saved_model_config)
+from trainer.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    saved_model_config,
+)
 from trainer.config import RunConfig, TrainConfig
-from trainer.folders import folder_lock
-from trainer.runtime import ConfigError, set_rng_state
-from trainer.settings import show
+from trainer.runtime import set_rng_state
 
 
 @contextlib.contextmanager

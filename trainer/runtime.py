@@ -10,12 +10,10 @@ import sys
 import numpy as np
 import torch
 
+from common.errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class ConfigError(Exception):
-    """A config value that cannot work; the message names the key, the value and the fix."""
 
 
 def resolve_device(name: str) -> torch.device:

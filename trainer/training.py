@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from common.errors import ConfigError
 from data.batches import TokenBins, TrainSampler
 from data.prepare import prepare
 from heads.history import ReportHistory
@@ -24,19 +25,17 @@ from heads.probes import Probe, configured_probes
 from model import GPT, GPTConfig
 from model.hf import check_vocab, load_gpt2, resolve_gpt2
 from trainer import distributed
-from trainer.checkpoint import CHECKPOINT, save_checkpoint
+from trainer.checkpoint import CHECKPOINT, LastSave, save_checkpoint
 from trainer.config import RunConfig
 from trainer.evaluate import evaluate
-from trainer.interrupt import LastSave
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import make_optimizers
 from trainer.resume import Resumed, resume
-from trainer.runtime import ConfigError, rng_state, seed_everything
+from trainer.runtime import rng_state, seed_everything
 from trainer.schedule import decay_progress, learning_rate
 from trainer.step import loss_scaler
 from trainer.wandb_run import WandbRun, start_run
-
 
 # the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
 APPLIED = ("block_size", "dropout", "attn_impl")
@@ -195,7 +194,12 @@ class Training:
         if self.run is None or not self.run.active:
             return  # wandb failed earlier (warned once): nothing would receive the report
         from heads.painter import Painter
-        from heads.report import build_report, log_report, print_top_heads, report_inputs  # matplotlib: only runs that report pay for it
+        from heads.report import (  # matplotlib: only runs that report pay for it
+            build_report,
+            log_report,
+            print_top_heads,
+            report_inputs,
+        )
 
         started_report = time.time()
         wc = self.cfg.wandb

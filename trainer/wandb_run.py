@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from trainer.runtime import ConfigError
+from common.errors import ConfigError
 
 MODES = ("auto", "online", "offline", "disabled")
 HEAD_SCALARS = "val_heads"  # the attention report's per-head scalars: val_heads/<group>/L<l>H<h>/<metric>

@@ -26,7 +26,14 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:  # tests/conftest.py is imported by name
     sys.path.insert(0, str(TESTS))
 
-from conftest import PROBES, REPO, TINY, fresh_machine_env, make_tiny_corpus, run_history  # noqa: E402  (tests/conftest.py)
+from conftest import (  # noqa: E402  (tests/conftest.py)
+    PROBES,
+    REPO,
+    TINY,
+    fresh_machine_env,
+    make_tiny_corpus,
+    run_history,
+)
 
 ON_CPU = os.environ.get("GPU_SUITE_ON_CPU") == "1"
 GPU_DEVICE = "cpu" if ON_CPU else "cuda"

@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import (GPU_DEVICE, ON_CPU, REPO, GpuWorkspace, gpu_dtype, model_line, not_on_cpu, offline_losses,
-                       printed_losses, printed_mfu, run_gpu_entry)
+from .conftest import (
+    GPU_DEVICE,
+    ON_CPU,
+    REPO,
+    GpuWorkspace,
+    gpu_dtype,
+    model_line,
+    not_on_cpu,
+    offline_losses,
+    printed_losses,
+    printed_mfu,
+    run_gpu_entry,
+)
 
 pytestmark = pytest.mark.gpu
 

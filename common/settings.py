@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer.runtime import ConfigError
+from common.errors import ConfigError
 
 T = TypeVar("T")
 RULE = "setting"  # the dataclass field metadata key that holds a Rule

@@ -1,16 +1,11 @@
 """Stopping a run: Ctrl-C, SIGTERM or SIGHUP (a closed terminal or ssh session) finishes the step
 and saves (GracefulStop); outside the training loop each is a KeyboardInterrupt, so what is half
-written is removed and one line said (raise_interrupt, trainer/cli.py); the line printed when a run
-is cut short names the checkpoint it left (LastSave)."""
+written is removed and one line said (raise_interrupt, common/cli.py); the line printed when a run
+is cut short names the checkpoint it left (trainer/checkpoint.py: LastSave)."""
 from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-
-from trainer.checkpoint import CHECKPOINT
-
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -22,7 +17,7 @@ def on_stop_signals(handler) -> dict:
 
 
 def raise_interrupt(signum, frame) -> None:
-    """A stop signal as a KeyboardInterrupt naming it: trainer.cli.run_entry exits 128 + its number."""
+    """A stop signal as a KeyboardInterrupt naming it: common.cli.run_entry exits 128 + its number."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -46,15 +41,3 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
-@dataclass
-class LastSave:
-    """Where the run's latest checkpoint is, for the line printed when the run is cut short."""
-
-    out_dir: Path
-    step: int | None = None
-
-    def describe(self) -> str:
-        if self.step is None:
-            return "this run saved no checkpoint"
-        return (f"the last checkpoint is {self.out_dir / CHECKPOINT} (step {self.step}); run the same command again "
-                "to continue")

@@ -23,11 +23,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from common.errors import UserError
+
 LOCK = ".lock"
 TEMP_SUFFIX = ".gpt-attention-tmp"  # what marks a file as our own temp file
 
 
-class FolderBusy(Exception):
+def check_writable(out_dir: Path) -> None:
+    """Fail before training, not at the first save, when out_dir cannot hold a checkpoint."""
+    out_dir = Path(out_dir)
+    probe = out_dir / f".write-test.{os.getpid()}"  # two runs starting together must not remove each other's
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"out_dir={out_dir} is not a writable folder ({e.strerror or e}): "
+                              "choose another out_dir or fix its permissions") from None
+
+
+class FolderBusy(UserError):
     """Another process holds the folder; the message names it and what to do."""
 
 

@@ -22,24 +22,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from data.sources import DataError
-from data.tokenizer import TokenizerError
-from model.hf import PretrainedError
-from trainer.checkpoint import CheckpointError, check_writable
-from trainer.folders import FolderBusy
-from trainer.interrupt import on_stop_signals, raise_interrupt
-from trainer.runtime import ConfigError
-from trainer.settings import setting_type, unwrap_optional
-from trainer.sweeps import sweep_left
+from common.errors import ConfigError, UserError
+from common.folders import check_writable
+from common.interrupt import on_stop_signals, raise_interrupt
+from common.settings import setting_type, unwrap_optional
+from common.sweeps import sweep_left
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """The output that is a command's result (sample.py's text) cannot be written."""
 
 
-# bad settings, inputs, checkpoints, pretrained models (missing, offline, not GPT-2), a folder in use
-# or a result that cannot be written: the message names the culprit and the fix
-USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, PretrainedError, FolderBusy, OutputError)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full disk, a quota, a read-only file system
 
 
@@ -53,7 +46,7 @@ def run_entry(job: Callable[[], object], interrupted: Callable[[], str] = lambda
         job()
         if sys.stdout is not None:
             sys.stdout.flush()  # the last lines too, while a failure can still be said
-    except USER_ERRORS as e:
+    except UserError as e:  # the message names the culprit and the fix
         print(f"error: {e}{sweep_left()}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt as e:
@@ -491,7 +484,7 @@ def usable_caches() -> None:
 
 def guard_process(result: bool = False) -> None:
     """For the whole process: output that never stops it (Output), SIGTERM and SIGHUP (a closed
-    terminal) stopping it as Ctrl-C does (trainer/interrupt.py), caches where they can be written."""
+    terminal) stopping it as Ctrl-C does (common/interrupt.py), caches where they can be written."""
     if sys.stdout is not None:  # None when started with the stream closed (`2>&-`): print() then writes nothing
         sys.stdout = Output(sys.stdout, "stdout", result)
     if sys.stderr is not None:
