@@ -1,5 +1,5 @@
 """How every entry point (train.py, sample.py, python -m data.prepare, python -m heads.report,
-python -m model.export) reads its command line and how it ends: the safety layer, which a first
+python -m data.export) reads its command line and how it ends: the safety layer, which a first
 reading can skip.
 
 Before hydra: a string setting takes the text typed (`prompt=To be, or not!`, `out_dir=~/runs`,

@@ -81,6 +81,6 @@ class DataConfig:
         config: a run's data folder stays the one it started with."""
         if self.tokenizer_kind in TOKENIZER_KINDS:
             return self.tokenizer_kind
-        from model.hf import tokenizer_label  # torch: only for a model's tokenizer
+        from data.gpt2 import tokenizer_label  # torch: only for a model's tokenizer
 
         return tokenizer_label(Path(self.tokenizer_kind))

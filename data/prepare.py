@@ -176,7 +176,7 @@ def bpe_texts(stream: Stream, inventory: Inventory) -> Iterator[str]:
 def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tokenizer:
     """The BPE trained on the training split, a stock tiktoken encoding, or a model folder's tokenizer."""
     if cfg.tokenizer_kind not in TOKENIZER_KINDS:
-        from model.hf import gpt2_tokenizer
+        from data.gpt2 import gpt2_tokenizer
 
         return gpt2_tokenizer(Path(cfg.tokenizer_kind))
     if cfg.tokenizer_kind != "bpe":

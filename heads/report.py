@@ -251,8 +251,8 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     one line, when it is not there or holds another tokenizer: the metrics then use the probes."""
     from data.batches import TokenBins
     from data.config import DataConfig
+    from data.gpt2 import PretrainedError
     from data.sources import DataError
-    from model.hf import PretrainedError
 
     if "init_from" in checkpoint:
         print("a pretrained model as it is has no validation data here; the metrics use the probes alone")
@@ -274,7 +274,7 @@ def report_checkpoint(cfg) -> None:
     written to files (and to wandb)."""
     from common.errors import ConfigError
     from common.settings import typed
-    from model.hf import model_name
+    from data.gpt2 import model_name
     from trainer.checkpoint import load_inference_model
     from trainer.config import HeadsConfig
     from trainer.runtime import resolve_device

@@ -153,7 +153,7 @@ def make_gpt2(folder: Path, seed: int = 0, safetensors: bool = True, vocab_size:
 
 def write_gpt2_files(folder: Path, bpe) -> None:
     """vocab.json + merges.txt in GPT-2's format for the ranks and merges of `bpe` (data.tokenizer.Tokenizer)."""
-    from model.hf import bytes_to_unicode, merges_of
+    from data.gpt2 import bytes_to_unicode, merges_of
 
     chars = bytes_to_unicode()
 

@@ -1,4 +1,4 @@
-"""Issue 18: the Hugging Face GPT-2 format (model/hf.py), against transformers as the reference.
+"""Issue 18: the Hugging Face GPT-2 format (data/gpt2.py), against transformers as the reference.
 
 Tiny GPT-2s with random weights (non-zero biases and LayerNorm parameters) load into our GPT with
 GPT2LMHeadModel's fp32 logits; our recipes export to folders GPT2LMHeadModel loads with our
@@ -22,9 +22,7 @@ from conftest import (
     write_gpt2_files,
 )
 
-from data.tokenizer import SPLIT_PATTERN, train_bpe
-from model import GPT, GPTConfig
-from model.hf import (
+from data.gpt2 import (
     GPT2_PATTERN,
     PretrainedError,
     export_gpt2,
@@ -33,6 +31,8 @@ from model.hf import (
     merges_of,
     resolve_gpt2,
 )
+from data.tokenizer import SPLIT_PATTERN, train_bpe
+from model import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()  # its progress bars and notes are not the test's output

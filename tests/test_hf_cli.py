@@ -1,4 +1,4 @@
-"""Issue 18: `python -m model.export` as a user runs it, on a checkpoint folder written by the trainer's
+"""Issue 18: `python -m data.export` as a user runs it, on a checkpoint folder written by the trainer's
 own save_checkpoint: a Hugging Face folder that transformers loads with our logits and token ids,
 and refusals as one `error:` line, exit 2."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ def write_run(out: Path, **settings) -> GPT:
 
 
 def export(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.export", *overrides], cwd=REPO, env=fresh_machine_env(cwd),
+    return subprocess.run([sys.executable, "-m", "data.export", *overrides], cwd=REPO, env=fresh_machine_env(cwd),
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
 
 

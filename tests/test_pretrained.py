@@ -20,8 +20,8 @@ from common.cli import run_entry
 from common.errors import ConfigError
 from common.settings import typed
 from data.config import DataConfig
+from data.gpt2 import PretrainedError, gpt2_tokenizer, load_gpt2
 from data.prepare import prepare
-from model.hf import PretrainedError, gpt2_tokenizer, load_gpt2
 from trainer.checkpoint import load_inference_model
 from trainer.config import HeadsConfig, RunConfig, SampleConfig
 from trainer.training import pretrained_model

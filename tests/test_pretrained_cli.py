@@ -29,7 +29,7 @@ from conftest import (
 from common.settings import typed
 from data.batches import TokenBins
 from data.config import DataConfig
-from model.hf import gpt2_tokenizer, load_gpt2
+from data.gpt2 import gpt2_tokenizer, load_gpt2
 from trainer.checkpoint import load_model
 from trainer.evaluate import evaluate
 

@@ -233,13 +233,13 @@ def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "
 def load_inference_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "last",
                          init_from: str | None = None) -> tuple[GPT, Tokenizer, dict]:
     """What sample.py and python -m heads.report run: the pretrained GPT-2 `init_from` (a hub name
-    or a Hugging Face folder; model.hf.PretrainedError when it cannot be had) with its own
+    or a Hugging Face folder; data.gpt2.PretrainedError when it cannot be had) with its own
     tokenizer, or else out_dir's checkpoint `which` (load_model). The model is in eval mode on
     `device`; the dict is the checkpoint, or for a pretrained model {"init_from": its folder,
     "step": None} (it stores no probes and was trained on no data here)."""
     if init_from is None:
         return load_model(out_dir, device, which)
-    from model.hf import check_vocab, gpt2_tokenizer, load_gpt2, resolve_gpt2
+    from data.gpt2 import check_vocab, gpt2_tokenizer, load_gpt2, resolve_gpt2
 
     folder = resolve_gpt2(init_from)
     model, config = load_gpt2(folder)

@@ -16,8 +16,8 @@ from typing import Any
 from common.errors import ConfigError
 from common.settings import check_fields, setting
 from data.config import DataConfig
+from data.gpt2 import HUB_MODELS
 from model import GPTConfig
-from model.hf import HUB_MODELS
 from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
 from trainer.runtime import DEVICES, DTYPES
@@ -51,7 +51,7 @@ def not_a_file(path: str) -> str | None:
 
 
 def pretrained_rule(value: str | None) -> str | None:
-    """A hub name or an existing folder; whether the folder holds a GPT-2 is model.hf's business."""
+    """A hub name or an existing folder; whether the folder holds a GPT-2 is data.gpt2's business."""
     if value is None or value in (SCRATCH, *HUB_MODELS) or os.path.isdir(value):
         return None
     return f"{', '.join(HUB_MODELS)} or a folder in Hugging Face format (config.json, weights, tokenizer)"

@@ -19,11 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.errors import ConfigError
 from data.batches import TokenBins, TrainSampler
+from data.gpt2 import check_vocab, load_gpt2, resolve_gpt2
 from data.prepare import prepare
 from heads.history import ReportHistory
 from heads.probes import Probe, configured_probes
 from model import GPT, GPTConfig
-from model.hf import check_vocab, load_gpt2, resolve_gpt2
 from trainer import distributed
 from trainer.checkpoint import CHECKPOINT, LastSave, save_checkpoint
 from trainer.config import RunConfig

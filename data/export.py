@@ -1,8 +1,8 @@
-"""python -m model.export: a training run's checkpoint as a Hugging Face GPT-2 folder, which
+"""python -m data.export: a training run's checkpoint as a Hugging Face GPT-2 folder, which
 transformers loads with GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained.
 
-    python -m model.export out_dir=out                      # out/best.pt -> out/hf/
-    python -m model.export out_dir=out checkpoint=last to=~/gpt2-mine
+    python -m data.export out_dir=out                      # out/best.pt -> out/hf/
+    python -m data.export out_dir=out checkpoint=last to=~/gpt2-mine
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from omegaconf import DictConfig
 
 from common.errors import ConfigError
 from common.settings import setting, typed
-from model.hf import PretrainedError, export_gpt2
+from data.gpt2 import PretrainedError, export_gpt2
 from trainer.checkpoint import CHECKPOINTS, load_model
 from trainer.config import not_a_file
 
 
 @dataclasses.dataclass
 class ExportConfig:
-    """python -m model.export's config (config/export.yaml)."""
+    """python -m data.export's config (config/export.yaml)."""
 
     out_dir: str = setting("out", path=True, fix="the training run's folder, e.g. out_dir=out")
     checkpoint: str = setting("best", choices=tuple(CHECKPOINTS), fix="best (best.pt) or last (ckpt.pt)")
@@ -45,5 +45,5 @@ def export_checkpoint(cfg: DictConfig) -> Path:
 if __name__ == "__main__":
     from common.cli import hydra_entry
 
-    hydra_entry("export", "python -m model.export", ExportConfig, export_checkpoint,
+    hydra_entry("export", "python -m data.export", ExportConfig, export_checkpoint,
                 lambda cfg: "no export was written")
