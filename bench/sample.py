@@ -67,7 +67,7 @@ def main() -> None:
         results = {row: tokens_per_second(model, row[1], row[0], False, args.repeats) + tokens_per_second(
             model, row[1], row[0], True, args.repeats) for row in rows}
         if compiled:
-            model.compile_decoding()
+            model.engine.compile()
             for batch, new_tokens in rows:
                 started = time.perf_counter()
                 results[batch, new_tokens] += tokens_per_second(model, new_tokens, batch, True, args.repeats)

@@ -3,10 +3,10 @@
 `explicit_attention` is the whole mechanism of the seed articles on one screen: scores from
 query . key, scaled by 1/sqrt(head_dim), the causal mask, softmax into weights, dropout, and the
 context as the weighted sum of values. `MultiHeadAttention` wraps it with the learned
-projections W_Q, W_K, W_V, the split into heads, the merge and W_O; it does self-attention
-(queries, keys and values from the same sequence) or cross-attention (keys and values from
-another one). The `sdpa` and `flash` backends compute the same numbers with fused kernels that
-never materialise the T x T weights.
+projections W_Q, W_K, W_V, the split into heads, RoPE, the KV cache, the merge and W_O; it does
+self-attention (queries, keys and values from the same sequence) or cross-attention (keys and
+values from another one). The `sdpa` and `flash` backends, at the end, compute the same numbers
+with fused kernels that never materialise the T x T weights.
 
 The scores are scaled dot products (`dot_product_scores`) or, with attn_score="additive",
 Bahdanau's v . tanh(W_q q + W_k k) per head (model/additive.py); the mask, softmax, dropout and
@@ -24,8 +24,6 @@ import torch.nn.functional as F
 
 from model.additive import AdditiveScore
 from model.config import GPTConfig
-from model.kv_cache import KVCache
-from model.positions import apply_rotary
 
 Positions = tuple[torch.Tensor, torch.Tensor]  # where the queries (T_q,) and the keys (T_k,) sit
 
@@ -87,6 +85,137 @@ def explicit_attention(
     return context, weights
 
 
+class Rotary(nn.Module):
+    """RoPE (Su et al. 2021): each pair (x[i], x[i + hs/2]) of a query or key is rotated by an angle
+    proportional to its position, so query . key depends only on the distance between them."""
+
+    def __init__(self, head_dim: int, n_positions: int, base: float = 10000.0):
+        super().__init__()
+        # head_dim is even (GPTConfig checks it); the angles in float64, kept in fp32 whatever the weights' dtype
+        frequency = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hs/2,)
+        angle = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequency  # (P, hs/2)
+        self.register_buffer("cos", angle.cos().float(), persistent=False)
+        self.register_buffer("sin", angle.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, nh, T, hs) at positions (T,), 0..T-1 by default -> x rotated, in x's dtype."""
+        if positions is None:
+            positions = torch.arange(x.size(-2), device=x.device)
+        cos, sin = self.cos[positions], self.sin[positions]  # (T, hs/2)
+        x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+class KVCache:
+    """The keys and values of the tokens already seen, per layer, kept during generation: a new
+    token's query attends to them, one row of attention, instead of recomputing the whole prefix.
+
+    Fixed-size buffers, allocated once and written in place at each token's position: every
+    decoding step sees the same shapes at the same addresses, so torch.compile can make it one
+    fixed program, replayed as a CUDA graph on a GPU (static addresses: a graph may write into
+    them). The slots not yet written lie after every query, so the causal mask hides them.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device):
+        """shape: (n_layer, B, nh, max_length, hs)."""
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (n_layer, B, nh, max_length, hs)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_positions = torch.arange(shape[3], device=device)  # (max_length,): slot j holds position j
+        for buffer in (self.keys, self.values, self.key_positions):
+            torch._dynamo.mark_static_address(buffer)
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor,
+               positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new key, value (B, nh, T, hs) of `layer` at `positions` (T,); return every
+        slot's keys and values, (B, nh, max_length, hs), the unwritten ones included."""
+        self.keys[layer].index_copy_(2, positions, key)
+        self.values[layer].index_copy_(2, positions, value)
+        return self.keys[layer], self.values[layer]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with learned projections W_Q, W_K, W_V and W_O.
+
+    Self-attention (causal by default) when only x is given; cross-attention (not causal unless
+    asked) when `context` is given: queries from x, keys and values from context. Built from the
+    model's config (its n_embd, n_head, dropout, bias, attn_impl, qk_norm, pos_encoding,
+    attn_score, attn_dim; checked there), by hand too: MultiHeadAttention(GPTConfig(n_embd=64, n_head=4)).
+    """
+
+    def __init__(self, config: GPTConfig, layer_idx: int = 0):
+        super().__init__()
+        n_embd = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = n_embd // config.n_head
+        self.attn_impl = config.attn_impl
+        self.layer_idx = layer_idx  # which slot of a KVCache is ours
+        self.dropout = config.dropout
+        self.W_Q = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.W_K = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.W_V = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.W_O = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm: RMS-normalise each head's queries and keys, so scores cannot blow up and
+        # larger learning rates stay stable (Dehghani et al. 2023; modded-nanogpt)
+        self.q_norm = nn.RMSNorm(self.head_dim) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if config.qk_norm else None
+        self.rotary = Rotary(self.head_dim, config.block_size) if config.pos_encoding == "rope" else None
+        # how a query scores a key: query . key / sqrt(head_dim), or additive with its own parameters
+        self.score: ScoreFunction = dot_product_scores
+        if config.attn_score == "additive":
+            self.score = AdditiveScore(self.n_head, self.head_dim, config.attn_dim or self.head_dim)
+        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/ablation.py), else None
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, nh, T, hs = x.size()
+        return x.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C): heads concatenated
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        causal: bool | None = None,
+        kv_cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, C); context: (B, S, C) for cross-attention. positions (T,): where x's tokens
+        sit, 0..T-1 by default: RoPE's angles, and with kv_cache the slots they are written to.
+        Returns the output (B, T, C) and, with return_weights (which forces the explicit path),
+        the attention weights (B, nh, T, T_k), T_k = the cache's length with a cache."""
+        source = x if context is None else context
+        causal = context is None if causal is None else causal
+        query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
+        key = self.split_heads(self.W_K(source))  # (B, nh, T_k, hs)
+        value = self.split_heads(self.W_V(source))  # (B, nh, T_k, hs)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        if self.rotary is not None:  # RoPE: rotate queries and keys by their positions
+            query, key = self.rotary(query, positions), self.rotary(key, positions)
+        # one dtype for all three, the one autocast gave the projections: CUDA autocast runs the
+        # QK-norm in fp32, and fp32 queries would send the fused kernels off flash
+        query, key = query.to(value.dtype), key.to(value.dtype)
+        attend_positions = None  # the queries are the last T of the T_k keys
+        if kv_cache is not None:  # store this step's keys and values; attend to every slot of the cache
+            key, value = kv_cache.update(self.layer_idx, key, value, positions)  # (B, nh, max_length, hs)
+            attend_positions = (positions, kv_cache.key_positions)  # the mask hides the slots not written yet
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attn_impl == "explicit" or return_weights:
+            attended, weights = explicit_attention(query, key, value, causal, dropout_p, self.score, attend_positions)
+        else:  # the fused kernels never form the weights
+            attended, weights = FUSED[self.attn_impl](query, key, value, causal, dropout_p, attend_positions), None
+        if self.head_mask is not None:  # ablation: a silenced head contributes nothing to W_O's input
+            attended = attended * self.head_mask.view(1, -1, 1, 1).to(attended.dtype)
+        out = self.resid_dropout(self.W_O(self.merge_heads(attended)))  # (B, T, C)
+        return out, weights
+
+
+# --- the fused kernels: explicit_attention's numbers without forming the T x T weights ----------
+
 def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
                    positions: Positions | None = None) -> torch.Tensor:
     """The same as explicit_attention through torch's fused kernel (no weights returned)."""
@@ -95,9 +224,6 @@ def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.
         allowed = ~future_mask(*(positions or last_positions(T_q, T_k, query.device)))
         return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=causal)
-
-
-_flash_notice_given = False
 
 
 def flash_kernel_exists(device: torch.device, dtype: torch.dtype, head_dim: int, square_or_unmasked: bool,
@@ -110,6 +236,9 @@ def flash_kernel_exists(device: torch.device, dtype: torch.dtype, head_dim: int,
     if head_dim % 8 or head_dim > 256:
         return False
     return (capability or torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
+_flash_notice_given = False  # flash_attention names its fallback once per process, not at every call
 
 
 def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
@@ -141,86 +270,3 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
 
 
 FUSED = {"sdpa": sdpa_attention, "flash": flash_attention}
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention with learned projections W_Q, W_K, W_V and W_O.
-
-    Self-attention (causal by default) when only x is given; cross-attention (not causal unless
-    asked) when `context` is given: queries from x, keys and values from context. Built from the
-    model's config (its n_embd, n_head, dropout, bias, attn_impl, qk_norm, attn_score, attn_dim;
-    checked there), by hand too: MultiHeadAttention(GPTConfig(n_embd=64, n_head=4)).
-    """
-
-    def __init__(self, config: GPTConfig, layer_idx: int = 0):
-        super().__init__()
-        n_embd = config.n_embd
-        self.n_head = config.n_head
-        self.head_dim = n_embd // config.n_head
-        self.attn_impl = config.attn_impl
-        self.layer_idx = layer_idx  # which slot of a KVCache is ours
-        self.dropout = config.dropout
-        self.W_Q = nn.Linear(n_embd, n_embd, bias=config.bias)
-        self.W_K = nn.Linear(n_embd, n_embd, bias=config.bias)
-        self.W_V = nn.Linear(n_embd, n_embd, bias=config.bias)
-        self.W_O = nn.Linear(n_embd, n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/ablation.py), else None
-        # QK-norm: RMS-normalise each head's queries and keys, so scores cannot blow up and
-        # larger learning rates stay stable (Dehghani et al. 2023; modded-nanogpt)
-        self.q_norm = nn.RMSNorm(self.head_dim) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim) if config.qk_norm else None
-        # how a query scores a key: query . key / sqrt(head_dim), or additive with its own parameters
-        self.score: ScoreFunction = dot_product_scores
-        if config.attn_score == "additive":
-            self.score = AdditiveScore(self.n_head, self.head_dim, config.attn_dim or self.head_dim)
-
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.size()
-        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-
-    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, nh, T, hs = x.size()
-        return x.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C): heads concatenated
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        causal: bool | None = None,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv_cache: KVCache | None = None,
-        positions: torch.Tensor | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C); context: (B, S, C) for cross-attention. rotary: (cos, sin) of x's positions
-        for RoPE. With kv_cache, positions (T,) says where x's tokens go in it. Returns the output
-        (B, T, C) and, with return_weights (which forces the explicit path), the attention weights
-        (B, nh, T, T_k), T_k = the cache's length with a cache."""
-        source = x if context is None else context
-        causal = context is None if causal is None else causal
-        query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
-        key = self.split_heads(self.W_K(source))  # (B, nh, T_k, hs)
-        value = self.split_heads(self.W_V(source))  # (B, nh, T_k, hs)
-        if self.q_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
-        if rotary is not None:  # RoPE: rotate queries and keys by their positions
-            query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
-        # one dtype for all three, the one autocast gave the projections: CUDA autocast runs the
-        # QK-norm in fp32, and fp32 queries would send the fused kernels off flash
-        query, key = query.to(value.dtype), key.to(value.dtype)
-        attend_positions = None
-        if kv_cache is not None:  # store this step's keys and values; attend to every slot of the cache
-            key, value = kv_cache.update(self.layer_idx, key, value, positions)  # (B, nh, max_length, hs)
-            attend_positions = (positions, kv_cache.key_positions)  # the mask hides the slots not written yet
-        dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if self.attn_impl == "explicit" or return_weights:
-            attended, weights = explicit_attention(query, key, value, causal, dropout_p, self.score,
-                                                   attend_positions)  # context vectors
-        else:
-            attended = FUSED[self.attn_impl](query, key, value, causal, dropout_p, attend_positions)
-        if self.head_mask is not None:  # ablation: a silenced head contributes nothing to W_O's input
-            attended = attended * self.head_mask.view(1, -1, 1, 1).to(attended.dtype)
-        out = self.resid_dropout(self.W_O(self.merge_heads(attended)))  # (B, T, C)
-        return out, weights

@@ -1,7 +1,18 @@
-"""Turning next-token logits into tokens: temperature, top-k, top-p (nucleus) and greedy decoding."""
+"""Generation: turning next-token logits into tokens (temperature, top-k, top-p (nucleus) and
+greedy decoding), and the Engine that decodes with the KV cache, one token at a time, compiled on
+request into one fixed program (torch.compile; CUDA graphs on a GPU)."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import torch
+
+from model.attention import KVCache
+
+if TYPE_CHECKING:
+    from model.gpt import GPT
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -44,3 +55,89 @@ def sample_next_token(
         logits = filter_top_p(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+class Engine:
+    """How a GPT generates (GPT.generate, sample.py): the decoding loop, the KV cache it allocates
+    once and every later generation reuses, and the one-token decoding step, which compile()
+    compiles. One per model (`model.engine`), so the cache and the compiled step outlive a generation."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self.cache: KVCache | None = None  # allocated by kv_cache
+        # one new token (B, 1) at positions (1,) -> the logits (B, vocab) after it; compile swaps in the compiled step
+        self.decode_step = model.next_token_logits
+
+    def kv_cache(self, batch: int, device: torch.device) -> KVCache:
+        """The KV cache for a generation of `batch` sequences: allocated once and reused while batch,
+        dtype and device stay the same, so a compiled decoding step always writes the same buffers."""
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.model.wte.weight.dtype
+        c = self.model.config
+        shape = (c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head)
+        cache = self.cache
+        if cache is None or (cache.keys.shape, cache.keys.dtype, cache.keys.device) != (shape, dtype, device):
+            self.cache = KVCache(shape, dtype, device)
+        return self.cache
+
+    def compile(self) -> None:
+        """torch.compile the step that turns one new token into the next token's logits with the KV
+        cache: the step generation repeats for every token. Its shapes never change (the cache
+        has a fixed size and fixed addresses), so it compiles once: on a CPU into generated C++
+        whose matrix-vector kernels read the weights far faster than eager PyTorch; on a GPU into
+        Triton kernels replayed as one CUDA graph per token (mode max-autotune). The weights are
+        frozen into the compiled code (inference only). Costs tens of seconds up front."""
+        import torch._inductor.config as inductor
+
+        # freezing applies to graphs compiled without autograd only, so training is unaffected;
+        # set here, not through torch.compile's options=, which made decoding slower
+        inductor.freezing = True
+        inductor.autotune_num_choices_displayed = 0  # the kernel timings are the compiler's business,
+        inductor.max_autotune_report_choices_stats = False  # not the reader's
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # raised inside torch's autotuner
+        compiled = torch.compile(self.model.next_token_logits, mode="max-autotune", fullgraph=True, dynamic=False)
+
+        def decode_step(next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+            # a new replay: the last step's logits (a CUDA graph's output buffer) were already read
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(next_id, kv_cache, positions)
+
+        self.decode_step = decode_step
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_kv_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens next-token ids (B, 1), one at a time, continuing idx (B, T).
+
+        The model always sees the last block_size tokens at positions 0..block_size-1. With the
+        KV cache, each new token costs one row of attention while the sequence fits in
+        block_size; once it is longer, the window slides by one token per step, every position
+        changes, and the cache is refilled from the cropped window (as costly as no cache, and
+        exactly what the uncached path computes).
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+        block_size = self.model.config.block_size
+        kv_cache = self.kv_cache(idx.size(0), idx.device) if use_kv_cache else None
+        length = 0  # the tokens of this generation the cache holds (0: none yet)
+        next_id = idx[:, -1:]  # (B, 1): the token the next cached step reads
+        for _ in range(max_new_tokens):
+            if kv_cache is None:
+                logits = self.model.next_token_logits(idx[:, -block_size:])
+            elif length in (0, block_size):
+                window = idx[:, -block_size:]  # (re)fill the cache with the cropped window
+                length = window.size(1)
+                logits = self.model.next_token_logits(window, kv_cache, torch.arange(length, device=idx.device))
+            else:  # only the token sampled last, at the next position
+                logits = self.decode_step(next_id, kv_cache, torch.tensor([length], device=idx.device))
+                length += 1
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat((idx, next_id), dim=1)
+            yield next_id

@@ -1,20 +1,80 @@
-"""The GPT: token embeddings plus a positional encoding, a stack of blocks, a final norm and a
-tied LM head; attention maps for inspection; generation with a KV cache."""
+"""The GPT: token embeddings plus a positional encoding, a stack of blocks (pre-norm attention, then
+pre-norm MLP, each added to the residual stream), a final norm and a tied LM head; attention maps
+for inspection; generate, whose decoding loop is model/generation.py's Engine."""
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.block import Block, make_norm
+from model.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
-from model.generation import sample_next_token
-from model.kv_cache import KVCache
-from model.positions import rotary_angles, sinusoidal_table
+from model.generation import Engine
+
+
+def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """The seed articles' positional encoding (Vaswani et al. 2017), added to the token embeddings:
+    PE[pos, 2i] = sin(pos / base^(2i/dim)), PE[pos, 2i+1] = cos(pos / base^(2i/dim)) -> (n_positions, dim)."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    frequency = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (ceil(dim/2),)
+    angle = position * frequency  # (P, ceil(dim/2))
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return table.float()
+
+
+def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
+    """layernorm (GPT-2) or rmsnorm (no centring, no bias: cheaper, as in Llama and modded-nanogpt)."""
+    return nn.LayerNorm(dim, bias=bias) if kind == "layernorm" else nn.RMSNorm(dim)
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)^2: as good as GELU or better at small scale, and cheaper (So et al. 2021, Primer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x).square()
+
+
+def make_activation(kind: str) -> nn.Module:
+    """gelu (exact, erf), gelu_tanh (the tanh approximation GPT-2 was trained with: its weights
+    expect it, and exact GELU shifts their logits) or relu2."""
+    if kind == "relu2":
+        return ReLUSquared()
+    return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: expand 4x, GELU (or ReLU^2), project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = make_activation(config.mlp)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(self.act(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = make_norm(config.norm, config.n_embd, config.bias)
+        self.attn = MultiHeadAttention(config, layer_idx)
+        self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.ln_1(x), kv_cache=kv_cache, positions=positions,
+                                      return_weights=return_weights)
+        x = x + attended  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x, weights
 
 
 class GPT(nn.Module):
@@ -26,16 +86,12 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(config.block_size, config.n_embd)  # one trained vector per position
         elif config.pos_encoding == "sinusoidal":
             self.register_buffer("sinusoids", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
-        else:
-            cos, sin = rotary_angles(config.block_size, config.n_embd // config.n_head)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        # rope: no embedding; each attention layer rotates its queries and keys (model/attention.py's Rotary)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer_idx) for layer_idx in range(config.n_layer))
         self.ln_f = make_norm(config.norm, config.n_embd, config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.compiled_decode = None  # set by compile_decoding
-        self.cache: KVCache | None = None  # allocated by kv_cache, reused by every later generation
+        self.engine = Engine(self)  # generation: the KV cache and the decoding step every generate reuses
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
@@ -61,7 +117,7 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding and hasattr(self, "wpe") else n
 
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, return_weights: bool = False,
-                      positions: torch.Tensor | None = None):
+                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """idx: (B, T) -> final hidden states (B, T, C) and, with return_weights, each layer's
         attention weights (B, nh, T, T_k). positions (T,): where idx's tokens sit, 0..T-1 by
         default; with a cache, the positions that continue the tokens it holds."""
@@ -71,17 +127,14 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
             positions = torch.arange(T, device=idx.device)  # (T,)
         x = self.wte(idx)  # (B, T, C)
-        rotary = None
         if self.config.pos_encoding == "learned":
             x = x + self.wpe(positions)
         elif self.config.pos_encoding == "sinusoidal":  # added in fp32 (the table's), then one rounding to x's dtype
             x = (x + self.sinusoids[positions]).to(x.dtype)
-        else:
-            rotary = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
         x = self.drop(x)
         all_weights = []
         for block in self.blocks:
-            x, weights = block(x, rotary, kv_cache, positions, return_weights)
+            x, weights = block(x, kv_cache, positions, return_weights)
             all_weights.append(weights)
         return self.ln_f(x), all_weights
 
@@ -110,7 +163,7 @@ class GPT(nn.Module):
     def next_token_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
                           positions: torch.Tensor | None = None) -> torch.Tensor:
         """The logits (B, vocab) of the token that follows idx (B, T); kv_cache and positions as in
-        hidden_states."""
+        hidden_states. The step the Engine repeats for every new token (and compiles)."""
         x, _ = self.hidden_states(idx, kv_cache, positions=positions)
         return self.lm_head(x[:, -1, :])
 
@@ -121,80 +174,6 @@ class GPT(nn.Module):
         for param in self.parameters():
             param.data = param.data.to(dtype)  # in place: the tied head keeps sharing the embedding
         return self
-
-    def kv_cache(self, batch: int, device: torch.device) -> KVCache:
-        """The KV cache for a generation of `batch` sequences: allocated once and reused while batch,
-        dtype and device stay the same, so a compiled decoding step always writes the same buffers."""
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
-        if self.cache is None or not self.cache.fits(batch, dtype, device):
-            c = self.config
-            self.cache = KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
-        return self.cache
-
-    def compile_decoding(self) -> None:
-        """torch.compile the step that turns one new token into the next token's logits with the KV
-        cache: the step generation repeats for every token. Its shapes never change (the cache
-        has a fixed size and fixed addresses), so it compiles once: on a CPU into generated C++
-        whose matrix-vector kernels read the weights far faster than eager PyTorch; on a GPU into
-        Triton kernels replayed as one CUDA graph per token (mode max-autotune). The weights are
-        frozen into the compiled code (inference only). Costs tens of seconds up front."""
-        import torch._inductor.config as inductor
-
-        # freezing applies to graphs compiled without autograd only, so training is unaffected;
-        # set here, not through torch.compile's options=, which made decoding slower
-        inductor.freezing = True
-        inductor.autotune_num_choices_displayed = 0  # the kernel timings are the compiler's business,
-        inductor.max_autotune_report_choices_stats = False  # not the reader's
-        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # raised inside torch's autotuner
-        self.compiled_decode = torch.compile(self.next_token_logits, mode="max-autotune", fullgraph=True, dynamic=False)
-
-    def decode_step(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
-        """The logits (B, vocab) after one new token (B, 1) at `positions` (1,), compiled when
-        compile_decoding was called."""
-        if self.compiled_decode is None:
-            return self.next_token_logits(next_id, kv_cache, positions)
-        # a new replay: the last step's logits (a CUDA graph's output buffer) were already read
-        torch.compiler.cudagraph_mark_step_begin()
-        return self.compiled_decode(next_id, kv_cache, positions)
-
-    @torch.no_grad()
-    def generate_tokens(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_kv_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens next-token ids (B, 1), one at a time, continuing idx (B, T).
-
-        The model always sees the last block_size tokens at positions 0..block_size-1. With the
-        KV cache, each new token costs one row of attention while the sequence fits in
-        block_size; once it is longer, the window slides by one token per step, every position
-        changes, and the cache is refilled from the cropped window (as costly as no cache, and
-        exactly what the uncached path computes).
-        """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-        block_size = self.config.block_size
-        kv_cache = self.kv_cache(idx.size(0), idx.device) if use_kv_cache else None
-        length = 0  # the tokens of this generation the cache holds (0: none yet)
-        next_id = idx[:, -1:]  # (B, 1): the token the next cached step reads
-        for _ in range(max_new_tokens):
-            if kv_cache is None:
-                logits = self.next_token_logits(idx[:, -block_size:])
-            elif length in (0, block_size):
-                window = idx[:, -block_size:]  # (re)fill the cache with the cropped window
-                length = window.size(1)
-                logits = self.next_token_logits(window, kv_cache, torch.arange(length, device=idx.device))
-            else:  # only the token sampled last, at the next position
-                logits = self.decode_step(next_id, kv_cache, torch.tensor([length], device=idx.device))
-                length += 1
-            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat((idx, next_id), dim=1)
-            yield next_id
 
     def generate(
         self,
@@ -207,6 +186,7 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """idx (B, T) followed by max_new_tokens generated tokens -> (B, T + max_new_tokens);
-        temperature 0 is greedy. See generate_tokens for what happens past block_size."""
-        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generator))
+        temperature 0 is greedy. One token at a time: see Engine.generate_tokens, also for what
+        happens past block_size."""
+        new = self.engine.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generator)
         return torch.cat([idx, *new], dim=1)

@@ -14,12 +14,7 @@ from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
 from model import GPT, GPTConfig
 from model.additive import additive_scores
-from model.attention import (
-    MultiHeadAttention,
-    explicit_attention,
-    future_mask,
-    last_positions,
-)
+from model.attention import MultiHeadAttention, explicit_attention, future_mask, last_positions
 from trainer.config import TrainConfig
 from trainer.optim import make_optimizers
 

@@ -10,14 +10,9 @@ import torch
 
 import model.attention as attention
 from model import GPT, GPTConfig
-from model.attention import (
-    MultiHeadAttention,
-    explicit_attention,
-    flash_attention,
-    sdpa_attention,
-)
+from model.attention import MultiHeadAttention, Rotary, explicit_attention, flash_attention, sdpa_attention
 from model.config import ATTN_IMPLS, ATTN_SCORES
-from model.positions import apply_rotary, rotary_angles, sinusoidal_table
+from model.gpt import sinusoidal_table
 
 BACKENDS = {"explicit": lambda q, k, v, causal: explicit_attention(q, k, v, causal)[0],
             "sdpa": sdpa_attention, "flash": flash_attention}
@@ -156,12 +151,12 @@ def test_sinusoidal_table_follows_vaswani():
 
 
 def test_rope_scores_depend_only_on_relative_position():
-    cos, sin = rotary_angles(64, 8)
+    rotary = Rotary(head_dim=8, n_positions=64).double()
     torch.manual_seed(0)
     q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
 
     def rotated(vector, position):
-        return apply_rotary(vector.view(1, 1, 1, 8), cos[position].double(), sin[position].double()).flatten()
+        return rotary(vector.view(1, 1, 1, 8), torch.tensor([position])).flatten()
 
     assert torch.isclose(rotated(q, 0).norm(), q.norm())  # a rotation keeps lengths
     assert torch.isclose(rotated(q, 10) @ rotated(k, 3), rotated(q, 40) @ rotated(k, 33))
@@ -243,13 +238,10 @@ def test_greedy_generation_is_identical_with_and_without_kv_cache(attn_impl, att
 @pytest.mark.parametrize("attn_score", ATTN_SCORES)
 @pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
 def test_cached_logits_equal_full_recomputation(attn_score, pos_encoding):
-    from model.kv_cache import KVCache
-
     model = tiny_gpt("explicit", pos_encoding, attn_score=attn_score).double()
     idx = torch.randint(0, 40, (2, 9))
     full, _ = model.hidden_states(idx)
-    c = model.config
-    cache = KVCache(c.n_layer, 2, c.n_head, c.block_size, c.n_embd // c.n_head, torch.float64, torch.device("cpu"))
+    cache = model.engine.kv_cache(2, torch.device("cpu"))  # float64, the model's dtype
     first, _ = model.hidden_states(idx[:, :5], cache, positions=torch.arange(5))
     rest = [model.hidden_states(idx[:, t:t + 1], cache, positions=torch.tensor([t]))[0] for t in range(5, 9)]
     assert (torch.cat([first, *rest], dim=1) - full).abs().max().item() < 1e-12

@@ -18,7 +18,7 @@ def test_compiled_decoding_replays_cuda_graphs_and_gives_the_eager_tokens(traine
 
     from trainer.checkpoint import load_model
 
-    # compile_decoding sets these for the whole process: put them back after this test
+    # Engine.compile sets these for the whole process: put them back after this test
     for key in ("freezing", "autotune_num_choices_displayed", "max_autotune_report_choices_stats"):
         monkeypatch.setattr(inductor_config, key, getattr(inductor_config, key))
     torch._dynamo.reset()  # no compiled code, CUDA graph tree or counter left from anything before
@@ -46,7 +46,7 @@ def test_compiled_decoding_replays_cuda_graphs_and_gives_the_eager_tokens(traine
         idx = torch.tensor([tokenizer.encode("the king and")], device=GPU_DEVICE)
         new_tokens = 40  # past block_size 32: the compiled step, then refills of the sliding window
         eager = model.generate(idx, new_tokens, temperature=0).tolist()
-        model.compile_decoding()
+        model.engine.compile()
         first = model.generate(idx, new_tokens, temperature=0).tolist()  # compiles, warms up, records
         before_second = len(replays)
         second = model.generate(idx, new_tokens, temperature=0).tolist()  # replays
