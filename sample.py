@@ -22,7 +22,7 @@ from common.settings import typed
 from data.sources import decode_utf8
 from trainer.checkpoint import load_inference_model
 from trainer.config import SampleConfig
-from trainer.runtime import resolve_device, resolve_dtype
+from common.device import resolve_device, resolve_dtype
 
 
 def read_prompts(cfg: SampleConfig) -> list[str]:
@@ -59,9 +59,9 @@ def main_sample(cfg: DictConfig) -> None:
     model.to_inference_dtype(dtype)  # half-size weights halve the memory read for every new token
     if cfg.compile:
         started = time.perf_counter()
-        model.compile_decoding()
+        model.engine.compile()
         warm_up = torch.full((cfg.num_samples, 1), tokenizer.eot_id, device=device)
-        for _ in model.generate_tokens(warm_up, 2, temperature=0):  # greedy: the seeded sampling is untouched
+        for _ in model.engine.generate_tokens(warm_up, 2, temperature=0):  # greedy: the seeded sampling is untouched
             pass  # compile now, so the first sample's tokens/s are not the compiler's
         print(f"compiled the decoding step in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     block_size = model.config.block_size
@@ -83,8 +83,8 @@ def main_sample(cfg: DictConfig) -> None:
         new_ids: list[list[int]] = [[] for _ in range(cfg.num_samples)]
         started = time.perf_counter()
         idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)
-        for next_ids in model.generate_tokens(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                              cfg.use_kv_cache, generator):
+        for next_ids in model.engine.generate_tokens(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                                     cfg.top_p, cfg.use_kv_cache, generator):
             for row, token_id in enumerate(next_ids[:, 0].tolist()):
                 new_ids[row].append(token_id)
                 pieces[row].append(decoders[row].feed(token_id))

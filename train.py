@@ -1,15 +1,21 @@
-"""Train the GPT: prepare the data if needed, then AdamW with warmup + cosine decay, periodic
-validation in bits per byte (overall, en, zh, pairs), checkpoints, a wandb run and an attention
-report of every head.
+"""Train the GPT: prepare the data if needed, then AdamW (or Muon) with warmup + cosine decay,
+periodic validation in bits per byte (overall, en, zh, pairs), checkpoints, a wandb run and an
+attention report of every head.
 
     python train.py                  # GPU default (6 layers, 6 heads, 384 dims, context 256)
     python train.py preset=cpu       # sized for a 2-core CPU
     python train.py model.n_layer=8 train.max_iters=2000 wandb.mode=disabled
     python train.py init_from=gpt2 model.block_size=256   # fine-tune GPT-2 (or init_from=/path/to/hf-folder)
     torchrun --standalone --nproc_per_node=8 train.py     # data parallel on 8 GPUs
+
+Read it top to bottom: the settings, the set-up, one optimizer step, then the loop. What guards the
+run (the out_dir lock, resuming, non-finite steps, Ctrl-C) is in trainer/guards.py, the wandb run
+in trainer/wandb_run.py; a first reading can skip both.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,106 +25,300 @@ import torch
 from omegaconf import DictConfig
 
 from common.cli import run_entry
+from common.device import autocast, resolve_device, resolve_dtype, to_device
 from common.errors import ConfigError
-from common.interrupt import GracefulStop
 from common.settings import typed
 from common.sweeps import separate_sweep_jobs
+from data.batches import TokenBins, TrainSampler, evaluate
+from data.gpt2 import check_vocab, load_gpt2, resolve_gpt2
+from data.prepare import prepare
+from heads.history import ReportHistory
+from heads.probes import configured_probes
 from model import GPT
 from trainer import distributed
-from trainer.checkpoint import LastSave
-from trainer.config import SCRATCH, RunConfig
-from trainer.nonfinite import NonFiniteError, NonFiniteGuard, skips_on_device
-from trainer.resume import claim_out_dir
-from trainer.runtime import resolve_device, resolve_dtype, reuse_host_memory
-from trainer.step import train_step
-from trainer.training import RunData, Training, prepared_data, pretrained_model
+from trainer.checkpoint import CHECKPOINT, save_checkpoint
+from trainer.config import SCRATCH, RunConfig, TrainConfig
+from trainer.guards import (GracefulStop, LastSave, NonFiniteError, NonFiniteGuard, claim_out_dir, resume,
+                            skips_on_device, step_unless, unrecoverable)
+from trainer.mfu import flops_per_token, mfu, peak_flops
+from trainer.optim import make_optimizers
+from trainer.runtime import reuse_host_memory, rng_state, seed_everything
+from trainer.wandb_run import start_run
+
+# the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
+APPLIED = ("block_size", "dropout", "attn_impl")
 
 
-def check_config(cfg: RunConfig, world_size: int) -> None:
-    """What depends on the launch; each setting alone was checked by typed(RunConfig, ...)."""
-    tc = cfg.train
-    if tc.batch_size % (world_size * tc.grad_accum):
-        raise ConfigError(
-            f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
-            f"{world_size} x {tc.grad_accum}: it is the global batch of one optimizer step"
-        )
+def pretrained_model(cfg: RunConfig, verbose: bool) -> GPT:
+    """init_from's GPT-2 (downloaded when a hub name) with the model group's block_size, dropout and
+    attn_impl; its folder becomes data.tokenizer_kind, so the data is tokenized by its tokenizer."""
+    if cfg.data.tokenizer_kind != "bpe":
+        raise ConfigError(f"data.tokenizer_kind={cfg.data.tokenizer_kind} and init_from={cfg.init_from} both choose "
+                          "the tokenizer: leave data.tokenizer_kind out, the model's own tokenizes the data")
+    folder = resolve_gpt2(cfg.init_from)
+    given = cfg.gpt_config()
+    model, config = load_gpt2(folder, given.dropout, given.attn_impl, given.block_size)
+    cfg.data.tokenizer_kind = str(folder)
+    if verbose:
+        taken = ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                          for key, value in config.to_dict().items() if key not in (*APPLIED, "zero_init_proj"))
+        print(f"init_from={cfg.init_from} ({folder}): from the checkpoint {taken}; of the model group only "
+              + ", ".join(f"model.{key}={getattr(config, key)}" for key in APPLIED)
+              + " apply; the data is tokenized with the model's tokenizer")
+    return model
 
+
+def format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def get_lr(step: int, tc: TrainConfig, seconds: float) -> float:
+    """Linear warmup, then cosine decay to min_lr. The decay follows whichever budget is further
+    along: the steps (train.lr_decay_iters) or, with train.max_seconds, the time `seconds` spent,
+    so a run on a slow machine still ends its decay when its time runs out."""
+    if step < tc.warmup_iters:
+        return tc.learning_rate * (step + 1) / tc.warmup_iters
+    progress = (step - tc.warmup_iters) / max(1, tc.lr_decay_iters - tc.warmup_iters)
+    if tc.max_seconds:
+        progress = max(progress, seconds / tc.max_seconds)
+    progress = min(max(progress, 0.0), 1.0)
+    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.learning_rate - tc.min_lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# one optimizer step (bench/ times this very function)
+
+def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+               scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig,
+               dtype: torch.dtype, ddp: torch.nn.parallel.DistributedDataParallel | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on this rank's batch x, y (B, T). step_model runs the forward pass (the
+    model, compiled or DDP-wrapped); model owns the parameters. Returns the step's mean loss, its
+    gradient norm and whether it counts as non-finite, all still on the device: nothing here waits
+    for the device to finish (train.py reads them at log time)."""
+    device = model.lm_head.weight.device
+    step_loss = torch.zeros((), device=device)
+    for micro, (micro_x, micro_y) in enumerate(zip(x.chunk(tc.grad_accum), y.chunk(tc.grad_accum))):
+        if ddp is not None:  # average the gradients across ranks once, after the last micro-batch
+            ddp.require_backward_grad_sync = micro == tc.grad_accum - 1
+        with autocast(device, dtype):
+            _, loss = step_model(to_device(micro_x, device), to_device(micro_y, device))
+        loss = loss / tc.grad_accum
+        scaler.scale(loss).backward()  # fp16 scales the loss so small gradients do not underflow
+        step_loss += loss.detach()
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # NaN or inf when the loss or any gradient is
+    nonfinite = ~torch.isfinite(grad_norm)
+    counted = unrecoverable(step_loss, nonfinite, scaler)
+    if tc.grad_clip > 0:  # scale every gradient by min(1, grad_clip / grad_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
+    step_unless(nonfinite, optimizers, scaler)  # a NaN or inf never reaches the weights
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()
+    return step_loss, grad_norm, counted
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
 
 def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: LastSave) -> dict:
-    """Check the settings, load init_from's model, claim out_dir, then fit."""
-    check_config(cfg, ranks.world_size)
+    """Set up (device, data, model settings: every check before out_dir is claimed, so a bad one
+    writes nothing), then fit while holding out_dir."""
+    tc = cfg.train
+    if tc.batch_size % (ranks.world_size * tc.grad_accum):
+        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
+                          f"{ranks.world_size} x {tc.grad_accum}: it is the global batch of one optimizer step")
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
-    out_dir = Path(cfg.out_dir)
-    # before out_dir is claimed: a model that cannot be downloaded or read, data that does not fit
-    # it, or a probe too short fails with nothing written
     pretrained = pretrained_model(cfg, ranks.is_main) if cfg.init_from != SCRATCH else None
-    data = prepared_data(cfg, ranks, pretrained)
+    if ranks.local_rank == 0:  # nodes need not share a file system
+        prepare(cfg.data)
+    distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
+    bins = TokenBins(cfg.data.dir)
+    if pretrained is None:
+        model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)  # the vocabulary is the tokenizer's
+    else:
+        model_cfg = pretrained.config
+        check_vocab(bins.tokenizer, model_cfg, Path(cfg.data.tokenizer_kind))
+    bins.check_block_size(model_cfg.block_size)
+    probes = configured_probes(cfg.wandb.probes, bins, cfg.wandb.probe_tokens)  # the attention report's inputs
+    for probe in probes:
+        probe.ids(bins.tokenizer, min(cfg.wandb.probe_tokens, model_cfg.block_size))  # a DataError below 2 tokens
+    out_dir = Path(cfg.out_dir)
     with claim_out_dir(cfg, out_dir, ranks):
-        return fit(cfg, ranks, device, dtype, out_dir, saved, data, pretrained)
+        return fit(cfg, ranks, device, dtype, out_dir, saved, bins, model_cfg, probes, pretrained)
 
 
 def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-        saved: LastSave, data: RunData, pretrained: GPT | None = None) -> dict:
-    """Build the run (continuing out_dir's if asked); then, step by step: evaluate and report on schedule,
-    set the learning rate, take an optimizer step, log. Stop at the step or time budget (whichever
-    ends first), at Ctrl-C or SIGTERM (saving), or after too many non-finite steps in a row."""
-    tc = cfg.train
-    t = Training.build(cfg, ranks, device, dtype, out_dir, saved, data, pretrained)
-    start_step = t.resumed.step
+        saved: LastSave, bins: TokenBins, model_cfg, probes: list, pretrained: GPT | None) -> dict:
+    """Build the model, optimizers and sampler (continuing out_dir's run if asked); then, step by
+    step: evaluate, save and report on schedule, set the learning rate, take an optimizer step, log.
+    Stop at the step or time budget (whichever ends first), at Ctrl-C or SIGTERM (saving), or after
+    too many non-finite steps in a row."""
+    tc, wc = cfg.train, cfg.wandb
+
+    # ---- model, optimizers, batches
+    seed_everything(cfg.seed)  # the same initial weights on every rank (and dropout masks for a pretrained one)
+    model = (GPT(model_cfg) if pretrained is None else pretrained.train()).to(device)  # load_gpt2's is in eval mode
+    optimizers = make_optimizers(model, tc, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow unscaled
+    step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
+    sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
+                           ranks.world_size)
+    micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of one rank sees
+
+    # ---- resume, then the wandb run (a checkpoint that cannot be continued leaves no empty run)
+    resumed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash, ranks)
+    history = ReportHistory(resumed.report_history)  # the attention charts so far
+    run = (start_run(wc.mode, wc.project, wc.name, dataclasses.asdict(cfg), out_dir) if ranks.is_main else None)
+    attn_every = wc.attn_every if wc.mode != "disabled" else 0  # disabled computes nothing
+    reports = None  # rank 0's
+    if run is not None and attn_every:
+        from heads.report import TrainingReports  # matplotlib: only runs that report pay for it
+
+        reports = TrainingReports(run, model, bins, probes, wc, device, dtype, f"{wc.project} · {out_dir.name}", history)
+    flops_per_step = flops_per_token(model) * tc.batch_size * model_cfg.block_size
+    peak, peak_source = peak_flops(device, dtype) if ranks.is_main else (None, "")
+    if ranks.is_main:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} "
+              f"heads x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, "
+              f"attn_impl={model_cfg.attn_impl}, pos_encoding={model_cfg.pos_encoding} | {device}, "
+              f"{str(dtype).removeprefix('torch.')}, compile={cfg.compile}, {ranks.world_size} process(es), "
+              f"grad_accum {tc.grad_accum}" + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
+
+    started = time.time() - resumed.elapsed  # wall clock of step 0: a resumed time budget goes on where it stopped
+    best_val_loss = resumed.best_val_loss
+
+    def save(step: int, metrics: dict, rngs: list[dict], best: bool = False) -> None:
+        """Everything needed to continue exactly: weights, optimizers, step, every rank's RNG, the sampler."""
+        state = {"model": model.state_dict(), "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+                 "step": step, "model_config": model_cfg.to_dict(), "config": dataclasses.asdict(cfg),
+                 "val_metrics": metrics, "best_val_loss": best_val_loss, "elapsed": time.time() - started,
+                 "tokenizer_hash": bins.tokenizer.hash, "probes": [[probe.name, probe.text] for probe in probes],
+                 "report_history": history.state(), "rng": rngs,  # one per rank, in rank order
+                 "sampler": sampler.generator.get_state()}
+        save_checkpoint(out_dir, state, bins.tokenizer, best)
+        saved.step = step
+
+    # ---- the loop
+    start_step = resumed.step
     if start_step:
         saved.step = start_step  # ckpt.pt already holds it
     guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
-    sync_every_step = not skips_on_device(t.optimizers)  # unfused AdamW (MPS) must know on the host whether to step
-    stop = GracefulStop()
-    attn_every = cfg.wandb.attn_every if cfg.wandb.mode != "disabled" else 0  # disabled computes nothing
+    sync_every_step = not skips_on_device(optimizers)  # unfused AdamW (MPS) must know on the host whether to step
+    stop = GracefulStop()  # Ctrl-C, SIGTERM, SIGHUP: finish the step, save, exit 0
     last_log = time.time()
-    t.started = last_log - t.resumed.elapsed  # a resumed time budget goes on where it stopped
     metrics: dict = {}
     last_step, interrupted = tc.max_iters, False
     try:
         for step in range(start_step, tc.max_iters + 1):
-            if last_step == tc.max_iters and t.time_is_up():
-                last_step = step  # evaluate, save and stop here
+            if (last_step == tc.max_iters and tc.max_seconds
+                    and distributed.any_rank(time.time() - started >= tc.max_seconds, ranks)):
+                last_step = step  # the time budget is spent: evaluate, save and stop here
             fresh = step > start_step or start_step == 0  # a resumed step was evaluated before it was saved
             evaluate_now = fresh and (step % tc.eval_interval == 0 or step == last_step)
             report_now = fresh and attn_every > 0 and (step % attn_every == 0 or step == last_step)  # step 0 too
+            if report_now and reports is not None:  # before the save: the checkpoint's report history holds it
+                reports.report(step, final=step == last_step)
+            if evaluate_now:
+                rngs = distributed.gather_to_main(rng_state(device), ranks)  # every rank's, to rank 0
+                if ranks.is_main:
+                    metrics = evaluate(model, bins, model_cfg.block_size, tc.eval_windows, micro_batch, device, dtype)
+                    groups = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()
+                                      if k.count("/") == 2 and k.endswith("bpb"))
+                    best = metrics["val/loss"] < best_val_loss
+                    best_val_loss = min(best_val_loss, metrics["val/loss"])
+                    print(f"eval step {step} ({time.time() - started:.1f}s): val loss {metrics['val/loss']:.4f} | bpb "
+                          f"{metrics['val/bpb']:.3f} ({groups})" + (" | new best" if best else ""))
+                    save(step, metrics, rngs, best)
+                    if run is not None:
+                        run.log(metrics, step=step)
             if evaluate_now or report_now:
-                metrics = t.evaluate_and_report(step, evaluate_now, report_now, step == last_step) or metrics
+                distributed.barrier(ranks)  # the other ranks wait for rank 0
                 last_log = time.time()  # evaluation and reports do not count as training throughput
             if step == last_step:
                 break
-            lr = t.set_learning_rate(step)
 
-            x, y = t.sampler.next_batch()  # this rank's share of the global batch
-            step_loss = train_step(t.step_model, t.model, t.optimizers, t.scaler, guard, x, y, step + 1, tc.grad_accum,
-                                   tc.grad_clip, dtype, device, t.ddp)
+            lr = get_lr(step, tc, time.time() - started)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-            log_now = (step + 1) % tc.log_interval == 0
-            if log_now or sync_every_step:
+            x, y = sampler.next_batch()  # this rank's share of the global batch
+            step_loss, grad_norm, counted = train_step(model, step_model, optimizers, scaler, x, y, tc, dtype, ddp)
+            guard.check(step + 1, grad_norm, counted)
+
+            if (step + 1) % tc.log_interval == 0:  # the only host sync of the loop
                 guard.read()
-            if log_now:
                 now = time.time()
-                t.log_progress(step + 1, step_loss, lr, max(now - last_log, 1e-9) / tc.log_interval, guard)
+                seconds_per_step = max(now - last_log, 1e-9) / tc.log_interval
                 last_log = now
+                loss = distributed.mean_across_ranks(step_loss, ranks)
+                tokens_per_second = tc.batch_size * model_cfg.block_size / seconds_per_step
+                flops_per_second = flops_per_step / seconds_per_step
+                elapsed = now - started
+                eta = elapsed / (step + 1) * (tc.max_iters - step - 1)
+                if tc.max_seconds:
+                    eta = min(eta, max(0.0, tc.max_seconds - elapsed))
+                utilisation = mfu(flops_per_second, peak, ranks.world_size) if peak else None
+                if ranks.is_main:
+                    print(f"step {step + 1}/{tc.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+                          f"{tokens_per_second / 1e3:.1f}k tok/s | {flops_per_second / 1e9:.1f} GFLOP/s"
+                          + (f", MFU {100 * utilisation:.1f}%" if peak else "")
+                          + f" | {format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
+                          + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
+                if reports is not None:
+                    reports.log_pictures(step + 1)
+                if run is not None:
+                    entry = {"train/loss": loss, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
+                             "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}
+                    if peak:
+                        entry["train/mfu"] = utilisation
+                    run.log(entry, step=step + 1)
+            elif sync_every_step:
+                guard.read()
             if guard.failure():
                 break  # raised below, once the wandb run is closed
             if distributed.any_rank(stop.requested, ranks):
-                t.save_interrupted(step + 1, metrics)
+                rngs = distributed.gather_to_main(rng_state(device), ranks)
+                if ranks.is_main:
+                    save(step + 1, metrics, rngs)
+                    print(f"interrupted after step {step + 1}: checkpoint in {out_dir / CHECKPOINT}; "
+                          f"run the same command again to continue (train.resume=auto)")
                 interrupted = True
                 break
     finally:
         stop.restore()  # the default Ctrl-C again, also when the loop raised
+
+    # ---- finish: the done line (also when Ctrl-C came during the final evaluation), the wandb summary
     guard.read()
     failure = guard.failure()
-    # the done line also when Ctrl-C came during the final evaluation
-    t.finish(last_step, metrics, completed=not interrupted and not failure, failed=failure is not None)
+    if ranks.is_main and not interrupted and not failure:
+        budget = (f"the time budget train.max_seconds={tc.max_seconds:g} ran out first" if last_step < tc.max_iters
+                  else f"train.max_iters={tc.max_iters}")
+        reached = f", val bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
+        print(f"done in {format_seconds(time.time() - started)} at step {last_step} ({budget}){reached}: "
+              f"checkpoint in {out_dir / CHECKPOINT}")
+    if reports is not None:
+        reports.close()  # an interrupted run's pictures still being drawn are dropped
+    if run is not None:
+        run.summary(metrics)
+        where = run.finish(exit_code=1 if failure else 0)
+        if where:
+            print(where)
     if failure:
         raise failure
     return metrics
 
+
+# ---------------------------------------------------------------------------------------------
+# the command line
 
 @hydra.main(config_path="config", config_name="train", version_base=None)
 def main(raw: DictConfig) -> None:

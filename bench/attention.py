@@ -26,12 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model.additive import additive_chunk_bytes, additive_scores  # noqa: E402
-from model.attention import (  # noqa: E402
-    explicit_attention,
-    flash_attention,
-    flash_kernel_exists,
-    sdpa_attention,
-)
+from model.attention import explicit_attention, flash_attention, flash_kernel_exists, sdpa_attention  # noqa: E402
 
 LENGTHS = (128, 256, 512, 1024, 2048)
 ADDITIVE_MAX_LENGTH = 512  # at T = 1024 one additive point took 13 s on a 2-core CPU (6 x 1.9 s)

@@ -42,7 +42,7 @@ from heads.probes import Probe  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import resolve_dtype  # noqa: E402
+from common.device import resolve_dtype  # noqa: E402
 
 SCORES = ("dot", "additive")
 TOKENS_PER_SECOND = re.compile(r"^step \d+/\d+ \| .* \| ([\d.]+)k tok/s \|", re.MULTILINE)
@@ -61,7 +61,7 @@ def step_times(steps: int, overrides: list[str]) -> tuple[dict[str, list[float]]
         torch.manual_seed(cfg.seed)
         model = GPT(GPTConfig(vocab_size=cfg.data.vocab_size, **{**OmegaConf.to_container(cfg.model), "attn_score": score}))
         setups[score] = TimedSteps(model, model, make_optimizers(model, cfg.train, device), dtype, device,
-                                   cfg.train.grad_clip)
+                                   cfg.train)
     times: dict[str, list[float]] = {score: [] for score in SCORES}
     for i in range(steps + 1):  # the first step of each warms up
         for score, timed_step in setups.items():

@@ -1,5 +1,5 @@
 """train.py's training step, timed: the unit the training benchmarks measure. It is the real step
-(trainer.step.train_step: host-to-device copy, forward under autocast, backward, loss scaling,
+(train.py: train_step: host-to-device copy, forward under autocast, backward, loss scaling,
 the gradient norm and its non-finite check, clipping, every optimizer's update), with the device
 synchronised before and after, so a GPU's queued work is inside the time."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import time
 
 import torch
 
-from trainer.nonfinite import NonFiniteGuard
-from trainer.step import loss_scaler, train_step
+from train import train_step
+from trainer.config import TrainConfig
+from trainer.guards import NonFiniteGuard
 
 
 def synchronize(device: torch.device) -> None:
@@ -21,10 +22,10 @@ class TimedSteps:
     """Steps of one model, each returning its seconds; the loss scaler and the guard live across steps."""
 
     def __init__(self, step_model, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                 dtype: torch.dtype, device: torch.device, grad_clip: float = 1.0, grad_accum: int = 1):
+                 dtype: torch.dtype, device: torch.device, tc: TrainConfig | None = None):
         self.step_model, self.model, self.optimizers = step_model, model, optimizers
-        self.dtype, self.device, self.grad_clip, self.grad_accum = dtype, device, grad_clip, grad_accum
-        self.scaler = loss_scaler(device, dtype)
+        self.dtype, self.device, self.tc = dtype, device, tc or TrainConfig()  # its grad_clip and grad_accum
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py's
         self.guard = NonFiniteGuard(max_in_row=10, verbose=False)
         self.steps = 0
 
@@ -33,8 +34,9 @@ class TimedSteps:
         self.steps += 1
         synchronize(self.device)
         started = time.perf_counter()
-        train_step(self.step_model, self.model, self.optimizers, self.scaler, self.guard, x, y, self.steps,
-                   self.grad_accum, self.grad_clip, self.dtype, self.device)
+        _, grad_norm, counted = train_step(self.model, self.step_model, self.optimizers, self.scaler, x, y, self.tc,
+                                           self.dtype)
+        self.guard.check(self.steps, grad_norm, counted)
         synchronize(self.device)
         seconds = time.perf_counter() - started
         self.guard.read()  # outside the time, as train.py reads at log time only

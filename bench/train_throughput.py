@@ -8,7 +8,7 @@ GPU default's batch). Ours: attn_impl explicit | sdpa | flash, fp32 (TF32 on a G
 sets it) and bf16 autocast, torch.compile off and on; nanoGPT: fp32 and bf16, compile off and on,
 with its own optimizer set-up (configure_optimizers). nanoGPT's code is read from the folder you
 give (a clone of its repository) and is never part of this project. Both run train.py's own
-training step (bench/timing.py: trainer.step.train_step, with the loss scaler, the non-finite
+training step (bench/timing.py: train.py's train_step, with the loss scaler, the non-finite
 guard and the host-to-device copy), synchronised on a GPU. Each setting: warm-up steps (which
 include compilation), then timed steps: the median and the best step time, and from the best
 one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured matmul peak (the
@@ -47,7 +47,8 @@ from model import GPT, GPTConfig  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
-from trainer.runtime import resolve_device, resolve_dtype, reuse_host_memory  # noqa: E402
+from common.device import resolve_device, resolve_dtype
+from trainer.runtime import reuse_host_memory  # noqa: E402
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
 

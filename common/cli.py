@@ -24,7 +24,6 @@ from pathlib import Path
 
 from common.errors import ConfigError, UserError
 from common.folders import check_writable
-from common.interrupt import on_stop_signals, raise_interrupt
 from common.settings import setting_type, unwrap_optional
 from common.sweeps import sweep_left
 
@@ -392,6 +391,22 @@ def hydra_entry(config_name: str, command: str, settings: type, job: Callable[[o
 # ---------------------------------------------------------------------------------------------
 # the process: output that never stops a job, stop signals, caches
 
+# Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session) each stop a command as a KeyboardInterrupt
+# naming the signal; the training loop finishes its step and saves instead (trainer/guards.py: GracefulStop)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def on_stop_signals(handler) -> dict:
+    """Handle each stop signal with `handler`, except one the process ignores (SIGHUP under nohup
+    stays ignored); return the previous handlers."""
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+
+
+def raise_interrupt(signum, frame) -> None:
+    """A stop signal as a KeyboardInterrupt naming it: common.cli.run_entry exits 128 + its number."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 
 class Output:
     """sys.stdout or sys.stderr while an entry point runs. Characters the stream's encoding lacks
@@ -484,7 +499,7 @@ def usable_caches() -> None:
 
 def guard_process(result: bool = False) -> None:
     """For the whole process: output that never stops it (Output), SIGTERM and SIGHUP (a closed
-    terminal) stopping it as Ctrl-C does (common/interrupt.py), caches where they can be written."""
+    terminal) stopping it as Ctrl-C does (common/cli.py), caches where they can be written."""
     if sys.stdout is not None:  # None when started with the stream closed (`2>&-`): print() then writes nothing
         sys.stdout = Output(sys.stdout, "stdout", result)
     if sys.stderr is not None:

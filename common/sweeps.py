@@ -42,9 +42,7 @@ def sweep_left() -> str:
     swept = swept_keys()
     if swept is None:
         return ""
-    from hydra._internal.core_plugins.basic_sweeper import (
-        BasicSweeper,  # what orders hydra's own sweep
-    )
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # what orders hydra's own sweep
 
     points = [point_name(job, swept) for batch in BasicSweeper.split_arguments(command_overrides(), None)
               for job in batch]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.batches import TokenBins
+from data.batches import TokenBins, evaluate  # the evaluation train.py prints, on fewer windows
 from model import GPT
 
 
@@ -20,10 +20,6 @@ def ablate_heads(model: GPT, bins: TokenBins, n_windows: int, batch_size: int, d
                  dtype: torch.dtype) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The intact model's bits per byte per group ('all' too), and group -> (n_layer, n_head) the
     increase in bits per byte when that one head is zero-ablated."""
-    from trainer.evaluate import (
-        evaluate,  # the evaluation train.py prints, on fewer windows
-    )
-
     def bpb() -> dict[str, float]:
         scores = evaluate(model, bins, model.config.block_size, n_windows, batch_size, device, dtype)
         return {"all" if key == "val/bpb" else key.split("/")[1]: value  # val/bpb, val/<group>/bpb

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +28,7 @@ from heads.evidence import Evidence, head_evidence, report_windows
 from heads.history import ReportHistory
 from heads.html_view import head_view_html
 from heads.labels import token_texts
-from heads.painter import Picture, paint
+from heads.painter import Painter, Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
@@ -246,6 +248,68 @@ def report_inputs(model: GPT, bins, settings, device: torch.device, dtype: torch
     return group_ids, ablation
 
 
+class TrainingReports:
+    """The attention reports of a training run, logged to its wandb run: train.py calls report() on
+    schedule and log_pictures() at log time, close() at the end. Maps come from the explicit path,
+    training is untouched. Pictures are drawn here, by a worker process, or only for the final
+    report (wandb.pictures); each report's PNGs are logged at the first step after they are drawn."""
+
+    def __init__(self, run, model: GPT, bins, probes: list[Probe], settings, device: torch.device,
+                 dtype: torch.dtype, title: str, history: ReportHistory):
+        self.run, self.model, self.bins, self.probes, self.settings = run, model, bins, probes, settings
+        self.device, self.dtype, self.title, self.history = device, dtype, title, history
+        # on a CPU drawing stalls training for seconds a report, so by default only the final report
+        # draws; the head view shows every report's maps
+        pictures = settings.pictures
+        self.pictures = pictures if pictures != "auto" else ("final" if device.type == "cpu" else "background")
+        self.painter = Painter(background=self.pictures == "background")
+
+    def report(self, step: int, final: bool) -> None:
+        """Report every head at `step`; the head ablation runs in the final report, or in every one
+        (wandb.ablation)."""
+        if not self.run.active:
+            return  # wandb failed earlier (warned once): nothing would receive the report
+        started, ws = time.time(), self.settings
+        ablate = ws.ablation == "every" or (ws.ablation == "final" and final)
+        group_ids, ablation = report_inputs(self.model, self.bins, ws, self.device, self.dtype, ablate)
+        ablation_seconds = time.time() - started  # the windows themselves take milliseconds
+        report = build_report(self.model, self.bins.tokenizer, self.probes, ws.probe_tokens, ws.table_rows,
+                              group_ids, ablation, f"{self.title} · step {step}", metric_maps=final)
+        log_report(self.run, report, step, self.history)
+        if final or self.pictures != "final":
+            self.painter.submit(step, report.pictures, spread=final)
+            self.log_pictures(step, wait=final)
+            where = " (pictures drawn in the background)" if self.painter.pool is not None and not final else ""
+        else:
+            where = f" (no pictures until the final report: wandb.pictures={ws.pictures})"
+        print(f"attention report at step {step} in {time.time() - started:.1f}s"
+              + (f" (head ablation {ablation_seconds:.1f}s of it)" if ablation else "") + where)
+        print_top_heads(report)
+
+    def log_pictures(self, step: int, wait: bool = False) -> None:
+        """Log at `step` the pictures of the oldest report whose pictures are drawn. One report's per
+        step: a second one's at the same step would replace it in wandb. With wait (the final report)
+        every report's are waited for and the last one's logged; older ones that could not be logged
+        before it are skipped, said in one line."""
+        ready = self.painter.ready(wait, limit=None if wait else 1)
+        for report_step, files in ready:
+            if isinstance(files, BaseException):
+                why = (f"{files.strerror} in {self.painter.folder}" if isinstance(files, OSError)  # a full TMPDIR
+                       else f"{type(files).__name__}: {files}")
+                print(f"warning: the attention pictures of step {report_step} could not be drawn ({why})"
+                      + ("; the report's numbers and head view were logged" if self.run.active else ""),
+                      file=sys.stderr, flush=True)
+            elif report_step != ready[-1][0]:
+                print(f"note: the attention pictures of step {report_step} were still being drawn when the final "
+                      f"report's were logged, so they are not in wandb (reports closer than drawing takes)")
+            else:
+                log_pictures(self.run, files, step, report_step)
+            self.painter.release(report_step)
+
+    def close(self) -> None:
+        self.painter.close()  # an interrupted run's pictures still being drawn are dropped
+
+
 def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
     """The prepared data the checkpoint was trained on (data.batches.TokenBins), or None, said in
     one line, when it is not there or holds another tokenizer: the metrics then use the probes."""
@@ -277,7 +341,7 @@ def report_checkpoint(cfg) -> None:
     from data.gpt2 import model_name
     from trainer.checkpoint import load_inference_model
     from trainer.config import HeadsConfig
-    from trainer.runtime import resolve_device
+    from common.device import resolve_device
     from trainer.wandb_run import start_run
 
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read

@@ -12,12 +12,7 @@ from conftest import small_tmpfs
 from common.errors import UserError
 from common.folders import check_writable
 from data.tokenizer import train_bpe
-from trainer.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    save_torch,
-)
+from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_torch
 
 
 class RunsCode:
@@ -115,7 +110,7 @@ def test_resuming_names_each_training_setting_that_differs_from_the_checkpoints_
     import dataclasses
 
     from trainer.config import RunConfig, TrainConfig
-    from trainer.resume import changed_settings
+    from trainer.guards import changed_settings
 
     saved = dataclasses.asdict(RunConfig(train=TrainConfig(batch_size=8, learning_rate=1e-3)))
     now = dataclasses.asdict(RunConfig(seed=7, train=TrainConfig(batch_size=16, learning_rate=1e-3, resume="true")))

@@ -4,13 +4,13 @@ child process, so it is in tests/test_runtime_cli.py."""
 import pytest
 import torch
 
-import trainer.runtime
-from trainer.runtime import resolve_dtype
+import common.device
+from common.device import resolve_dtype
 
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_is_never_automatic_and_warns_when_asked_for(monkeypatch, capsys, native):
-    monkeypatch.setattr(trainer.runtime, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(common.device, "cpu_supports_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
     assert capsys.readouterr().err == ""

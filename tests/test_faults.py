@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.nonfinite import NonFiniteGuard, step_unless
+from trainer.guards import NonFiniteGuard, step_unless
 from trainer.optim import make_optimizers
 
 
 def test_a_finite_step_resets_the_count_of_non_finite_steps_in_a_row():
     guard = NonFiniteGuard(max_in_row=2, verbose=False)
     for step, norm in enumerate([float("nan"), 1.0, float("inf"), float("nan"), 1.0], start=1):
-        guard.check(torch.tensor(norm), step)
+        guard.check(step, torch.tensor(norm))
     assert guard.failure() is None and guard.skipped == 0  # nothing is read before log time
     guard.read()
     assert guard.skipped == 3 and "at 2 steps in a row (steps 3 to 4)" in str(guard.failure())

@@ -16,13 +16,12 @@ from common.errors import ConfigError
 from model import GPT, GPTConfig, additive, attention
 from model.additive import chunk_rows
 from model.attention import MultiHeadAttention, flash_kernel_exists
-from model.positions import rotary_angles
 from trainer import distributed, runtime
 from trainer.mfu import mfu
-from trainer.nonfinite import NonFiniteGuard
+from trainer.guards import NonFiniteGuard
 from trainer.optim import make_optimizers
-from trainer.runtime import resolve_device, resolve_dtype
-from trainer.step import train_step
+from common.device import resolve_device, resolve_dtype
+from train import train_step
 
 
 def tiny_gpt(**overrides) -> GPT:
@@ -73,11 +72,11 @@ def test_qk_norm_under_autocast_hands_the_fused_kernel_queries_in_the_autocast_d
     seen = []
     monkeypatch.setitem(attention.FUSED, "flash", lambda query, key, value, *args: seen.append(
         (query.dtype, key.dtype, value.dtype)) or value)
-    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_impl="flash", qk_norm=True))
+    module = MultiHeadAttention(GPTConfig(n_embd=32, n_head=2, attn_impl="flash", qk_norm=True,
+                                          pos_encoding="rope" if rope else "learned"))
     module.q_norm, module.k_norm = Float32Norm(16), Float32Norm(16)
-    rotary = rotary_angles(5, 16) if rope else None  # (cos, sin) of 5 positions
     with torch.autocast("cpu", torch.bfloat16):
-        module(torch.randn(1, 5, 32), rotary=rotary)
+        module(torch.randn(1, 5, 32))
     assert seen == [(torch.bfloat16, torch.bfloat16, torch.bfloat16)]
 
 
@@ -116,19 +115,19 @@ def test_kv_cache_is_allocated_once_at_static_addresses_and_reused():
     model = tiny_gpt().eval()
     prompt = torch.randint(0, 50, (2, 3), generator=torch.Generator().manual_seed(0))
     first = model.generate(prompt, 20, temperature=0)  # past block_size: the refill reuses the buffers too
-    cache = model.cache
+    cache = model.engine.cache
     addresses = (cache.keys.data_ptr(), cache.values.data_ptr(), cache.key_positions.data_ptr())
     second = model.generate(prompt, 20, temperature=0)
-    assert model.cache is cache
+    assert model.engine.cache is cache
     assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.key_positions.data_ptr()) == addresses
     for buffer in (cache.keys, cache.values, cache.key_positions):  # a CUDA graph may write into them
         assert getattr(buffer, "_dynamo_static_input_type", None) is not None
     assert torch.equal(first, second)
     assert torch.equal(first, model.generate(prompt, 20, temperature=0, use_kv_cache=False))
     model.generate(prompt[:1], 2, temperature=0)  # another batch size: another cache
-    assert model.cache is not cache and model.cache.keys.size(1) == 1
+    assert model.engine.cache is not cache and model.engine.cache.keys.size(1) == 1
     with torch.autocast("cpu", torch.bfloat16):
-        assert model.kv_cache(1, torch.device("cpu")).keys.dtype == torch.bfloat16
+        assert model.engine.kv_cache(1, torch.device("cpu")).keys.dtype == torch.bfloat16
 
 
 def test_each_rank_saves_and_restores_only_its_own_gpus_random_state(monkeypatch):
@@ -158,7 +157,7 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
     with hydra.initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = hydra.compose("train", overrides=overrides)
     from common.settings import typed
-    from trainer.checkpoint import LastSave
+    from trainer.guards import LastSave
     from trainer.config import RunConfig
 
     train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", LastSave(tiny_run["tmp"] / "out"))
@@ -215,10 +214,10 @@ def test_fp16_overflows_that_the_scaler_backs_off_from_are_skipped_but_not_count
     guard = NonFiniteGuard(max_in_row=2, verbose=False)
     x = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]
-    train_step(model, model, optimizers, scaler, guard, x, x, 1, 1, 1.0, torch.float32, torch.device("cpu"))
+    guard.check(1, *train_step(model, model, optimizers, scaler, x, x, ADAMW, torch.float32)[1:])
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped
     for step in range(2, 5):
-        train_step(model, model, optimizers, scaler, guard, x, x, step, 1, 1.0, torch.float32, torch.device("cpu"))
+        guard.check(step, *train_step(model, model, optimizers, scaler, x, x, ADAMW, torch.float32)[1:])
     guard.read()
     assert scaler.get_scale() < 2.0**127  # the scaler backed off
     assert guard.failure() is None and guard.skipped == 0
@@ -231,6 +230,6 @@ def test_fp16_non_finite_losses_are_counted_and_stop_the_run():
     guard = NonFiniteGuard(max_in_row=2, verbose=False)
     x = torch.zeros(4, 16, dtype=torch.long)
     for step in (1, 2):
-        train_step(model, model, optimizers, scaler, guard, x, x, step, 1, 1.0, torch.float32, torch.device("cpu"))
+        guard.check(step, *train_step(model, model, optimizers, scaler, x, x, ADAMW, torch.float32)[1:])
     guard.read()
     assert guard.skipped == 2 and "steps 1 to 2" in str(guard.failure())

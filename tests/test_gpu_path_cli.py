@@ -51,7 +51,7 @@ def test_resume_keeps_random_states_on_the_cpu_whatever_the_device(tiny_run):
     """Weights and optimizer state go to the device; the RNG and sampler states must stay CPU
     ByteTensors (torch.set_rng_state and Generator.set_state take nothing else). `meta` stands in
     for a GPU: a checkpoint mapped onto it fails the same way a CUDA one did."""
-    from trainer.resume import resume
+    from trainer.guards import resume
 
     val_losses(tiny_run, "out", "train.max_iters=3")
     out = tiny_run["tmp"] / "out"

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from common.cli import Output, OutputError, no_room, run_entry, usable_caches
-from common.interrupt import on_stop_signals, raise_interrupt
+from common.cli import on_stop_signals, raise_interrupt
 
 
 class Failing(io.StringIO):

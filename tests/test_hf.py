@@ -13,24 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    CHINESE,
-    ENGLISH,
-    GPT2_SHAPE,
-    make_gpt2,
-    small_tmpfs,
-    write_gpt2_files,
-)
+from conftest import CHINESE, ENGLISH, GPT2_SHAPE, make_gpt2, small_tmpfs, write_gpt2_files
 
-from data.gpt2 import (
-    GPT2_PATTERN,
-    PretrainedError,
-    export_gpt2,
-    gpt2_tokenizer,
-    load_gpt2,
-    merges_of,
-    resolve_gpt2,
-)
+from data.gpt2 import GPT2_PATTERN, PretrainedError, export_gpt2, gpt2_tokenizer, load_gpt2, merges_of, resolve_gpt2
 from data.tokenizer import SPLIT_PATTERN, train_bpe
 from model import GPT, GPTConfig
 

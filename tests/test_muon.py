@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import trainer.runtime
+import common.device
 from trainer.muon import Muon, newton_schulz_dtype, orthogonalise
 
 
@@ -78,7 +78,7 @@ class MatmulDtypes(TorchDispatchMode):
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_on_a_cpu_without_native_bf16_every_muon_matmul_runs_in_fp32(monkeypatch, native_bf16):
-    monkeypatch.setattr(trainer.runtime, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(common.device, "cpu_supports_bf16", lambda: native_bf16)
     dtype = newton_schulz_dtype(torch.device("cpu"))
     assert dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     params = matrices()
@@ -96,7 +96,7 @@ def test_the_training_setup_picks_the_orthogonalisation_dtype_of_its_device(monk
     tc = TrainConfig(optimizer="muon", learning_rate=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.95)
     model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
     for native in (False, True):
-        monkeypatch.setattr(trainer.runtime, "cpu_supports_bf16", lambda: native)
+        monkeypatch.setattr(common.device, "cpu_supports_bf16", lambda: native)
         muon = make_optimizers(model, tc, torch.device("cpu"))[0]
         assert muon.ns_dtype == (torch.bfloat16 if native else torch.float32)
 

@@ -24,7 +24,7 @@ from data.gpt2 import PretrainedError, gpt2_tokenizer, load_gpt2
 from data.prepare import prepare
 from trainer.checkpoint import load_inference_model
 from trainer.config import HeadsConfig, RunConfig, SampleConfig
-from trainer.training import pretrained_model
+from train import pretrained_model
 
 pytest.importorskip("transformers", reason="writes the tiny GPT-2 folders (pip install -e .[test])")
 

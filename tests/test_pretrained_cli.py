@@ -31,7 +31,7 @@ from data.batches import TokenBins
 from data.config import DataConfig
 from data.gpt2 import gpt2_tokenizer, load_gpt2
 from trainer.checkpoint import load_model
-from trainer.evaluate import evaluate
+from data.batches import evaluate
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()

@@ -1,6 +1,6 @@
 """Host memory: with reuse_host_memory, CPU training steps reuse their pages instead of faulting
 fresh ones in every step. The steps run in a child Python process (`python -c`), whose page-fault
-count holds nothing of this test process's allocations; tests/test_runtime.py holds the precision
+count holds nothing of this test process's allocations; tests/test_device.py holds the precision
 half."""
 import platform
 import subprocess

@@ -16,14 +16,7 @@ from common.errors import ConfigError
 from common.settings import setting, typed
 from data.config import DataConfig
 from model import GPTConfig
-from trainer.config import (
-    MIN_TEMPERATURE,
-    HeadsConfig,
-    RunConfig,
-    SampleConfig,
-    TrainConfig,
-    WandbConfig,
-)
+from trainer.config import MIN_TEMPERATURE, HeadsConfig, RunConfig, SampleConfig, TrainConfig, WandbConfig
 
 # --- the converter ----------------------------------------------------------------------------
 

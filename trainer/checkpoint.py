@@ -18,7 +18,6 @@ import shlex
 import shutil
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,20 +32,6 @@ CHECKPOINT = "ckpt.pt"
 BEST = "best.pt"
 CHECKPOINTS = {"last": CHECKPOINT, "best": BEST}
 TOKENIZER = "tokenizer.json"
-
-
-@dataclass
-class LastSave:
-    """Where the run's latest checkpoint is, for the line printed when the run is cut short."""
-
-    out_dir: Path
-    step: int | None = None
-
-    def describe(self) -> str:
-        if self.step is None:
-            return "this run saved no checkpoint"
-        return (f"the last checkpoint is {self.out_dir / CHECKPOINT} (step {self.step}); run the same command again "
-                "to continue")
 
 
 class CheckpointError(UserError):

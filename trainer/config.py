@@ -20,7 +20,7 @@ from data.gpt2 import HUB_MODELS
 from model import GPTConfig
 from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
-from trainer.runtime import DEVICES, DTYPES
+from common.device import DEVICES, DTYPES
 from trainer.wandb_run import MODES
 
 SCRATCH = "scratch"  # init_from's default: a new model of the model group's settings

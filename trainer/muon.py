@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
-from trainer.runtime import native_bf16
+from common.device import native_bf16
 
 # the quintic's coefficients, chosen for the steepest slope at 0: five iterations bring every
 # singular value into roughly [0.7, 1.2], which trains as well as exact orthogonalisation
@@ -49,7 +49,7 @@ def orthogonalise(update: torch.Tensor, steps: int, dtype: torch.dtype) -> torch
 
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters. `found_inf` (a 0-dim tensor set on the optimizer, as GradScaler
-    and trainer.nonfinite.step_unless do) skips the whole step on the device when nonzero."""
+    and trainer.guards.step_unless do) skips the whole step on the device when nonzero."""
 
     _step_supports_amp_scaling = True  # GradScaler hands the flag over instead of syncing
 

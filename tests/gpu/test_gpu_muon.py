@@ -8,9 +8,9 @@ import torch
 from model import GPT, GPTConfig
 from trainer.config import TrainConfig
 from trainer.muon import Muon
-from trainer.nonfinite import step_unless
+from trainer.guards import step_unless
 from trainer.optim import make_optimizers
-from trainer.runtime import cuda_supports_bf16
+from common.device import cuda_supports_bf16
 
 from .conftest import GPU_DEVICE, ON_CPU, not_on_cpu
 
