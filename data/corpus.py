@@ -61,8 +61,7 @@ def pieces(chunks: Iterable[str], name: str, group: str, paragraphs: bool = Fals
     starts nor ends with a line break). Memory: a few chunks plus the longest stretch without a
     token-safe cut (a line, in practice).
     """
-    buf, pos = "", 0  # the text not given out yet is buf[pos:]
-    count, open_doc = 0, False  # documents given out; whether the current one has given out a piece
+    buf, pos, count = "", 0, 0  # the text not given out yet is buf[pos:]; count: documents given out
     for chunk in itertools.chain(chunks, [None]):  # None: the end of the text
         final = chunk is None
         buf, pos = buf[pos:] + (chunk or ""), 0
@@ -78,13 +77,12 @@ def pieces(chunks: Iterable[str], name: str, group: str, paragraphs: bool = Fals
                 if cut is None:
                     break  # wait for more text
                 yield Piece(group, name_now, buf[pos:cut.end()], last=False)
-                pos, open_doc = cut.end(), True
+                pos = cut.end()
                 continue
             text = buf[pos:end]
-            if open_doc or text.strip():  # only white space is no document
+            if text.strip():  # only white space is no document (a cut is always followed by a non-space)
                 yield Piece(group, name_now, text, last=True)
                 count += 1
-            open_doc = False
             if resume is None:
                 return
             pos = resume
@@ -96,26 +94,9 @@ def document_pieces(documents: Iterable[Document]) -> Iterator[Piece]:
         yield from pieces([document.text], document.source, document.group)
 
 
-def whole_documents(stream: Iterable[Piece]) -> list[Document]:
-    """The Documents a stream of Pieces makes up (in memory: for small corpora and tests)."""
-    documents, texts = [], []
-    for piece in stream:
-        texts.append(piece.text)
-        if piece.last:
-            documents.append(Document(piece.name, piece.group, "".join(texts)))
-            texts = []
-    return documents
-
-
 def name_digest(name: str) -> bytes:
     """What the split ranks a document by: the sha256 of its name (32 bytes)."""
     return hashlib.sha256(name.encode()).digest()
-
-
-def check_val_fraction(val_fraction: float) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive): "
-                        "the share of documents held out, e.g. data.val_fraction=0.1")
 
 
 def held_out(digests: dict[str, bytes], val_fraction: float) -> dict[str, np.ndarray]:
@@ -124,41 +105,23 @@ def held_out(digests: dict[str, bytes], val_fraction: float) -> dict[str, np.nda
     `digests` holds, per group, the name_digest of each of its documents in corpus order, joined
     (32 bytes a document, so a million documents cost 32 MB). Within each group, documents are
     ranked by that sha256 and the first round(val_fraction * n) (at least one, when the group has
-    two or more) go to validation: membership depends on the names only, never on the order.
+    two or more) go to validation: membership depends on the names only, never on the order, so
+    every machine splits alike.
     """
-    check_val_fraction(val_fraction)
     masks = {}
     for group, joined in digests.items():
-        keys = np.frombuffer(joined, dtype=">u8").reshape(-1, 4)  # a sha256 as 4 big-endian words
+        keys = np.frombuffer(joined, dtype="S32")  # (documents,): one sha256 each, compared byte by byte
+        ranked = np.argsort(keys, kind="stable")
         n = len(keys)
-        masks[group] = np.zeros(n, dtype=bool)
-        if n < 2:
-            continue  # a single document cannot be split without cutting it
-        n_val = min(n - 1, max(1, round(val_fraction * n)))
-        ranked = np.lexsort(keys.T[::-1])  # by the first word, then the second, ...: by the digest's bytes
-        while n_val < n and (keys[ranked[n_val]] == keys[ranked[n_val - 1]]).all():
+        n_val = min(n - 1, max(1, round(val_fraction * n)))  # 0 for a single document: it cannot be cut
+        while 0 < n_val < n and keys[ranked[n_val]] == keys[ranked[n_val - 1]]:
             n_val += 1  # a name given twice (the same file named twice) goes to one side only
-        masks[group][ranked[:n_val]] = True
+        masks[group] = np.zeros(n, dtype=bool)
+        if n_val < n:  # not when every name is the same: then no document can be held out
+            masks[group][ranked[:n_val]] = True
     if not any(mask.any() for mask in masks.values()):
         raise DataError(
             "the corpus has fewer than two documents, so no whole document can be held out for "
             "validation: add more files (or blank-line-separated paragraphs)"
         )
     return masks
-
-
-def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
-    """Deterministic split by whole documents, taken per group (see held_out).
-
-    The order inside each split is the corpus order, so the same inputs always give the same bins.
-    """
-    digests: dict[str, bytearray] = {}
-    for document in documents:
-        digests.setdefault(document.group, bytearray()).extend(name_digest(document.source))
-    masks = held_out(digests, val_fraction)
-    index = dict.fromkeys(masks, 0)
-    train, val = [], []
-    for document in documents:
-        (val if masks[document.group][index[document.group]] else train).append(document)
-        index[document.group] += 1
-    return train, val

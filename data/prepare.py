@@ -1,22 +1,18 @@
 """Corpus -> split -> tokenizer -> token bins, once, streaming.
 
-Writes into one folder: `train.bin` and `val.bin` (flat token streams for np.memmap, uint16 or
-uint32, documents separated by <|endoftext|>, each split laid out group by group),
-`tokenizer.json`, and `meta.json` (sizes, bytes and tokens per group, bytes per token, the
-tokenizer hash and a fingerprint of every input). Preparing again with the same inputs is a no-op;
-any change to the sources, the cleaning, the split or the tokenizer settings rebuilds.
+The folder (train.bin, val.bin, tokenizer.json, meta.json: see data/README.md) is rebuilt only
+when its fingerprint, a hash of every input and setting the bins depend on, changes.
 
-The corpus is never held in memory: it is read as a stream of token-safe pieces (data/corpus.py)
-three times: to learn the document names, which decide the split; to train the BPE; and to
-tokenize it a few MB at a time into a temp file per split and group. Memory is bounded by those
-batches, the BPE's sample and 40 bytes per document, not by the size of the text.
+The corpus is never held in memory, so the disk bounds its size: it is read as a stream of
+token-safe pieces (data/corpus.py) three times: to learn the document names, which decide the
+split; to train the BPE; and to tokenize it a batch at a time into a temp file per split and
+group. Memory is bounded by those batches, the BPE's sample and 40 bytes per document.
 
 Nothing already prepared is replaced until everything new is written: all goes to temp files
-first (common/folders.py: temp_path); then meta.json is removed, the new files are renamed over
-the old ones and meta.json comes back last, so a folder with a meta.json is complete. One
-preparation at a time holds the folder's lock (a second waits, then finds the data up to date).
-Temp files are removed on every failure, on Ctrl-C and on SIGTERM; those of a killed run, by the
-next run.
+(common/folders.py: temp_path), then meta.json goes, the new files are renamed over the old ones
+and meta.json comes back last, so a folder with a meta.json is complete. One preparation at a time
+holds the folder's lock (a second waits, then finds the data up to date). Temp files are removed
+on every failure, Ctrl-C and SIGTERM; those of a killed run, by the next run.
 
 Run alone: python -m data.prepare [data=custom data.text_paths=[...]]
 """
@@ -37,14 +33,7 @@ import numpy as np
 from common.folders import folder_lock, remove_debris, temp_path
 from data.batches import bin_problem
 from data.config import TOKENIZER_KINDS, DataConfig
-from data.corpus import (
-    DataError,
-    Piece,
-    check_val_fraction,
-    document_pieces,
-    held_out,
-    name_digest,
-)
+from data.corpus import DataError, Piece, document_pieces, held_out, name_digest
 from data.sources import (
     CLEANING_VERSION,
     DEFAULT_SOURCES,
@@ -53,13 +42,7 @@ from data.sources import (
     custom_pieces,
     default_corpus,
 )
-from data.tokenizer import (
-    SPLIT_PATTERN,
-    Tokenizer,
-    TokenizerError,
-    stock_tokenizer,
-    train_bpe,
-)
+from data.tokenizer import SPLIT_PATTERN, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
 
 META_VERSION = 1
 # the BPE learns from at most this much training text: all of it up to here, beyond a seeded random
@@ -80,7 +63,7 @@ def fingerprint(cfg: DataConfig) -> str:
     if cfg.text_paths:
         inputs = {"text": custom_fingerprint(list(cfg.text_paths))}
     else:
-        inputs = {name: DEFAULT_SOURCES[name][0].sha256 if name in DEFAULT_SOURCES else name for name in cfg.sources}
+        inputs = {name: DEFAULT_SOURCES[name][0].sha256 for name in cfg.sources}
     spec = {
         "meta_version": META_VERSION,
         "cleaning_version": CLEANING_VERSION,
@@ -96,13 +79,12 @@ def bin_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def is_prepared(cfg: DataConfig, expected: str | None = None) -> bool:
-    """Whether cfg.dir holds bins, tokenizer and meta for this config (`expected`: its fingerprint,
-    when already computed). Anything missing, damaged or made from other inputs: no, rebuild."""
-    folder = cfg.dir
+def is_prepared(folder: Path, expected: str) -> bool:
+    """Whether `folder` holds bins, tokenizer and meta made from the inputs whose fingerprint is
+    `expected`. Anything missing, damaged or made from other inputs: no, rebuild."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta["fingerprint"] != (expected or fingerprint(cfg)) or bin_problem(folder, meta):
+        if meta["fingerprint"] != expected or bin_problem(folder, meta):
             return False
         return Tokenizer.load(folder / "tokenizer.json").hash == meta["tokenizer_hash"]
     except (OSError, ValueError, KeyError, TypeError, TokenizerError):
@@ -115,8 +97,6 @@ def corpus_stream(cfg: DataConfig) -> Stream:
     if cfg.text_paths:
         files = custom_files(list(cfg.text_paths))
         return lambda: custom_pieces(files)
-    if not cfg.sources:
-        raise DataError("data.sources is empty and data.text_paths is not set: name a source or give text files")
     documents = default_corpus(list(cfg.sources), Path(cfg.downloads))
     return lambda: document_pieces(documents)
 
@@ -190,70 +170,56 @@ def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tok
 
 
 class Part:
-    """One group's share of one split: its tokens, each document's followed by <|endoftext|>, are
-    appended to a temp file `<split>.<group>` a batch at a time."""
+    """One group's share of one split: its tokens, each document's followed by <|endoftext|>, go to
+    a temp file `<split>.<group>` as they are encoded."""
 
-    def __init__(self, path: Path, dtype: np.dtype, eot_id: int):
-        self.path, self.dtype, self.eot_id = path, dtype, eot_id
-        self.file = open(path, "wb")
-        self.pending: list[int] = []
-        self.length = self.tokens = self.bytes = self.documents = 0  # length counts the <|endoftext|>s too
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype, self.file = path, dtype, open(path, "wb")
+        self.tokens = self.bytes = self.documents = 0  # tokens: the text's, without the <|endoftext|>s
 
-    def add(self, piece: Piece, n_bytes: int, ids: list[int]) -> None:
-        self.pending += ids
+    def add(self, piece: Piece, ids: list[int], eot_id: int) -> int:
+        """Append a piece's ids (and <|endoftext|> after a document's last); return its UTF-8 bytes."""
+        self.file.write(np.asarray(ids + [eot_id] * piece.last, dtype=self.dtype).tobytes())
+        n_bytes = len(piece.text.encode("utf-8"))
         self.tokens += len(ids)
         self.bytes += n_bytes
-        if piece.last:
-            self.pending.append(self.eot_id)
-            self.documents += 1
-
-    def write(self) -> None:
-        self.file.write(np.asarray(self.pending, dtype=self.dtype).tobytes())
-        self.length += len(self.pending)
-        self.pending = []
+        self.documents += piece.last
+        return n_bytes
 
 
 def tokenize(stream: Stream, inventory: Inventory, tokenizer: Tokenizer, out: Path) -> dict[str, dict[str, Part]]:
-    """Encode the corpus ENCODE_CHARS at a time into one Part per split and group, each split's
-    Parts in the order its groups first appear (the order of the bins' layout)."""
+    """Encode the corpus ENCODE_CHARS at a time (in parallel) into one Part per split and group, each
+    split's Parts in the order its groups first appear (the order of the bins' layout)."""
     dtype = bin_dtype(tokenizer.vocab_size)
     parts: dict[str, dict[str, Part]] = {split: {} for split in SPLITS}
     total, done, reported = inventory.text_bytes("train") + inventory.text_bytes("val"), 0, time.time()
     print(f"data: tokenizing {inventory.documents('train') + inventory.documents('val')} documents "
           f"({total / 1e6:.1f} MB)", flush=True)
     try:
-        batch: list[tuple[str, Piece]] = []
-        chars = 0
-        for split, piece in inventory.with_splits(stream()):
-            batch.append((split, piece))
-            chars += len(piece.text)
-            if chars < ENCODE_CHARS:
-                continue
-            done += encode_batch(batch, tokenizer, parts, out, dtype)
-            batch, chars = [], 0
+        for batch in batches(inventory.with_splits(stream())):
+            for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
+                if piece.group not in parts[split]:
+                    parts[split][piece.group] = Part(temp_path(out / f"{split}.{piece.group}"), dtype)
+                done += parts[split][piece.group].add(piece, ids, tokenizer.eot_id)
             if time.time() - reported > PROGRESS_SECONDS:
                 print(f"data: tokenized {done / 1e6:.0f} of {total / 1e6:.0f} MB", flush=True)
                 reported = time.time()
-        encode_batch(batch, tokenizer, parts, out, dtype)
     finally:
         for part in (p for split in parts.values() for p in split.values()):
             part.file.close()
     return parts
 
 
-def encode_batch(batch: list[tuple[str, Piece]], tokenizer: Tokenizer, parts: dict[str, dict[str, Part]],
-                 out: Path, dtype: np.dtype) -> int:
-    """Encode a batch of pieces (in parallel) and append their tokens to their Parts; return its bytes."""
-    done = 0
-    for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
-        if piece.group not in parts[split]:
-            parts[split][piece.group] = Part(temp_path(out / f"{split}.{piece.group}"), dtype, tokenizer.eot_id)
-        n_bytes = len(piece.text.encode("utf-8"))
-        parts[split][piece.group].add(piece, n_bytes, ids)
-        done += n_bytes
-    for part in (p for split in parts.values() for p in split.values() if p.pending):
-        part.write()
-    return done
+def batches(pieces: Iterator[tuple[str, Piece]]) -> Iterator[list[tuple[str, Piece]]]:
+    """The pieces (with their splits) in batches of ENCODE_CHARS characters or a piece more."""
+    batch, chars = [], 0
+    for item in pieces:
+        batch.append(item)
+        chars += len(item[1].text)
+        if chars >= ENCODE_CHARS:
+            yield batch
+            batch, chars = [], 0
+    yield batch
 
 
 def join_parts(path: Path, parts: dict[str, Part]) -> dict:
@@ -268,9 +234,10 @@ def join_parts(path: Path, parts: dict[str, Part]) -> dict:
     first.path.replace(temp_path(path))
     groups, start = {}, 0
     for group, part in parts.items():
-        groups[group] = {"start": start, "end": start + part.length, "tokens": part.tokens, "bytes": part.bytes,
+        end = start + part.tokens + part.documents  # a document's tokens, then its <|endoftext|>
+        groups[group] = {"start": start, "end": end, "tokens": part.tokens, "bytes": part.bytes,
                          "documents": part.documents}
-        start += part.length
+        start = end
     return {
         "file": path.name,
         "tokens": start,
@@ -283,7 +250,6 @@ def join_parts(path: Path, parts: dict[str, Part]) -> dict:
 def build(cfg: DataConfig, expected: str) -> dict:
     """Prepare cfg.dir from scratch (holding its lock); return the meta."""
     out, started = cfg.dir, time.time()
-    check_val_fraction(cfg.val_fraction)
     stream = corpus_stream(cfg)
     print("data: reading the corpus to split it into training and validation documents", flush=True)
     inventory = Inventory(stream, cfg.val_fraction)
@@ -345,9 +311,9 @@ def prepare(cfg: DataConfig) -> dict:
     """Make sure cfg.dir holds bins, tokenizer and meta for this config; return the meta."""
     expected = fingerprint(cfg)
     try:
-        if not is_prepared(cfg, expected):
+        if not is_prepared(cfg.dir, expected):
             with folder_lock(cfg.dir, "data.root", wait=True):
-                if not is_prepared(cfg, expected):  # the holder we waited for may have just prepared it
+                if not is_prepared(cfg.dir, expected):  # the holder we waited for may have just prepared it
                     return build(cfg, expected)
     except BrokenPipeError:
         raise  # stdout's reader went away (`| head`): no data folder problem, see common.cli.run_entry

@@ -2,6 +2,7 @@
 the bins (idempotent, rebuilt on change)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -14,14 +15,15 @@ import pytest
 
 import data.corpus
 import data.sources
+from common.errors import ConfigError
+from common.settings import typed
 from data.batches import TokenBins
 from data.config import DataConfig
-from data.corpus import Document, pieces, split_documents, whole_documents
-from data.prepare import prepare
+from data.corpus import Document, document_pieces, pieces
+from data.prepare import Inventory, corpus_stream, prepare
 from data.sources import (
     DataError,
     clean_tagged_line,
-    custom_documents,
     decode_utf8,
     hsk_pair_documents,
     normalise_newlines,
@@ -92,28 +94,54 @@ def _docs(group: str, n: int) -> list[Document]:
     return [Document(f"{group}/{i}", group, f"{group} text {i}") for i in range(n)]
 
 
+def split(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """The training and the validation documents, as the preparation splits the default corpus."""
+    def stream():
+        return document_pieces(documents)
+
+    sides = {"train": [], "val": []}
+    for side, piece in Inventory(stream, val_fraction).with_splits(stream()):
+        sides[side].append(Document(piece.name, piece.group, piece.text))  # a short document is one piece
+    return sides["train"], sides["val"]
+
+
+def read_documents(paths: list[str]) -> list[Document]:
+    """The documents the preparation reads from data.text_paths=`paths`, each one's pieces joined."""
+    documents, texts = [], []
+    for piece in corpus_stream(DataConfig(text_paths=paths))():
+        texts.append(piece.text)
+        if piece.last:
+            documents.append(Document(piece.name, piece.group, "".join(texts)))
+            texts = []
+    return documents
+
+
 def test_split_holds_out_whole_documents_per_group_deterministically():
     documents = _docs("en", 42) + _docs("zh", 1000) + _docs("pairs", 50)
-    train, val = split_documents(documents, 0.1)
-    assert split_documents(list(documents), 0.1) == (train, val)
+    train, val = split(documents, 0.1)
+    assert split(list(documents), 0.1) == (train, val)
     assert set(train).isdisjoint(val) and len(train) + len(val) == len(documents)
     assert {g: sum(d.group == g for d in val) for g in ("en", "zh", "pairs")} == {"en": 4, "zh": 100, "pairs": 5}
     # membership depends on the document's name, not on its position in the list
-    assert split_documents(documents[::-1], 0.1)[1] == val[::-1]
+    assert split(documents[::-1], 0.1)[1] == val[::-1]
 
 
 def test_split_needs_two_documents_and_a_val_fraction_between_0_and_1():
     with pytest.raises(DataError, match="fewer than two documents"):
-        split_documents(_docs("text", 1), 0.1)
+        split(_docs("text", 1), 0.1)
     for val_fraction in (0.0, 1.0, -0.5):
-        with pytest.raises(DataError, match=f"data.val_fraction={val_fraction} must be between 0 and 1"):
-            split_documents(_docs("text", 10), val_fraction)
+        with pytest.raises(ConfigError, match=rf"data.val_fraction={val_fraction} must be a number in \(0, 1\)"):
+            typed(DataConfig, {"val_fraction": val_fraction}, "data.")
 
 
-def test_the_same_file_named_twice_lands_on_one_side_of_the_split():
+def test_the_same_file_named_twice_lands_on_one_side_of_the_split(tiny_corpus, tmp_path):
     documents = _docs("text", 20) + [Document("text/3", "text", "text/3 again")]
-    train, val = split_documents(documents, 0.1)
+    train, val = split(documents, 0.1)
     assert {d.source for d in train}.isdisjoint(d.source for d in val)
+    # a single file named twice is one document, not a training split left empty
+    twice = [str(tiny_corpus / "doc0.txt")] * 2
+    with pytest.raises(DataError, match="fewer than two documents"):
+        prepare(DataConfig(name="t", root=str(tmp_path / "prepared"), text_paths=twice, vocab_size=320))
 
 
 def whole_file_documents(paths: list[str]) -> list[Document]:
@@ -142,9 +170,9 @@ def test_streamed_custom_text_makes_the_documents_whole_files_make(tmp_path, mon
         expected = whole_file_documents([str(folder)])
         if len(expected) < 2:  # no text, or a single document: both refused
             with pytest.raises(DataError):
-                custom_documents([str(folder)])
+                read_documents([str(folder)])
         else:
-            assert custom_documents([str(folder)]) == expected
+            assert read_documents([str(folder)]) == expected
 
 
 PATTERNS = {  # the pre-tokenizer patterns of data.tokenizer_kind=bpe, gpt2 and cl100k_base
@@ -188,38 +216,38 @@ def test_a_byte_that_is_not_utf8_is_named_at_its_offset_across_reads(tmp_path, m
     path = tmp_path / "mixed.txt"
     path.write_bytes("中文 text\n\nmore ".encode() + b"\xff" + b" tail\n\n" + "中".encode()[:2])
     with pytest.raises(DataError, match=r"mixed.txt is not UTF-8 text \(invalid byte 0xff at byte offset 18\)"):
-        custom_documents([str(path)])
+        read_documents([str(path)])
     path.write_bytes("中文 text\n\nmore ".encode() + "中".encode()[:2])  # the file ends inside a character
     with pytest.raises(DataError, match=r"mixed.txt is not UTF-8 text \(invalid byte 0xe4 at byte offset 18\)"):
-        custom_documents([str(path)])
+        read_documents([str(path)])
 
 
-def test_whole_documents_joins_the_pieces_of_each_document(monkeypatch):
+def test_the_pieces_of_a_document_make_up_its_text(monkeypatch):
     monkeypatch.setattr(data.corpus, "PIECE_CHARS", 4)
     text = "first line\nsecond line\nthird line"
     stream = list(pieces([text[:7], text[7:]], "d", "g"))
     assert len(stream) > 1 and [p.last for p in stream] == [False] * (len(stream) - 1) + [True]
-    assert whole_documents(stream) == [Document("d", "g", text)]
+    assert {(p.name, p.group) for p in stream} == {("d", "g")} and "".join(p.text for p in stream) == text
 
 
 def test_custom_single_file_is_split_at_blank_lines(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("first paragraph\nstill first\n\nsecond\n\n\nthird", encoding="utf-8")
-    assert [d.text for d in custom_documents([str(path)])] == ["first paragraph\nstill first", "second", "third"]
+    assert [d.text for d in read_documents([str(path)])] == ["first paragraph\nstill first", "second", "third"]
 
 
 def test_custom_text_errors_name_the_culprit(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf".encode() + "é".encode("latin-1") + b" au lait")
     with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text \(invalid byte 0xe9 at byte offset 3\)"):
-        custom_documents([str(bad)])
+        read_documents([str(bad)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="folder .*empty has no .txt files"):
-        custom_documents([str(tmp_path / "empty")])
+        read_documents([str(tmp_path / "empty")])
     with pytest.raises(DataError, match="nowhere.txt does not exist"):
-        custom_documents([str(tmp_path / "nowhere.txt")])
+        read_documents([str(tmp_path / "nowhere.txt")])
     with pytest.raises(DataError, match="/dev/zero is not a regular file: give text files or folders of them"):
-        custom_documents(["/dev/zero"])  # it used to be "does not exist"; it exists, and it never ends
+        read_documents(["/dev/zero"])  # it used to be "does not exist"; it exists, and it never ends
 
 
 def _config(corpus: Path, root: Path, **changes) -> DataConfig:
@@ -236,10 +264,11 @@ def test_prepare_writes_bins_meta_and_tokenizer(tiny_corpus, tmp_path):
         assert len(tokens) == meta["splits"][split]["tokens"]
         assert tokens[-1] == meta["eot_id"]  # every document ends with <|endoftext|>
         assert int(tokens.max()) < 320
-    # the val stream decodes back to exactly the held-out documents, one per <|endoftext|>
-    _, val_docs = split_documents(custom_documents([str(tiny_corpus)]), cfg.val_fraction)
+    # the val stream decodes back to exactly the held-out documents, one per <|endoftext|>: of the 8,
+    # round(0.1 * 8) = 1, the one whose name has the smallest sha256
+    held_out = min(read_documents([str(tiny_corpus)]), key=lambda d: hashlib.sha256(d.source.encode()).digest())
     decoded = bins.tokenizer.decode(bins.splits["val"].tolist()).split("<|endoftext|>")
-    assert decoded == [d.text for d in val_docs] + [""]
+    assert decoded == [held_out.text, ""]
     assert meta["bytes_per_token"]["text"] > 1.0
     assert Tokenizer.load(cfg.dir / "tokenizer.json").hash == meta["tokenizer_hash"]
 

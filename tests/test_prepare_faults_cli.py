@@ -14,15 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    CHINESE,
-    ENGLISH,
-    TINY,
-    fresh_machine_env,
-    run_entry,
-    small_tmpfs,
-    tiny_args,
-)
+from conftest import CHINESE, ENGLISH, TINY, fresh_machine_env, run_entry, small_tmpfs, tiny_args
 
 from common.folders import TEMP_SUFFIX, folder_lock
 from data.tokenizer import Tokenizer

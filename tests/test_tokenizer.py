@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 import tiktoken
 
+from common.errors import ConfigError
+from common.settings import typed
+from data.config import DataConfig
 from data.tokenizer import EOT, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
 
 TRAINING_TEXT = [
@@ -82,8 +85,8 @@ def test_stock_encoding_fails_clearly_without_download(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(TokenizerError, match="could not load the 'gpt2' encoding.*data.tokenizer_kind=bpe"):
         stock_tokenizer("gpt2")
-    with pytest.raises(TokenizerError, match="must be one of"):
-        stock_tokenizer("gpt5")
+    with pytest.raises(ConfigError, match="must be one of"):  # refused before anything is read
+        typed(DataConfig, {"tokenizer_kind": "gpt5"}, "data.")
 
 
 def test_stream_decoder_holds_back_split_characters(tokenizer):
