@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from common.errors import ConfigError
 from common.settings import typed
 from data.sources import decode_utf8
-from trainer.checkpoint import load_inference_model
+from data.checkpoint import load_inference_model
 from trainer.config import SampleConfig
 from common.device import resolve_device, resolve_dtype
 

@@ -36,8 +36,9 @@ from heads.history import ReportHistory
 from heads.probes import configured_probes
 from model import GPT
 from trainer import distributed
-from trainer.checkpoint import CHECKPOINT, save_checkpoint
-from trainer.config import SCRATCH, RunConfig, TrainConfig
+from data.checkpoint import CHECKPOINT, save_checkpoint
+from data.gpt2 import SCRATCH
+from trainer.config import RunConfig, TrainConfig
 from trainer.guards import (GracefulStop, LastSave, NonFiniteError, NonFiniteGuard, claim_out_dir, resume,
                             skips_on_device, step_unless, unrecoverable)
 from trainer.mfu import flops_per_token, mfu, peak_flops

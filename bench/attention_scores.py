@@ -40,7 +40,7 @@ from heads.painter import paint  # noqa: E402
 from heads.plots import layer_figure  # noqa: E402
 from heads.probes import Probe  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from trainer.checkpoint import load_model  # noqa: E402
+from data.checkpoint import load_model  # noqa: E402
 from trainer.optim import make_optimizers  # noqa: E402
 from common.device import resolve_dtype  # noqa: E402
 

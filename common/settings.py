@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.device import DEVICES
 from common.errors import ConfigError
 
 T = TypeVar("T")
@@ -297,3 +299,32 @@ def show(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
     return repr(value) if isinstance(value, str) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# settings several entry points share
+
+# NumPy's global generator (seeded with the torch ones, see trainer.runtime.seed_everything) takes
+# seeds in [0, 2**32); torch would take more, but one range for every entry point is simpler
+SEED_LIMIT = 2**32
+def device_rule(name: str) -> str | None:
+    """auto, cpu, cuda, mps or cuda:N (whether it exists is resolve_device's business)."""
+    if name in DEVICES or re.fullmatch(r"cuda:\d+", name):
+        return None
+    return f"one of {', '.join(DEVICES)} (or cuda:N)"
+
+
+def not_blank(text: str) -> str | None:
+    return "a non-empty name" if not text.strip() else None
+
+
+def not_a_file(path: str) -> str | None:
+    return "a folder, not an existing file" if os.path.isfile(path) else None
+
+
+def seed_setting(default: int = 1337) -> Any:
+    return setting(default, minimum=0, below=SEED_LIMIT, fix="any integer from 0 to 2**32 - 1, e.g. seed=1337")
+
+
+def device_setting() -> Any:
+    return setting("auto", check=device_rule, fix="device=auto picks CUDA, else MPS, else the CPU")

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 from common.errors import ConfigError
 from common.settings import setting, typed
 from data.gpt2 import PretrainedError, export_gpt2
-from trainer.checkpoint import CHECKPOINTS, load_model
-from trainer.config import not_a_file
+from data.checkpoint import CHECKPOINTS, load_model
+from common.settings import not_a_file
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SCRATCH = "scratch"  # train.py's init_from default: a new model of the model group's settings
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.json"]
 SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 # tiktoken's "gpt2" split pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's own
@@ -49,6 +50,13 @@ class PretrainedError(UserError):
 
 # ---------------------------------------------------------------------------------------------
 # weights: which of our tensors make each Hugging Face tensor
+
+
+def pretrained_rule(value: str | None) -> str | None:
+    """A hub name or an existing folder; whether the folder holds a GPT-2 is data.gpt2's business."""
+    if value is None or value in (SCRATCH, *HUB_MODELS) or os.path.isdir(value):
+        return None
+    return f"{', '.join(HUB_MODELS)} or a folder in Hugging Face format (config.json, weights, tokenizer)"
 
 
 def weight_map(config: GPTConfig) -> list[tuple[str, list[str], bool]]:

@@ -339,8 +339,8 @@ def report_checkpoint(cfg) -> None:
     from common.errors import ConfigError
     from common.settings import typed
     from data.gpt2 import model_name
-    from trainer.checkpoint import load_inference_model
-    from trainer.config import HeadsConfig
+    from data.checkpoint import load_inference_model
+    from heads.config import HeadsConfig
     from common.device import resolve_device
     from trainer.wandb_run import start_run
 
@@ -386,7 +386,7 @@ def report_checkpoint(cfg) -> None:
 
 if __name__ == "__main__":
     from common.cli import hydra_entry
-    from trainer.config import HeadsConfig
+    from heads.config import HeadsConfig
 
     hydra_entry("heads", "python -m heads.report", HeadsConfig, report_checkpoint,
                 lambda cfg: "the report is incomplete")

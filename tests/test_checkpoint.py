@@ -12,7 +12,7 @@ from conftest import small_tmpfs
 from common.errors import UserError
 from common.folders import check_writable
 from data.tokenizer import train_bpe
-from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_torch
+from data.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_torch
 
 
 class RunsCode:

@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from common.folders import TEMP_SUFFIX
-from trainer.checkpoint import load_checkpoint
+from data.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from conftest import (
 
 from data.batches import TrainSampler
 from model import GPT, GPTConfig
-from trainer.checkpoint import load_checkpoint
+from data.checkpoint import load_checkpoint
 from trainer.config import RunConfig, TrainConfig
 from trainer.optim import make_optimizers
 

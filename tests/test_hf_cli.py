@@ -14,7 +14,7 @@ from conftest import CHINESE, ENGLISH, REPO, fresh_machine_env, small_tmpfs
 
 from data.tokenizer import train_bpe
 from model import GPT, GPTConfig
-from trainer.checkpoint import save_checkpoint
+from data.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, tiny_args
 
-from trainer.checkpoint import load_checkpoint
+from data.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

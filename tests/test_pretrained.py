@@ -22,8 +22,9 @@ from common.settings import typed
 from data.config import DataConfig
 from data.gpt2 import PretrainedError, gpt2_tokenizer, load_gpt2
 from data.prepare import prepare
-from trainer.checkpoint import load_inference_model
-from trainer.config import HeadsConfig, RunConfig, SampleConfig
+from data.checkpoint import load_inference_model
+from heads.config import HeadsConfig
+from trainer.config import RunConfig, SampleConfig
 from train import pretrained_model
 
 pytest.importorskip("transformers", reason="writes the tiny GPT-2 folders (pip install -e .[test])")

@@ -30,7 +30,7 @@ from common.settings import typed
 from data.batches import TokenBins
 from data.config import DataConfig
 from data.gpt2 import gpt2_tokenizer, load_gpt2
-from trainer.checkpoint import load_model
+from data.checkpoint import load_model
 from data.batches import evaluate
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")

@@ -16,7 +16,8 @@ from common.errors import ConfigError
 from common.settings import setting, typed
 from data.config import DataConfig
 from model import GPTConfig
-from trainer.config import MIN_TEMPERATURE, HeadsConfig, RunConfig, SampleConfig, TrainConfig, WandbConfig
+from heads.config import HeadsConfig
+from trainer.config import MIN_TEMPERATURE, RunConfig, SampleConfig, TrainConfig, WandbConfig
 
 # --- the converter ----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import TINY, fresh_machine_env, make_tiny_corpus, run_entry
 
-from trainer.checkpoint import load_checkpoint
+from data.checkpoint import load_checkpoint
 
 
 def test_a_two_point_sweep_trains_both_points_each_in_its_own_out_dir(tmp_path):

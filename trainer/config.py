@@ -1,6 +1,6 @@
-"""The settings of every entry point as typed dataclasses, mirroring config/*.yaml field by field:
-train.py (RunConfig: TrainConfig, WandbConfig, data.config.DataConfig, the model dict),
-sample.py (SampleConfig) and python -m heads.report (HeadsConfig).
+"""The settings of train.py (RunConfig: TrainConfig, WandbConfig, data.config.DataConfig, the model
+dict) and sample.py (SampleConfig) as typed dataclasses, mirroring config/*.yaml field by field;
+each layer below keeps its own (data/config.py, heads/config.py, data/export.py).
 
 Each entry point converts its hydra config once, first thing: `typed(RunConfig, cfg, "")` (see
 common/settings.py). After that every value has its type and range, so the code below never
@@ -9,60 +9,25 @@ meets a string where it wants a number, and nothing has been read or written for
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from typing import Any
 
+from common.device import DTYPES
 from common.errors import ConfigError
-from common.settings import check_fields, setting
+from common.settings import check_fields, device_setting, not_blank, seed_setting, setting
+from data.checkpoint import CHECKPOINTS
 from data.config import DataConfig
-from data.gpt2 import HUB_MODELS
+from data.gpt2 import SCRATCH, pretrained_rule
+from heads.config import ReportSettings
 from model import GPTConfig
-from trainer.checkpoint import CHECKPOINTS
 from trainer.optim import OPTIMIZERS
-from common.device import DEVICES, DTYPES
 from trainer.wandb_run import MODES
 
-SCRATCH = "scratch"  # init_from's default: a new model of the model group's settings
 FORMATS = ("text", "jsonl")  # sample.py's output formats
 RESUME = ("auto", "true", "false")
-# NumPy's global generator (seeded with the torch ones, see trainer.runtime.seed_everything) takes
-# seeds in [0, 2**32); torch would take more, but one range for every entry point is simpler
-SEED_LIMIT = 2**32
 # Sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf
 # and the probabilities turn NaN. 1e-30 keeps logits up to 3e8 finite, far beyond any trained
 # model's, and is already greedy in practice (so is anything below ~1e-3)
 MIN_TEMPERATURE = 1e-30
-
-
-def device_rule(name: str) -> str | None:
-    """auto, cpu, cuda, mps or cuda:N (whether it exists is resolve_device's business)."""
-    if name in DEVICES or re.fullmatch(r"cuda:\d+", name):
-        return None
-    return f"one of {', '.join(DEVICES)} (or cuda:N)"
-
-
-def not_blank(text: str) -> str | None:
-    return "a non-empty name" if not text.strip() else None
-
-
-def not_a_file(path: str) -> str | None:
-    return "a folder, not an existing file" if os.path.isfile(path) else None
-
-
-def pretrained_rule(value: str | None) -> str | None:
-    """A hub name or an existing folder; whether the folder holds a GPT-2 is data.gpt2's business."""
-    if value is None or value in (SCRATCH, *HUB_MODELS) or os.path.isdir(value):
-        return None
-    return f"{', '.join(HUB_MODELS)} or a folder in Hugging Face format (config.json, weights, tokenizer)"
-
-
-def seed_setting(default: int = 1337) -> Any:
-    return setting(default, minimum=0, below=SEED_LIMIT, fix="any integer from 0 to 2**32 - 1, e.g. seed=1337")
-
-
-def device_setting() -> Any:
-    return setting("auto", check=device_rule, fix="device=auto picks CUDA, else MPS, else the CPU")
 
 
 @dataclasses.dataclass
@@ -93,21 +58,6 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train.")  # built by hand (tests, benches) it meets hydra's rules too
-
-
-@dataclasses.dataclass
-class ReportSettings:
-    """The attention report's settings, one definition for both places they are set: under `wandb.`
-    in config/train.yaml (the reports during training) and at the top of config/heads.yaml
-    (python -m heads.report)."""
-
-    probes: list[str] | None = setting(None, check=lambda texts: None if all(len(text) >= 2 for text in texts) else
-                                       "texts of 2 characters or more (a probe needs 2 tokens to show attention)",
-                                       fix='["text one", "text two"], or null for the default probes')
-    probe_tokens: int = setting(32, minimum=2, fix="a probe needs 2 tokens to have attention to show, e.g. 32")
-    table_rows: int = setting(2000, minimum=1, fix="the most rows of the attention table, e.g. 2000")
-    windows: int = setting(16, minimum=1, fix="validation windows per group that the head metrics average, e.g. 16")
-    ablation_windows: int = setting(8, minimum=0, fix="validation windows per group for head ablation, or 0 for none")
 
 
 ABLATION = ("final", "every", "off")
@@ -201,19 +151,3 @@ class SampleConfig:
         if self.stream and self.format == "jsonl":
             raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
                               "(a stream would break the lines apart): use stream=false with format=jsonl")
-
-
-@dataclasses.dataclass
-class HeadsConfig(ReportSettings):
-    """python -m heads.report's config (config/heads.yaml): the checkpoint, and the report (ReportSettings)."""
-
-    out_dir: str = setting("out", path=True, fix="the checkpoint folder, e.g. out_dir=out")
-    checkpoint: str = setting("last", choices=tuple(CHECKPOINTS), fix="last (ckpt.pt) or best (best.pt)")
-    init_from: str | None = setting(None, path=True, check=pretrained_rule,
-                                    fix="null reports the checkpoint in out_dir; a GPT-2 is reported as it is")
-    report_dir: str | None = setting(None, path=True, check=not_a_file,
-                                     fix="a folder for the PNGs and head_view.html, or null for <out_dir>/heads "
-                                         "(heads-<model> with init_from)")
-    device: str = device_setting()
-    wandb: bool = setting(False, fix="wandb=true also logs the report to a new wandb run")
-    wandb_project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb_project=gpt-attention")

@@ -44,7 +44,7 @@ from common.settings import show
 from data.batches import TrainSampler
 from model import GPT, GPTConfig
 from trainer import distributed
-from trainer.checkpoint import BEST, CHECKPOINT, CheckpointError, load_checkpoint, load_weights, saved_model_config
+from data.checkpoint import BEST, CHECKPOINT, CheckpointError, load_checkpoint, load_weights, saved_model_config
 from trainer.config import RunConfig, TrainConfig
 from trainer.runtime import set_rng_state
 

@@ -16,7 +16,7 @@ def test_compiled_decoding_replays_cuda_graphs_and_gives_the_eager_tokens(traine
     from torch._dynamo.utils import counters
     from torch._inductor import cudagraph_utils
 
-    from trainer.checkpoint import load_model
+    from data.checkpoint import load_model
 
     # Engine.compile sets these for the whole process: put them back after this test
     for key in ("freezing", "autotune_num_choices_displayed", "max_autotune_report_choices_stats"):
