@@ -6,5 +6,5 @@ class UserError(Exception):
     """Bad input the user can fix: a setting, a file, a folder in use, an output that cannot be written."""
 
 
-class ConfigError(UserError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the key, the value and the fix."""

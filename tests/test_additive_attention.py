@@ -140,8 +140,8 @@ def test_additive_with_a_fused_backend_is_a_config_error(attn_impl):
 
 @pytest.mark.parametrize("field,value,message", [
     ("attn_score", "bahdanau", "model.attn_score='bahdanau' must be one of dot, additive"),
-    ("attn_dim", 0, "model.attn_dim=0 must be a positive integer, or null"),
-    ("attn_dim", 2.5, "model.attn_dim=2.5 must be a positive integer, or null"),
+    ("attn_dim", 0, "model.attn_dim=0 must be a positive integer or null"),
+    ("attn_dim", 2.5, "model.attn_dim=2.5 must be a positive integer or null"),
 ])
 def test_bad_additive_config_is_rejected_with_the_key_named(field, value, message):
     with pytest.raises(ValueError, match=message):

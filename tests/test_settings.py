@@ -201,7 +201,7 @@ def test_the_smallest_temperature_samples_without_overflow():
     ("train", "dtype=int8", "dtype='int8' must be one of auto, float32"),
     ("train", "model.dropout=abc", "model.dropout='abc' must be a number in [0, 1)"),
     ("train", "model.bias=yes", "model.bias='yes' must be true or false"),
-    ("train", "model.n_layer=true", "model.n_layer=True must be a positive integer"),
+    ("train", "model.n_layer=true", "model.n_layer=true must be a positive integer"),
     ("train", "+model.vocab_size=5", "model.vocab_size=5 is not a setting: comes from the tokenizer"),
     ("train", "model.attn_impl=magic", "model.attn_impl='magic' must be one of"),
     ("train", "model.pos_encoding=alibi", "model.pos_encoding='alibi' must be one of"),

@@ -107,10 +107,7 @@ class RunConfig:
                 why = ("comes from the tokenizer: set data.vocab_size" if key == "vocab_size"
                        else f"the model settings are {', '.join(sorted(known))}")
                 raise ConfigError(f"model.{key}={value!r} is not a setting: {why}")
-        try:
-            return GPTConfig(vocab_size=vocab_size, **self.model)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        return GPTConfig(vocab_size=vocab_size, **self.model)  # checked by the same rules as every setting
 
 
 @dataclasses.dataclass
