@@ -10,7 +10,7 @@ attention report of every head.
 
 Read it top to bottom: the settings, the set-up, one optimizer step, then the loop. What guards the
 run (the out_dir lock, resuming, non-finite steps, Ctrl-C) is in trainer/guards.py, the wandb run
-in trainer/wandb_run.py; a first reading can skip both.
+in common/wandb_run.py; a first reading can skip both.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from trainer.guards import (GracefulStop, LastSave, NonFiniteError, NonFiniteGua
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.optim import make_optimizers
 from trainer.runtime import reuse_host_memory, rng_state, seed_everything
-from trainer.wandb_run import start_run
+from common.wandb_run import start_run
 
 # the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
 APPLIED = ("block_size", "dropout", "attn_impl")

@@ -114,6 +114,16 @@ def setting_type(cls: type, key: str) -> tuple[Any, Any] | None:
     return hint, default
 
 
+def store_defaults(name: str, cls: type) -> None:
+    """Hydra's config `name`: every setting of the dataclass `cls` at its default, as plain values.
+    The config files then hold only what a group sets (presets, recipes, data), and each default
+    lives once, in its setting(...). Plain, not a hydra structured config: OmegaConf's own type
+    checks would answer a bad value with its own messages before typed() can say it in one line."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=name, node=dataclasses.asdict(cls()))
+
+
 def plain(node: Any, prefix: str = "") -> Any:
     """Plain Python values from an OmegaConf node, interpolations (`${.max_iters}`) resolved."""
     if not isinstance(node, (DictConfig, ListConfig)):

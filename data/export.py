@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from common.errors import ConfigError
-from common.settings import setting, typed
+from common.settings import setting, store_defaults, typed
 from data.gpt2 import PretrainedError, export_gpt2
 from data.checkpoint import CHECKPOINTS, load_model
 from common.settings import not_a_file
@@ -26,6 +26,9 @@ class ExportConfig:
     checkpoint: str = setting("best", choices=tuple(CHECKPOINTS), fix="best (best.pt) or last (ckpt.pt)")
     to: str | None = setting(None, path=True, check=not_a_file,
                              fix="a folder for the Hugging Face files, or null for <out_dir>/hf")
+
+
+store_defaults("export_settings", ExportConfig)  # config/export.yaml starts from these
 
 
 def export_checkpoint(cfg: DictConfig) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from common.settings import device_setting, not_a_file, not_blank, setting
+from common.settings import device_setting, not_a_file, not_blank, setting, store_defaults
 from data.checkpoint import CHECKPOINTS
 from data.gpt2 import pretrained_rule
 
@@ -39,3 +39,6 @@ class HeadsConfig(ReportSettings):
     device: str = device_setting()
     wandb: bool = setting(False, fix="wandb=true also logs the report to a new wandb run")
     wandb_project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb_project=gpt-attention")
+
+
+store_defaults("heads_settings", HeadsConfig)  # config/heads.yaml starts from these

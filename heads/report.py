@@ -32,7 +32,7 @@ from heads.painter import Painter, Picture, paint
 from heads.plots import drawable_labels, layer_figure, metric_figure
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
-from trainer.wandb_run import HEAD_SCALARS
+from common.wandb_run import HEAD_SCALARS
 
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
 
@@ -142,7 +142,7 @@ def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_toke
 def log_report(run, report: HeadReport, step: int, history: ReportHistory | None = None) -> None:
     """The head view, a chart per metric and group (a line per head), the ablation and attention
     tables, and the per-head scalars val_heads/<group>/L{l}H{h}/<metric> (hidden from the run's default
-    panels, kept for the API), at `step`, to a trainer.wandb_run.WandbRun; the pictures follow with
+    panels, kept for the API), at `step`, to a common.wandb_run.WandbRun; the pictures follow with
     log_pictures. The entry is built inside its guard: wandb.Html writes a file, so a full disk
     there is one warning, not the end of training."""
     def entry() -> dict:
@@ -342,7 +342,7 @@ def report_checkpoint(cfg) -> None:
     from data.checkpoint import load_inference_model
     from heads.config import HeadsConfig
     from common.device import resolve_device
-    from trainer.wandb_run import start_run
+    from common.wandb_run import start_run
 
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
     # a pretrained model has no out_dir: its report goes to heads-<its name> in the working folder

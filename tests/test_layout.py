@@ -53,3 +53,40 @@ def test_the_layout_rule_tells_a_runner_from_an_in_process_call():
     assert child_process_calls("from conftest import run_entry\nrun_entry('train.py')\n") == [(2, "run_entry")]
     assert child_process_calls("import subprocess\nsubprocess.run(['ls'])\n") == [(2, "subprocess.run")]
     assert child_process_calls("from common.cli import run_entry\nrun_entry(job)\n") == []  # runs job() here
+
+
+# the project's layers, bottom up: a module imports only from layers below its own and from its own
+# package; common/ holds the leaf modules every layer may import, which import nothing else of the
+# project. A module's `if __name__ == "__main__":` block is an entry point (python -m data.prepare), on top.
+LAYERS = {"common": 0, "model": 1, "data": 2, "heads": 3, "trainer": 4}
+ENTRY, BENCH = 5, 6  # train.py and sample.py; bench/ times train.py's step
+
+
+def project_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, top-level package) of every import of the project's packages, outside `__main__` blocks."""
+    main_blocks = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    inside_main = {id(n) for block in main_blocks for n in ast.walk(block)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in inside_main:
+            continue
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        found += [(node.lineno, name.split(".")[0]) for name in names if name.split(".")[0] in {*LAYERS, "train"}]
+    return found
+
+
+def test_every_import_follows_the_layers():
+    problems = []
+    for path in sorted(TESTS.parent.glob("*.py")) + sorted(TESTS.parent.glob("[a-z]*/*.py")):
+        module = path.relative_to(TESTS.parent)
+        package = module.parts[0] if len(module.parts) > 1 else None
+        if package in ("tests", ".venv") or (package and package not in LAYERS and package != "bench"):
+            continue
+        layer = BENCH if package == "bench" else LAYERS.get(package, ENTRY)
+        for line, imported in project_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            target = LAYERS.get(imported, ENTRY)
+            if imported == package or target < layer:
+                continue
+            problems.append(f"{module}:{line} imports {imported} (layer {target}) from layer {layer}")
+    assert not problems, "\n".join(problems)

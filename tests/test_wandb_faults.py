@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 from types import SimpleNamespace
 
-from trainer.wandb_run import WandbRun
+from common.wandb_run import WandbRun
 
 
 class FakeRun:

@@ -13,17 +13,10 @@ import threading
 import time
 
 import pytest
-from conftest import (
-    REPO,
-    fresh_machine_env,
-    make_tiny_corpus,
-    run_entry,
-    small_tmpfs,
-    tiny_args,
-)
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, small_tmpfs, tiny_args
 
-from trainer.checkpoint import load_checkpoint
-from trainer.wandb_run import run_file_complete
+from data.checkpoint import load_checkpoint
+from common.wandb_run import run_file_complete
 
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, the shape of a wandb API key
 

@@ -13,14 +13,14 @@ from typing import Any
 
 from common.device import DTYPES
 from common.errors import ConfigError
-from common.settings import check_fields, device_setting, not_blank, seed_setting, setting
+from common.settings import check_fields, device_setting, not_blank, seed_setting, setting, store_defaults
 from data.checkpoint import CHECKPOINTS
 from data.config import DataConfig
 from data.gpt2 import SCRATCH, pretrained_rule
 from heads.config import ReportSettings
 from model import GPTConfig
 from trainer.optim import OPTIMIZERS
-from trainer.wandb_run import MODES
+from common.wandb_run import MODES
 
 FORMATS = ("text", "jsonl")  # sample.py's output formats
 RESUME = ("auto", "true", "false")
@@ -91,7 +91,8 @@ class RunConfig:
                          fix="auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32")
     compile: bool = setting(False, fix="compile=true or compile=false")
     seed: int = seed_setting()
-    model: dict[str, Any] = setting({}, fix="the model group, see config/model/gpt.yaml")
+    model: dict[str, Any] = setting({k: v for k, v in dataclasses.asdict(GPTConfig()).items() if k != "vocab_size"},
+                                    fix="model.<setting>=<value>: see model/config.py (GPTConfig)")
     data: DataConfig = setting(DataConfig())
     train: TrainConfig = setting(TrainConfig())
     wandb: WandbConfig = setting(WandbConfig())
@@ -148,3 +149,7 @@ class SampleConfig:
         if self.stream and self.format == "jsonl":
             raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
                               "(a stream would break the lines apart): use stream=false with format=jsonl")
+
+
+store_defaults("train_settings", RunConfig)  # config/train.yaml starts from these
+store_defaults("sample_settings", SampleConfig)  # config/sample.yaml
