@@ -148,8 +148,13 @@ def test_bad_additive_config_is_rejected_with_the_key_named(field, value, messag
         GPTConfig(vocab_size=40, **{field: value})
 
 
-def test_the_model_config_file_has_the_score_keys():
-    model_cfg = OmegaConf.load(REPO / "config" / "model" / "gpt.yaml")
+def test_the_train_config_has_the_score_keys():
+    from hydra import compose, initialize_config_dir
+
+    import trainer.config  # noqa: F401 - stores the settings' defaults that config/train.yaml starts from
+
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        model_cfg = compose("train").model
     assert model_cfg.attn_score == "dot" and model_cfg.attn_dim is None
     config = GPTConfig(vocab_size=40, **{**OmegaConf.to_container(model_cfg), "attn_score": "additive", "attn_dim": 8})
     assert GPT(config).blocks[0].attn.score.v.shape == (6, 8)
