@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, UserError
 from common.folders import check_writable
-from common.settings import setting_type, unwrap_optional
+from common.settings import setting_keys, setting_type, unwrap_optional
 from common.sweeps import sweep_left
 
 
@@ -207,33 +207,27 @@ _NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-comp
                    "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--version"}
 
 
-def check_overrides(argv: list[str], config_name: str, command: str, config_dir: Path = CONFIG_DIR) -> None:
+def check_overrides(argv: list[str], config_name: str, command: str, settings: type) -> None:
     """Raise ConfigError for an override hydra cannot read (`model.n_layer=3!`), one with several
-    values outside a `-m` sweep (`model.n_layer=2,4`), or one of a key the config of `config_name`
-    lacks (`model.n_layr=3`, `~model.n_layr`) or of an unknown option of a config group (`preset=gpu`),
-    naming the closest valid one; hydra's own keys (`hydra.*`) and appends (`+k=v`, `++k=v`) are left
-    to hydra."""
-    overrides, skip, sweep = [], False, sweeping(argv)
+    values outside a `-m` sweep (`model.n_layer=2,4`), a key the settings dataclass lacks
+    (`model.n_layr=3`, `~model.n_layr`) or an unknown option of a config group (`preset=gpu`), naming
+    the closest valid one; hydra's own keys (`hydra.*`) and appends (`+k=v`, `++k=v`) are hydra's."""
+    overrides, skip = [], False
     for arg in argv:
-        flag = arg.split("=", 1)[0]
         if skip:
             skip = False
-        elif flag in _NO_CHECK_FLAGS:
+        elif arg.split("=", 1)[0] in _NO_CHECK_FLAGS:
             return
         elif arg in _VALUE_FLAGS:
             skip = True
         elif not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
             overrides.append(arg)
-    if not overrides:
-        return
     from difflib import get_close_matches
 
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
     from hydra.errors import HydraException
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import OmegaConf
 
     parser, parsed = OverridesParser.create(), []
     for arg in overrides:
@@ -243,59 +237,27 @@ def check_overrides(argv: list[str], config_name: str, command: str, config_dir:
             raise ConfigError(f"{arg} cannot be read (hydra's override grammar: https://hydra.cc/docs/advanced/"
                               "override_grammar/basic): check the value; text with characters such as ! ' # or a "
                               "comma is quoted, key='...'") from None
-        if override.is_sweep_override() and not sweep:
+        if override.is_sweep_override() and not sweeping(argv):
             raise ConfigError(f"{arg} gives several values: add -m to run one job for each ({command} -m ...), or "
                               "give one value")
-        parsed.append(override)
-    parsed = [o for o in parsed if not (o.is_add() or o.is_force_add() or o.package is not None)
-              and o.key_or_group.split(".")[0] != "hydra"]
-    # groups the primary config leaves out by default (preset: null)
-    defaults = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
-    optional = {k for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items() if v is None}
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        loader = GlobalHydra.instance().config_loader()
-        groups = {g for g in loader.list_groups("") if g != "hydra"}
-        chosen = []
-        for o in parsed:
-            if o.key_or_group not in groups or o.is_delete():
-                continue
-            value = o.value()
-            options = loader.get_group_options(o.key_or_group)
+        if not (override.is_add() or override.is_force_add() or override.package is not None
+                or override.key_or_group.split(".")[0] == "hydra"):
+            parsed.append(override)
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in CONFIG_DIR.iterdir() if d.is_dir()}
+    defaults = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml").get("defaults", [])
+    optional = {k for entry in defaults if not isinstance(entry, str) for k, v in entry.items() if v is None}
+    keys = setting_keys(settings)
+    for o in parsed:
+        key, value = o.key_or_group, o.value()
+        if key in groups and not o.is_delete():
             picks = value.list if isinstance(value, ChoiceSweep) else [value]
-            if not all(p is None or isinstance(p, str) for p in picks):
-                continue  # glob(), range(), ...: hydra resolves them
-            for pick in picks:
-                if pick not in options:  # hydra itself fails on `group=null` with a traceback
-                    raise ConfigError(f"{o.key_or_group}={pick if pick is not None else 'null'} is not an option: "
-                                      f"{o.key_or_group} is one of {', '.join(options)} (config/{o.key_or_group}/)"
-                                      + (f", or none: leave {o.key_or_group}= out" if o.key_or_group in optional else ""))
-            chosen.append(f"{o.key_or_group}={picks[0]}")
-        keys = [o.key_or_group for o in parsed if o.key_or_group not in groups]
-        if not keys:
-            return
-        cfg = compose(config_name=config_name, overrides=chosen)
-
-    def known(key: str) -> bool:
-        node = cfg
-        for part in key.split("."):
-            if isinstance(node, ListConfig):
-                return True  # an index: hydra checks it
-            if not isinstance(node, DictConfig):
-                return False
-            if part not in list(node):  # `in node` is False for a ??? value
-                return not OmegaConf.is_struct(node)
-            node = node._get_node(part)
-        return True
-
-    def all_keys(node: object, prefix: str) -> list[str]:
-        if not isinstance(node, DictConfig):
-            return []
-        return [k for name in node
-                for k in (prefix + str(name), *all_keys(node._get_node(name), f"{prefix}{name}."))]
-
-    for key in keys:
-        if not known(key):
-            close = get_close_matches(key, all_keys(cfg, "") + sorted(groups), n=1, cutoff=0.6)
+            for pick in picks:  # glob() or range() are hydra's to resolve
+                if (pick is None or isinstance(pick, str)) and pick not in groups[key]:
+                    raise ConfigError(f"{key}={pick if pick is not None else 'null'} is not an option: {key} is one of "
+                                      f"{', '.join(groups[key])} (config/{key}/)"
+                                      + (f", or none: leave {key}= out" if key in optional else ""))
+        elif key not in keys:
+            close = get_close_matches(key, [*keys, *groups], n=1, cutoff=0.6)
             hint = f": did you mean {close[0]}?" if close else ""
             raise ConfigError(f"{key} is not a setting{hint} ({command} --cfg job lists them all)")
 
@@ -351,7 +313,7 @@ def prepare_entry(config_name: str, command: str, settings: type, result: bool =
             check_utf8(arg)
         argv = hydra_argv([null_deletion(arg, settings) for arg in sys.argv[1:]],
                           lambda key: text_setting(settings, key))
-        check_overrides(argv, config_name, command)
+        check_overrides(argv, config_name, command, settings)
         if sweeping(argv):
             check_sweep_folder(argv, config_name)
         sys.argv[1:] = argv

@@ -1,8 +1,8 @@
 """Typed settings: every value of a hydra config is checked once, where its setting is defined.
 
-The settings of each entry point are a dataclass (trainer/config.py, data/config.py). A field's
-annotation is its type and `setting(...)` records its range, its choices and how to fix a bad
-value. `typed(cls, node, prefix)` turns the composed hydra config into that dataclass before any
+The settings of each layer are dataclasses (model/config.py, data/config.py, heads/config.py,
+trainer/config.py). A field's annotation is its type and `setting(...)` records its default, its
+range, its choices and how to fix a bad value. `typed(cls, node, prefix)` turns the composed hydra config into that dataclass before any
 work starts, so a bad value costs one line, not a traceback an hour later or a run that silently
 does something else:
 
@@ -122,6 +122,20 @@ def store_defaults(name: str, cls: type) -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=name, node=dataclasses.asdict(cls()))
+
+
+def setting_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every key of the settings dataclass `cls`: `train`, `train.batch_size`, `model.n_layer` (the
+    keys of a dict setting such as the model's are its default's)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint, default = typing.get_type_hints(cls)[f.name], default_of(f)
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hint):
+            keys += setting_keys(hint, f"{prefix}{f.name}.")
+        elif isinstance(default, dict):
+            keys += [f"{prefix}{f.name}.{name}" for name in default]
+    return keys
 
 
 def plain(node: Any, prefix: str = "") -> Any:

@@ -5,7 +5,7 @@ seconds of host time in which the GPU would sit idle; so there a worker process 
 training goes on, and the PNGs are logged when they are ready (at a later step, captioned with the
 report's own). The final report's, which the run waits for, are split over several workers, one
 per core up to FINAL_WORKERS. On a CPU a worker would take a core from training, so they are drawn
-in place, and by default only the final report's (wandb.pictures, trainer/training.py).
+in place, and by default only the final report's (wandb.pictures, report.TrainingReports).
 """
 from __future__ import annotations
 

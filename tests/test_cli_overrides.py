@@ -97,9 +97,10 @@ def test_a_byte_that_is_not_utf8_is_one_line_naming_it() -> None:
 ])
 def test_an_override_hydra_cannot_take_is_one_line(args: list[str], expected: str) -> None:
     from common.cli import check_overrides
+    from trainer.config import RunConfig
     from common.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
-        check_overrides(args, "train", "python train.py")
+        check_overrides(args, "train", "python train.py", RunConfig)
     assert str(error.value).startswith(expected)
-    check_overrides(["-m", "model.n_layer=2,4"], "train", "python train.py")  # a sweep is fine with -m
+    check_overrides(["-m", "model.n_layer=2,4"], "train", "python train.py", RunConfig)  # a sweep is fine with -m

@@ -14,13 +14,13 @@ from typing import Any
 from common.device import DTYPES
 from common.errors import ConfigError
 from common.settings import check_fields, device_setting, not_blank, seed_setting, setting, store_defaults
+from common.wandb_run import MODES
 from data.checkpoint import CHECKPOINTS
 from data.config import DataConfig
 from data.gpt2 import SCRATCH, pretrained_rule
 from heads.config import ReportSettings
 from model import GPTConfig
 from trainer.optim import OPTIMIZERS
-from common.wandb_run import MODES
 
 FORMATS = ("text", "jsonl")  # sample.py's output formats
 RESUME = ("auto", "true", "false")
@@ -32,7 +32,7 @@ MIN_TEMPERATURE = 1e-30
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The `train` group (config/train/default.yaml): optimisation and the loop's rhythm."""
+    """The `train` group of config/train.yaml: optimisation and the loop's rhythm."""
 
     batch_size: int = setting(64, minimum=1, fix="sequences per optimizer step, e.g. train.batch_size=64")
     grad_accum: int = setting(1, minimum=1, fix="micro-batches per step, e.g. train.grad_accum=1")

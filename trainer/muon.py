@@ -6,7 +6,7 @@ Ours rather than torch.optim.Muon for two reasons:
   or AMX, GPUs older than Ampere) that is ~100x slower than fp32 and made every step take
   seconds; here the iterations run in `ns_dtype`, which `newton_schulz_dtype` picks per device.
 - torch's cannot skip a step from a flag on the device, so a non-finite gradient cost a host sync
-  every step; this one takes GradScaler's `found_inf` like fused AdamW (trainer/nonfinite.py).
+  every step; this one takes GradScaler's `found_inf` like fused AdamW (trainer/guards.py).
 
 The update's size matches AdamW's (Moonshot's "match_rms_adamw" scaling, 0.2 * sqrt(max(A, B))),
 so one learning rate and one schedule serve both optimizers.

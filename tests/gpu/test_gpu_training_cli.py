@@ -30,7 +30,7 @@ from .conftest import (
 
 pytestmark = pytest.mark.gpu
 
-# the GPU default of config/model/gpt.yaml, spelled out because the shared overrides shrink the model
+# the GPU default of model/config.py's GPTConfig, spelled out because the shared overrides shrink the model
 GPU_DEFAULT_MODEL = ["model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256", "model.dropout=0.2"]
 
 
