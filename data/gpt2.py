@@ -1,16 +1,9 @@
-"""The Hugging Face GPT-2 format: pretrained GPT-2 in, GPT2LMHeadModel folders out.
-
-In: `resolve_gpt2` finds a folder (a local one, or gpt2 ... gpt2-xl from the hub), `load_gpt2`
-builds our GPT from its config.json and weights, `gpt2_tokenizer` our Tokenizer from its
-vocab.json + merges.txt (or tokenizer.json). Out: `export_gpt2` writes a folder that
-`transformers.GPT2LMHeadModel.from_pretrained` and `AutoTokenizer.from_pretrained` load, with
-the same logits and the same token ids as ours.
-
-GPT-2 is our recipe with bias=true, learned positions, LayerNorm, tanh-GELU and a tied head; its
-weights differ from ours in layout only: HF's Conv1D stores (in, out) where nn.Linear stores
-(out, in), and c_attn is W_Q, W_K and W_V side by side. WEIGHT_MAP says, once, which of our
-tensors make each of theirs, for both directions. Every problem is a PretrainedError, one line
-naming the model, file, tensor or setting and the fix.
+"""The Hugging Face GPT-2 format: pretrained GPT-2 in (`resolve_gpt2` finds the folder, local or
+gpt2 ... gpt2-xl from the hub; `load_gpt2` builds our GPT, `gpt2_tokenizer` our Tokenizer), and
+folders out (`export_gpt2`) that transformers' GPT2LMHeadModel and AutoTokenizer load with our
+logits and token ids. GPT-2 is our recipe with bias=true, learned positions, LayerNorm, tanh-GELU
+and a tied head; its weights differ from ours in names and layout only (`weight_map`). Every
+problem is a PretrainedError: one line naming the model, file, tensor or setting, and the fix.
 """
 from __future__ import annotations
 
@@ -19,6 +12,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -32,24 +26,27 @@ HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 SCRATCH = "scratch"  # train.py's init_from default: a new model of the model group's settings
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.json"]
 SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
-# tiktoken's "gpt2" split pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's own
-# 's|'t|...| ?\p{L}+| ?\p{N}+|...|\s+(?!\S)|\s+ with possessive quantifiers, which cut text the same
-# way, faster; using tiktoken's string makes an imported GPT-2 tokenizer identical to stock "gpt2"
+# tiktoken's "gpt2" split pattern (r50k_pat_str): GPT-2's own with possessive quantifiers, which cut
+# text the same way, faster; with tiktoken's string an imported GPT-2 tokenizer is stock "gpt2" exactly
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # HF activation_function -> our mlp; gelu_new and gelu_pytorch_tanh are both GELU's tanh approximation
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 EXPORT_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}  # gelu_new: the name every GPT-2 tool knows
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our norms use; GPT-2's too
-EXPORT_FILES = ("config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json")
+EXPORT_FILES = {"config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json"}
+# our names -> GPT-2's (without its "transformer." prefix); W_Q, W_K and W_V all go into c_attn
+RENAMES = {"blocks.": "h.", "attn.W_Q": "attn.c_attn", "attn.W_K": "attn.c_attn", "attn.W_V": "attn.c_attn",
+           "attn.W_O": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+# what GPT-2's architecture cannot express: setting -> (value, why)
+NOT_GPT2 = {"pos_encoding": ("rope", "GPT-2 adds a position table, it does not rotate queries and keys"),
+            "norm": ("rmsnorm", "GPT-2 normalises with LayerNorm"),
+            "qk_norm": (True, "GPT-2 does not normalise queries and keys"),
+            "mlp": ("relu2", "GPT-2's MLP uses GELU"),
+            "attn_score": ("additive", "GPT-2 scores with scaled dot products")}
 
 
 class PretrainedError(UserError):
-    """A pretrained model that cannot be found, read, expressed or written; the message names the
-    model, file, tensor or setting, and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# weights: which of our tensors make each Hugging Face tensor
+    """A pretrained model that cannot be found, read, expressed or written."""
 
 
 def pretrained_rule(value: str | None) -> str | None:
@@ -59,63 +56,38 @@ def pretrained_rule(value: str | None) -> str | None:
     return f"{', '.join(HUB_MODELS)} or a folder in Hugging Face format (config.json, weights, tokenizer)"
 
 
-def weight_map(config: GPTConfig) -> list[tuple[str, list[str], bool]]:
-    """(HF name, our names, conv1d) for every tensor of a GPT2LMHeadModel of this shape: the HF
-    tensor is our tensors concatenated along dim 0 (out features), transposed when conv1d (HF's
-    Conv1D computes x @ W + b with W (in, out)). Names without the "transformer." prefix; the
-    untied head (lm_head.weight) last."""
-    pairs = [("wte.weight", ["wte.weight"], False), ("wpe.weight", ["wpe.weight"], False)]
-    for i in range(config.n_layer):
-        hf, ours = f"h.{i}.", f"blocks.{i}."
-        qkv = [f"{ours}attn.W_{x}" for x in "QKV"]
-        for kind in ("weight", "bias"):
-            conv1d = kind == "weight"
-            pairs += [
-                (f"{hf}ln_1.{kind}", [f"{ours}ln_1.{kind}"], False),
-                (f"{hf}attn.c_attn.{kind}", [f"{name}.{kind}" for name in qkv], conv1d),
-                (f"{hf}attn.c_proj.{kind}", [f"{ours}attn.W_O.{kind}"], conv1d),
-                (f"{hf}ln_2.{kind}", [f"{ours}ln_2.{kind}"], False),
-                (f"{hf}mlp.c_fc.{kind}", [f"{ours}mlp.up.{kind}"], conv1d),
-                (f"{hf}mlp.c_proj.{kind}", [f"{ours}mlp.down.{kind}"], conv1d),
-            ]
-    pairs += [("ln_f.weight", ["ln_f.weight"], False), ("ln_f.bias", ["ln_f.bias"], False)]
-    if not config.tie_weights:
-        pairs.append(("lm_head.weight", ["lm_head.weight"], False))
+# weights: which of our tensors make each Hugging Face tensor
+def weight_map(ours: Iterable[str], tie_weights: bool) -> dict[str, list[str]]:
+    """GPT-2's name -> our names whose tensors, concatenated along dim 0 (out features), make it."""
+    pairs: dict[str, list[str]] = {}
+    for name in ours:
+        theirs = name
+        for old, new in RENAMES.items():
+            theirs = theirs.replace(old, new)
+        if not (tie_weights and name == "lm_head.weight"):
+            pairs.setdefault(theirs, []).append(name)
     return pairs
 
 
-def to_hf(ours: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+def conv1d(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A block's matrix between nn.Linear's (out, in) and HF Conv1D's (in, out: x @ W + b), either way."""
+    return tensor.T if name.startswith("h.") and tensor.dim() == 2 else tensor
+
+
+def to_hf(ours: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
     """Our state dict (learned positions) -> GPT-2's tensors, fp32 and contiguous. A bias our
     recipe leaves out (bias=false) is written as zeros: x @ W + 0 is x @ W, so the logits agree."""
-    out = {}
-    for hf_name, names, conv1d in weight_map(config):
-        parts = [ours[name] if name in ours else torch.zeros(ours[name.removesuffix("bias") + "weight"].size(0))
-                 for name in names]
-        tensor = torch.cat(parts, dim=0).detach().float()  # (sum of out, in) or (sum of out,)
-        out[hf_name] = (tensor.T if conv1d else tensor).contiguous().cpu()
+    out = {name: conv1d(name, torch.cat([ours[n] for n in names]).float()).contiguous().cpu()
+           for name, names in weight_map(ours, tie_weights).items()}
+    for name in [n for n in out if n.startswith(("h.", "ln_f.")) and n.endswith(".weight")]:
+        out.setdefault(name.removesuffix("weight") + "bias", torch.zeros(out[name].shape[-1]))  # (out features,)
     return out
 
 
-def from_hf(theirs: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """GPT-2's tensors (checked: every one there with its shape) -> our state dict."""
-    ours = {}
-    for hf_name, names, conv1d in weight_map(config):
-        tensor = theirs[hf_name].T if conv1d else theirs[hf_name]  # (sum of out, in) or (sum of out,)
-        for name, part in zip(names, tensor.chunk(len(names), dim=0)):
-            ours[name] = part
-    if config.tie_weights:
-        ours["lm_head.weight"] = ours["wte.weight"]
-    return ours
-
-
-# ---------------------------------------------------------------------------------------------
 # in: find, configure and load a pretrained GPT-2
-
-
 def resolve_gpt2(name_or_path: str | Path) -> Path:
-    """The folder of a GPT-2 model: `name_or_path` itself when it is a folder holding config.json
-    and the weights, else gpt2, gpt2-medium, gpt2-large or gpt2-xl from the Hugging Face hub (its
-    cache first; HF_HUB_OFFLINE=1 uses the cache only)."""
+    """`name_or_path` when it is a folder holding config.json and weights, else gpt2 ... gpt2-xl from
+    the Hugging Face hub (its cache first; HF_HUB_OFFLINE=1 uses the cache only)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -147,16 +119,21 @@ def resolve_gpt2(name_or_path: str | Path) -> Path:
         ) from None
 
 
-def gpt2_config(settings: dict, source: Path, dropout: float = 0.0, attn_impl: str = "explicit",
-                block_size: int | None = None) -> GPTConfig:
-    """Our GPTConfig for a GPT2Config's settings (config.json), or a PretrainedError naming the
-    setting our GPT cannot express. Missing settings take GPT2Config's defaults, as transformers
-    does. block_size: a shorter context than the model's n_positions (the position table is cut)."""
+def gpt2_config(path: Path, dropout: float, attn_impl: str, block_size: int | None) -> GPTConfig:
+    """Our GPTConfig for a config.json, or the setting our GPT cannot express; a missing setting takes
+    GPT2Config's default, as in transformers."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path} cannot be read as JSON ({e}): download it again") from None
+    if not isinstance(settings, dict):
+        raise PretrainedError(f"{path} is not a GPT2Config (a JSON object): download it again")
+
     def refuse(what: str) -> PretrainedError:
-        return PretrainedError(f"{source}: {what}, which our GPT cannot express: use a standard GPT-2 checkpoint")
+        return PretrainedError(f"{path}: {what}, which our GPT cannot express: use a standard GPT-2 checkpoint")
 
     if settings.get("model_type", "gpt2") != "gpt2":
-        raise PretrainedError(f"{source} is a {settings['model_type']!r} model, not GPT-2 (model_type gpt2)")
+        raise PretrainedError(f"{path} is a {settings['model_type']!r} model, not GPT-2 (model_type gpt2)")
     activation = settings.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
         raise refuse(f"activation_function={activation!r} (ours: {', '.join(ACTIVATIONS)})")
@@ -172,9 +149,10 @@ def gpt2_config(settings: dict, source: Path, dropout: float = 0.0, attn_impl: s
             raise refuse(f"{key}={settings[key]}")
     # reorder_and_upcast_attn only changes the precision of fp16 attention: in fp32 the numbers are the same
     if block_size is not None and block_size > n_positions:
-        raise PretrainedError(f"model.block_size={block_size} is longer than {source}'s n_positions={n_positions}: "
-                              f"the model has no position embedding past {n_positions}; use model.block_size<={n_positions}")
-    try:
+        raise PretrainedError(f"model.block_size={block_size} is longer than {path}'s n_positions={n_positions}: "
+                              f"the model has no position embedding past {n_positions}; "
+                              f"use model.block_size<={n_positions}")
+    try:  # GPTConfig's own checks (n_embd divisible by n_head, ...), naming this file rather than model.*
         return GPTConfig(
             vocab_size=settings.get("vocab_size", 50257), block_size=block_size or n_positions,
             n_layer=settings.get("n_layer", 12), n_head=settings.get("n_head", 12), n_embd=n_embd, dropout=dropout,
@@ -182,12 +160,13 @@ def gpt2_config(settings: dict, source: Path, dropout: float = 0.0, attn_impl: s
             tie_weights=bool(settings.get("tie_word_embeddings", True)),
         )
     except ValueError as e:
-        raise PretrainedError(f"{source}: {e}") from None
+        raise PretrainedError(f"{path}: {e}") from None
 
 
 def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The tensors of a folder's model.safetensors (sharded or not) or pytorch_model.bin, names
-    without the "transformer." prefix, and the file they came from (for messages)."""
+    """A folder's weights (model.safetensors, sharded or not, or pytorch_model.bin) without the
+    "transformer." prefix or the causal masks old transformers stored (attn.bias, attn.masked_bias),
+    and the file they came from, for messages."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -203,37 +182,25 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
         files = [folder / TORCH_BIN]
     tensors = {}
     for file in files:
-        try:
-            if file.suffix == ".safetensors":
-                loaded = load_file(file)
-            else:  # weights_only: loading never runs code from the file
-                loaded = torch.load(file, map_location="cpu", weights_only=True)
+        try:  # weights_only: loading a pickle never runs code from it
+            loaded = load_file(file) if file.suffix == ".safetensors" else torch.load(file, "cpu", weights_only=True)
         except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as e:
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PretrainedError(f"{file} cannot be read ({first_line[:160]}): download it again") from None
         if not isinstance(loaded, dict):
             raise PretrainedError(f"{file} holds no state dict of tensors: download it again")
-        tensors.update({name.removeprefix("transformer."): tensor for name, tensor in loaded.items()})
+        tensors.update({name.removeprefix("transformer."): tensor for name, tensor in loaded.items()
+                        if not name.endswith((".attn.bias", ".attn.masked_bias"))})
     return tensors, files[0] if len(files) == 1 else index
 
 
-def load_gpt2(name_or_path: str | Path, dropout: float = 0.0, attn_impl: str = "explicit",
+def load_gpt2(folder: str | Path, dropout: float = 0.0, attn_impl: str = "explicit",
               block_size: int | None = None) -> tuple[GPT, GPTConfig]:
-    """A pretrained GPT-2 (a folder, or a hub name: resolve_gpt2) as our GPT, in eval mode on the
-    CPU, with its GPTConfig; fp32 logits equal GPT2LMHeadModel's. dropout and attn_impl do not
-    change the weights; block_size cuts the context (and the position table)."""
-    folder = resolve_gpt2(name_or_path)
-    config_path = folder / "config.json"
-    try:
-        settings = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"{config_path} cannot be read as JSON ({e}): download it again") from None
-    if not isinstance(settings, dict):
-        raise PretrainedError(f"{config_path} is not a GPT2Config (a JSON object): download it again")
-    config = gpt2_config(settings, config_path, dropout, attn_impl, block_size)
-    theirs, source = read_weights(folder)
-    for name in [n for n in theirs if n.endswith((".attn.bias", ".attn.masked_bias"))]:
-        del theirs[name]  # the causal mask, stored as a buffer by old transformers: not a weight
+    """The GPT-2 of resolve_gpt2's folder as our GPT in eval mode on the CPU, with fp32 logits equal to
+    GPT2LMHeadModel's; block_size cuts the context (and the position table)."""
+    config_path = Path(folder) / "config.json"
+    config = gpt2_config(config_path, dropout, attn_impl, block_size)
+    theirs, source = read_weights(config_path.parent)
     if "wpe.weight" in theirs:
         theirs["wpe.weight"] = theirs["wpe.weight"][: config.block_size]  # (block_size, C)
     head = theirs.pop("lm_head.weight", None) if config.tie_weights else None
@@ -241,7 +208,7 @@ def load_gpt2(name_or_path: str | Path, dropout: float = 0.0, attn_impl: str = "
         raise PretrainedError(f"{source}: lm_head.weight differs from wte.weight but {config_path} says "
                               "tie_word_embeddings=true: set it to false in config.json")
     model = GPT(config)
-    expected = to_hf(model.state_dict(), config)
+    expected = to_hf(model.state_dict(), config.tie_weights)
     missing = [name for name in expected if name not in theirs]
     if missing:
         raise PretrainedError(f"{source} misses {missing[0]}: it does not fit {config_path}; download both again")
@@ -250,41 +217,28 @@ def load_gpt2(name_or_path: str | Path, dropout: float = 0.0, attn_impl: str = "
         raise PretrainedError(f"{source} has {unexpected[0]}, which GPT-2 of {config_path} does not: "
                               "it is not a GPT2LMHeadModel checkpoint")
     for name, tensor in theirs.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+        if tensor.shape != expected[name].shape:
             raise PretrainedError(f"{source}: {name} has shape {tuple(tensor.shape)}, {config_path} needs "
                                   f"{tuple(expected[name].shape)}: download both again")
         if not torch.isfinite(tensor).all():
             raise PretrainedError(f"{source}: {name} holds NaN or inf values: download it again")
-    model.load_state_dict(from_hf(theirs, config))  # copies into fp32 parameters; the tie stays
+    ours = {}
+    for name, names in weight_map(model.state_dict(), config.tie_weights).items():
+        ours.update(zip(names, conv1d(name, theirs[name]).chunk(len(names))))  # c_attn: (3C, C) -> 3 x (C, C)
+    if config.tie_weights:
+        ours["lm_head.weight"] = ours["wte.weight"]
+    model.load_state_dict(ours)  # copies into fp32 parameters; the tie stays
     return model.eval(), config
 
 
 def check_vocab(tokenizer: Tokenizer, config: GPTConfig, folder: Path) -> None:
-    """A model folder's tokenizer must have one id for each row of its model's embedding."""
+    """A folder's tokenizer must have one id for each row of its model's embedding."""
     if tokenizer.vocab_size != config.vocab_size:
         raise PretrainedError(f"the tokenizer of {folder} has {tokenizer.vocab_size} tokens but its model's vocab_size "
                               f"is {config.vocab_size}: use the tokenizer files the model was trained with")
 
 
-# ---------------------------------------------------------------------------------------------
 # out: a GPT2LMHeadModel folder
-
-
-def exportable(config: GPTConfig) -> None:
-    """Raise a PretrainedError naming the first setting GPT-2's architecture cannot express."""
-    refused = {"pos_encoding": ("rope", "GPT-2 adds a position table, it does not rotate queries and keys"),
-               "norm": ("rmsnorm", "GPT-2 normalises with LayerNorm"),
-               "qk_norm": (True, "GPT-2 does not normalise queries and keys"),
-               "mlp": ("relu2", "GPT-2's MLP uses GELU"),
-               "attn_score": ("additive", "GPT-2 scores with scaled dot products")}
-    for name, (value, why) in refused.items():
-        if getattr(config, name) == value:
-            shown = str(value).lower() if isinstance(value, bool) else value
-            raise PretrainedError(f"model.{name}={shown} cannot be exported as GPT-2 ({why}): only recipes GPT-2 can "
-                                  "express export (learned or sinusoidal positions, layernorm, gelu or gelu_tanh, dot "
-                                  "scores, no qk_norm)")
-
-
 def hf_config(config: GPTConfig, tokenizer: Tokenizer | None) -> dict:
     """config.json of a GPT2LMHeadModel with our model's shape."""
     eot = tokenizer.eot_id if tokenizer is not None else None
@@ -301,22 +255,22 @@ def hf_config(config: GPTConfig, tokenizer: Tokenizer | None) -> dict:
 
 
 def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -> None:
-    """Write `out_dir` as a Hugging Face GPT2LMHeadModel folder: config.json, model.safetensors and,
-    with a tokenizer, tokenizer.json + tokenizer_config.json. Sinusoidal positions are written as
-    the learned table they equal. Written into a temp sibling folder and renamed into place, so a
-    failure never leaves a folder that looks complete; an existing out_dir is replaced only when
-    it is empty or a previous export."""
+    """Write `out_dir` as a GPT2LMHeadModel folder (with the model's tokenizer, if given). It is
+    written beside it and renamed into place, so a failure never leaves a folder that looks
+    complete; an existing out_dir is replaced only when it is empty or a previous export."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     config = model.config
-    exportable(config)
-    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
-        raise PretrainedError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-                              f"{config.vocab_size}: export the model with the tokenizer it was trained with")
+    for name, (value, why) in NOT_GPT2.items():
+        if getattr(config, name) == value:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise PretrainedError(f"model.{name}={shown} cannot be exported as GPT-2 ({why}): only recipes GPT-2 can "
+                                  "express export (learned or sinusoidal positions, layernorm, gelu or gelu_tanh, dot "
+                                  "scores, no qk_norm)")
     out_dir = Path(out_dir)
     held = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None
-    previous = held is not None and (not held or {"config.json", SAFETENSORS} <= held <= set(EXPORT_FILES))
+    previous = held is not None and (not held or {"config.json", SAFETENSORS} <= held <= EXPORT_FILES)
     if out_dir.exists() and not previous:  # empty, or an export of ours: never a user's folder
         raise PretrainedError(f"{out_dir} exists and is not a previous export"
                               + (f" (it holds {', '.join(sorted(held))})" if held else "")
@@ -324,17 +278,21 @@ def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -
     ours = model.state_dict()
     if config.pos_encoding == "sinusoidal":
         ours["wpe.weight"] = model.sinusoids  # (block_size, C): added to the embeddings as a learned table would be
-    tensors = to_hf(ours, config)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+    tensors = to_hf(ours, config.tie_weights)  # GPT2LMHeadModel's names: its body is "transformer."
+    tensors = {k if k == "lm_head.weight" else f"transformer.{k}": v for k, v in tensors.items()}
+    tmp, old = (out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{end}") for end in ("tmp", "old"))
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "config.json").write_text(json.dumps(hf_config(config, tokenizer), indent=2) + "\n", encoding="utf-8")
-        save_file({f"transformer.{k}" if k != "lm_head.weight" else k: v for k, v in tensors.items()},
-                  tmp / SAFETENSORS, metadata={"format": "pt"})  # transformers refuses files without format=pt
+        save_file(tensors, tmp / SAFETENSORS, metadata={"format": "pt"})  # transformers refuses files without it
         if tokenizer is not None:
-            write_hf_tokenizer(tokenizer, tmp, config.block_size)
+            (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer_json(tokenizer), ensure_ascii=False),
+                                                encoding="utf-8")
+            settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT,
+                        "unk_token": EOT, "model_max_length": config.block_size, "add_bos_token": False,
+                        "add_eos_token": False, "clean_up_tokenization_spaces": False}  # decode gives back the bytes
+            (tmp / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             out_dir.rename(old)  # the previous export stays whole until the new one is in place
         tmp.rename(out_dir)
@@ -349,61 +307,44 @@ def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -
         shutil.rmtree(old, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------
 # tokenizers: ours (tiktoken ranks over bytes) <-> byte-level BPE in Hugging Face's formats
-
-
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table: byte-level vocab files store every token as
     text, the printable bytes as themselves and the others shifted past 255 (a space is Ġ)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, shift = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + shift)
-            shift += 1
-    return table
-
-
-def bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """tiktoken's BPE of `token` with only the ranks below max_rank: repeatedly merge the adjacent
-    pair whose concatenation has the lowest rank."""
-    parts = [bytes([b]) for b in token]
-    while True:
-        pairs = [(ranks.get(parts[i] + parts[i + 1], max_rank), i) for i in range(len(parts) - 1)]
-        rank, i = min(pairs, default=(max_rank, -1))
-        if rank >= max_rank:
-            return parts
-        parts[i: i + 2] = [parts[i] + parts[i + 1]]
+    shifted = [byte for byte in range(256) if byte not in printable]
+    return {byte: chr(byte) for byte in printable} | {byte: chr(256 + i) for i, byte in enumerate(shifted)}
 
 
 def merges_of(tokenizer: Tokenizer) -> list[tuple[bytes, bytes]]:
-    """The merges that build each token of rank r, in rank order: its BPE with the ranks below r,
-    which ends in exactly two parts for a vocabulary BPE built."""
+    """The merge that makes each token of rank r, in rank order: its BPE with the ranks below r (the
+    adjacent pair of lowest rank first, as tiktoken), which ends in two parts for a vocabulary BPE built."""
     ranks = {token: rank for rank, token in enumerate(tokenizer.ranks)}
     merges = []
     for rank, token in enumerate(tokenizer.ranks):
-        if len(token) > 1:
-            parts = bpe_split(ranks, token, rank)
-            if len(parts) != 2:
-                raise PretrainedError(f"token {rank} ({token!r}) of tokenizer {tokenizer.name!r} is not the merge of two "
-                                      "earlier tokens, so it has no byte-level BPE merge: retrain the tokenizer")
-            merges.append((parts[0], parts[1]))
+        if len(token) == 1:
+            continue
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            best, i = min((ranks.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1))
+            if best >= rank:
+                raise PretrainedError(f"token {rank} ({token!r}) of tokenizer {tokenizer.name!r} is not the merge of "
+                                      "two earlier tokens, so it has no byte-level BPE merge: retrain the tokenizer")
+            parts[i: i + 2] = [parts[i] + parts[i + 1]]
+        merges.append((parts[0], parts[1]))
     return merges
 
 
 def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
-    """tokenizer.json (the `tokenizers` library's format) that encodes as ours: our split pattern
-    (Split, isolated), bytes as GPT-2's printable characters (ByteLevel without its own regex), and
-    BPE with the merges recovered from our ranks. ignore_merges: a piece that is a whole token
-    becomes that token, as tiktoken does, before any merge is tried."""
+    """tokenizer.json that encodes as ours: our split regex, bytes as GPT-2's printable characters
+    (ByteLevel without its own regex), BPE with our ranks' merges. ignore_merges: a piece that is a
+    whole token becomes that token before any merge is tried, as in tiktoken."""
     chars = bytes_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(chars[b] for b in token)
 
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
@@ -411,10 +352,8 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-        ]},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            byte_level]},
+        "post_processor": None, "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
                   "vocab": {text(token): rank for rank, token in enumerate(tokenizer.ranks)},
@@ -423,30 +362,25 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
     }
 
 
-def write_hf_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int) -> None:
-    """tokenizer.json and tokenizer_config.json, which AutoTokenizer.from_pretrained(folder) loads."""
-    (folder / "tokenizer.json").write_text(json.dumps(hf_tokenizer_json(tokenizer), ensure_ascii=False),
-                                           encoding="utf-8")
-    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
-                "model_max_length": max_length, "add_bos_token": False, "add_eos_token": False,
-                "clean_up_tokenization_spaces": False}  # decode gives back the bytes, no space clean-up
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-
-
 def tokenizer_files(folder: Path) -> list[Path]:
     """The files gpt2_tokenizer reads from a GPT-2 folder: vocab.json + merges.txt, else tokenizer.json."""
-    folder = Path(folder)
     for names in (("vocab.json", "merges.txt"), ("tokenizer.json",)):
-        if all((folder / name).is_file() for name in names):
-            return [folder / name for name in names]
+        if all((Path(folder) / name).is_file() for name in names):
+            return [Path(folder) / name for name in names]
     raise PretrainedError(f"{folder} holds no tokenizer (vocab.json + merges.txt, or tokenizer.json): "
                           "download them with the model")
 
 
+def model_name(folder: Path) -> str:
+    """A GPT-2 folder's short name: gpt2 for the hub cache's models--openai-community--gpt2/snapshots/<commit>,
+    else the folder's own name."""
+    folder = Path(folder).resolve()
+    return folder.parent.parent.name.split("--")[-1] if folder.parent.name == "snapshots" else folder.name
+
+
 def tokenizer_label(folder: Path) -> str:
-    """What data tokenized by a folder's tokenizer is keyed by: the model's name (the hub repo's for
-    a hub cache snapshot, models--openai-community--gpt2/snapshots/<commit>, else the folder's) and
-    a hash of the tokenizer files, e.g. gpt2-1f2e3d4c. Cheap: the files are hashed, not parsed."""
+    """What data tokenized by a folder's tokenizer is keyed by, e.g. gpt2-1f2e3d4c: cheap, as the
+    files are hashed, not parsed."""
     digest = hashlib.sha256()
     for path in tokenizer_files(folder):
         try:
@@ -456,45 +390,31 @@ def tokenizer_label(folder: Path) -> str:
     return f"{model_name(folder)}-{digest.hexdigest()[:8]}"
 
 
-def model_name(folder: Path) -> str:
-    """A GPT-2 folder's short name: gpt2 for the hub cache's models--openai-community--gpt2/snapshots/<commit>,
-    else the folder's own name."""
-    folder = Path(folder).resolve()
-    if folder.parent.name == "snapshots":
-        return folder.parent.parent.name.split("--")[-1]
-    return folder.name
-
-
 def gpt2_tokenizer(folder: Path) -> Tokenizer:
-    """Our Tokenizer from a GPT-2 folder's vocab.json + merges.txt (GPT-2's split pattern), or from
-    its tokenizer.json when that is all there is. Ids are the vocab's; for GPT-2 itself this is
-    tiktoken's "gpt2" encoding, ranks, pattern and hash alike."""
+    """Our Tokenizer from a GPT-2 folder's vocab.json + merges.txt (GPT-2's split pattern) or tokenizer.json;
+    ids are the vocab's, so GPT-2's own is tiktoken's "gpt2" encoding, hash and all."""
     files = tokenizer_files(folder)
+    source = files[-1]  # merges.txt or tokenizer.json: what the messages name
     try:
-        if files[0].name == "vocab.json":
-            vocab_path, merges_path = files
-            source, vocab, pattern = merges_path, json.loads(vocab_path.read_text(encoding="utf-8")), GPT2_PATTERN
-            lines = merges_path.read_text(encoding="utf-8").splitlines()
-            merges = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+        if len(files) == 2:  # vocab.json + merges.txt
+            vocab, pattern = json.loads(files[0].read_text(encoding="utf-8")), GPT2_PATTERN
+            merges = [line.split(" ") for line in files[1].read_text(encoding="utf-8").splitlines()
+                      if line and not line.startswith("#version")]
             specials = [EOT] if EOT in vocab else []
         else:
-            json_path, = files
-            source, spec = json_path, json.loads(json_path.read_text(encoding="utf-8"))
-            vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
-            merges = [m.split(" ") if isinstance(m, str) else m for m in merges]
-            pattern = split_pattern(spec.get("pre_tokenizer"), json_path)
-            specials = [t["content"] for t in spec.get("added_tokens", []) if t.get("special")]
-            vocab = {**vocab, **{t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}}
+            spec = json.loads(source.read_text(encoding="utf-8"))
+            merges = [m.split(" ") if isinstance(m, str) else m for m in spec["model"]["merges"]]
+            pattern = split_pattern(spec.get("pre_tokenizer"), source)
+            added = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+            vocab, specials = {**spec["model"]["vocab"], **added}, list(added)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PretrainedError(f"the tokenizer files of {folder} cannot be read ({e}): download them again") from None
-    return tokenizer_from_vocab(vocab, merges, pattern, specials, source)
+    return bpe_tokenizer(vocab, merges, pattern, specials, source)
 
 
 def split_pattern(pre_tokenizer: dict | None, source: Path) -> str:
-    """The split regex of a byte-level tokenizer.json: a Split's (our exports), or GPT-2's own when
-    ByteLevel splits with its built-in regex."""
-    steps = (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer] if pre_tokenizer else [])
-    for step in steps:
+    """A byte-level tokenizer.json's split regex: a Split's (our exports), or ByteLevel's built-in GPT-2 one."""
+    for step in (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer] if pre_tokenizer else []):
         if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
             return step["pattern"]["Regex"]
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
@@ -503,8 +423,7 @@ def split_pattern(pre_tokenizer: dict | None, source: Path) -> str:
                           "use_regex): only GPT-2-style tokenizers can be imported")
 
 
-def tokenizer_from_vocab(vocab: dict[str, int], merges: list, pattern: str, specials: list[str],
-                         source: Path) -> Tokenizer:
+def bpe_tokenizer(vocab: dict[str, int], merges: list, pattern: str, specials: list[str], source: Path) -> Tokenizer:
     """Our Tokenizer for a byte-level vocab (text -> id) and its merges: ranks are the ids, which
     must follow the merge order (tiktoken merges by rank, HF by merge order; GPT-2's agree)."""
     if EOT not in specials:

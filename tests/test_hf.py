@@ -155,7 +155,7 @@ def test_a_hub_model_offline_is_one_line_naming_the_model_and_the_fix_quickly(tm
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     started = time.perf_counter()
     with pytest.raises(PretrainedError) as error:
-        load_gpt2("gpt2")
+        resolve_gpt2("gpt2")  # what every caller does before load_gpt2(folder)
     assert time.perf_counter() - started < 5
     message = one_line(error)
     assert "could not download 'gpt2' from the Hugging Face hub" in message

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import CHINESE, ENGLISH, REPO, fresh_machine_env, small_tmpfs
 
+from data.checkpoint import save_checkpoint
 from data.tokenizer import train_bpe
 from model import GPT, GPTConfig
-from data.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()

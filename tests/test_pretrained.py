@@ -19,13 +19,13 @@ from conftest import make_tiny_gpt2
 from common.cli import run_entry
 from common.errors import ConfigError
 from common.settings import typed
+from data.checkpoint import load_inference_model
 from data.config import DataConfig
 from data.gpt2 import PretrainedError, gpt2_tokenizer, load_gpt2
 from data.prepare import prepare
-from data.checkpoint import load_inference_model
 from heads.config import HeadsConfig
-from trainer.config import RunConfig, SampleConfig
 from train import pretrained_model
+from trainer.config import RunConfig, SampleConfig
 
 pytest.importorskip("transformers", reason="writes the tiny GPT-2 folders (pip install -e .[test])")
 

@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    free_port,
-    fresh_machine_env,
-    make_tiny_corpus,
-    make_tiny_gpt2,
-    run_entry,
-    tiny_args,
-)
+from conftest import free_port, fresh_machine_env, make_tiny_corpus, make_tiny_gpt2, run_entry, tiny_args
 
 from common.settings import typed
-from data.batches import TokenBins
+from data.batches import TokenBins, evaluate
+from data.checkpoint import load_model
 from data.config import DataConfig
 from data.gpt2 import gpt2_tokenizer, load_gpt2
-from data.checkpoint import load_model
-from data.batches import evaluate
 
 transformers = pytest.importorskip("transformers", reason="the reference implementation (pip install -e .[test])")
 transformers.logging.set_verbosity_error()
