@@ -90,3 +90,20 @@ def test_every_import_follows_the_layers():
                 continue
             problems.append(f"{module}:{line} imports {imported} (layer {target}) from layer {layer}")
     assert not problems, "\n".join(problems)
+
+
+LONGEST = 60  # lines: one screen
+LOOP = ("train.py", "fit")  # the training loop, written inline as nanoGPT's
+
+
+def test_no_function_is_longer_than_a_screen_but_the_training_loop():
+    long = []
+    for path in sorted(TESTS.parent.glob("*.py")) + sorted(TESTS.parent.glob("[a-z]*/*.py")):
+        module = path.relative_to(TESTS.parent)
+        if module.parts[0] == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.FunctionDef) and lines > LONGEST and (str(module), node.name) != LOOP:
+                long.append(f"{module}: {node.name} is {lines} lines")
+    assert not long, "\n".join(long)
