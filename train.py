@@ -32,7 +32,7 @@ from common.sweeps import separate_sweep_jobs
 from data.batches import TokenBins, TrainSampler, evaluate
 from data.gpt2 import check_vocab, load_gpt2, resolve_gpt2
 from data.prepare import prepare
-from heads.history import ReportHistory
+from heads.metrics import ReportHistory
 from heads.probes import configured_probes
 from model import GPT
 from trainer import distributed

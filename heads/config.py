@@ -12,9 +12,7 @@ from data.gpt2 import pretrained_rule
 
 @dataclasses.dataclass
 class ReportSettings:
-    """The attention report's settings, one definition for both places they are set: under `wandb.`
-    in config/train.yaml (the reports during training) and at the top of config/heads.yaml
-    (python -m heads.report)."""
+    """The report's own settings, which trainer/config.py's WandbConfig and HeadsConfig both take."""
 
     probes: list[str] | None = setting(None, check=lambda texts: None if all(len(text) >= 2 for text in texts) else
                                        "texts of 2 characters or more (a probe needs 2 tokens to show attention)",

@@ -1,20 +1,18 @@
-"""A self-contained interactive head view: one HTML file with its data, script and font inline.
+"""The head view: one self-contained interactive HTML page, its data, script and font inline, so it
+works in wandb, offline, or as a local file (heads/head_view.html is the page; this fills it in).
 
 Pick a probe, a layer and a head (or all heads); hover over a token to see where it attends, click
-it to pin it (click it again to unpin). The overview draws every layer x head as a thumbnail
-heatmap; clicking one opens that head: a labelled heatmap with a colour scale, a readout of the
-weight under the mouse and the head's metrics against their chance values. No network: nothing is
-loaded from anywhere, so it works in wandb, offline, or as a local file. Weights are stored as bytes
-(0..255), about 1 byte per weight; Chinese is drawn by a subset of Noto Sans CJK embedded in the
-page, so it shows as characters on a machine without a CJK font.
-
-The page itself is heads/head_view.html; this module computes what goes into it and fills it in.
+it to pin it. The overview draws every layer x head as a thumbnail; clicking one opens that head: a
+labelled heatmap, the weight under the mouse and its metrics against chance. Weights are stored as
+bytes (0..255); Chinese is drawn by a subset of Noto Sans CJK embedded in the page, so it shows as
+characters on a machine without a CJK font.
 """
 from __future__ import annotations
 
 import base64
 import functools
 import html
+import importlib.util
 import io
 import json
 import math
@@ -22,20 +20,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+
+from heads.metrics import each
+from heads.plots import CJK_FONT, latin_code_points
 
 FONT_NAME = "Head view CJK"  # the CSS family of the embedded subset
 
 # the page's HTML, CSS and script, with __NAME__ markers for head_view_html to fill
 PAGE = Path(__file__).with_name("head_view.html").read_text(encoding="utf-8")
-
-
-@functools.cache
-def viridis_stops(n: int = 9) -> list[list[int]]:
-    """matplotlib's viridis at n evenly spaced points, as RGB: the page interpolates between them,
-    so its heatmaps read like the report's PNGs."""
-    from matplotlib import colormaps
-
-    return np.round(colormaps["viridis"](np.linspace(0, 1, n))[:, :3] * 255).astype(int).tolist()
+# matplotlib's viridis at 9 evenly spaced points, as RGB: the page interpolates between them, so its
+# heatmaps read like the report's PNGs
+VIRIDIS = np.round(colormaps["viridis"](np.linspace(0, 1, 9))[:, :3] * 255).astype(int).tolist()
 
 
 @functools.cache
@@ -47,21 +43,17 @@ def cjk_face() -> bytes:
     from fontTools.ttLib import TTCollection
 
     collection = TTCollection(str(noto_cjk_sans_otc.FONT_PATH), lazy=True)
-    face = next(f for f in collection.fonts
-                if "SC" in f["name"].getDebugName(1).split() and "Mono" not in f["name"].getDebugName(1))
-    for tag in ("GSUB", "GPOS", "GDEF", "BASE", "VORG", "vhea", "vmtx"):
-        if tag in face:
-            del face[tag]
+    face = next(f for f in collection.fonts if f["name"].getDebugName(1) == CJK_FONT)
+    for tag in {"GSUB", "GPOS", "GDEF", "BASE", "VORG", "vhea", "vmtx"} & set(face.keys()):
+        del face[tag]
     buffer = io.BytesIO()
     face.save(buffer)
     return buffer.getvalue()
 
 
 def embedded_font(text: str) -> str:
-    """An @font-face rule holding the glyphs of the characters of `text` that DejaVu Sans lacks and
-    Noto Sans CJK SC has, or "" when DejaVu Sans draws all of them."""
-    from heads.plots import latin_code_points  # the Latin font the PNGs draw with, DejaVu Sans
-
+    """An @font-face rule holding the glyphs of the characters of `text` that DejaVu Sans (the PNGs'
+    Latin font) lacks and Noto Sans CJK SC has, or "" when DejaVu Sans draws all of them."""
     return font_face(frozenset(ord(ch) for ch in text) - latin_code_points())
 
 
@@ -76,24 +68,23 @@ def font_face(code_points: frozenset[int]) -> str:
     from fontTools.ttLib import TTFont
 
     font = TTFont(io.BytesIO(cjk_face()), lazy=True)
-    options = subset.Options(hinting=False, desubroutinize=True, layout_features=[])  # smaller; hints are for print
-    try:
-        import brotli  # noqa: F401  woff2 compresses with brotli, which is not always installed
-        options.flavor, mime = "woff2", "font/woff2"
-    except ImportError:
-        mime = "font/otf"
-    subsetter = subset.Subsetter(options)
+    woff2 = importlib.util.find_spec("brotli") is not None  # woff2 compresses with brotli, not always installed
+    # smaller without hints (they are for print) and layout features
+    subsetter = subset.Subsetter(subset.Options(hinting=False, desubroutinize=True, layout_features=[],
+                                                flavor="woff2" if woff2 else None))
     subsetter.populate(unicodes=code_points & set(font.getBestCmap()))
     subsetter.subset(font)
     buffer = io.BytesIO()
     font.save(buffer)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    mime = "font/woff2" if woff2 else "font/otf"
     return f'@font-face {{ font-family: "{FONT_NAME}"; src: url(data:{mime};base64,{encoded}); }}'
 
 
-def nested(values: np.ndarray) -> list | float | None:
-    """An array as nested lists for JSON, rounded, with NaN and inf as null."""
-    return [nested(v) for v in values] if values.ndim else (round(float(values), 4) if math.isfinite(values) else None)
+def rounded(values: np.ndarray | float) -> list | float | None:
+    """Numbers as (nested lists of) floats for JSON, rounded, with NaN and inf as null."""
+    values = np.asarray(values, dtype=float)
+    return [rounded(v) for v in values] if values.ndim else (round(float(values), 4) if math.isfinite(values) else None)
 
 
 def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str = "Attention head view",
@@ -110,37 +101,21 @@ def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str =
         if weights.shape != (n_layer, n_head, len(labels), len(labels)):
             raise ValueError(f"probe {name!r}: weights {weights.shape} are not (n_layer, n_head, T, T) = "
                              f"({n_layer}, {n_head}, {len(labels)}, {len(labels)})")
-    metrics, baselines = metrics or {}, baselines or {}
+    metrics = metrics or {}
     for metric, groups in metrics.items():
         for group, values in groups.items():
             if np.shape(values) != (n_layer, n_head):
                 raise ValueError(f"metric {metric!r}, group {group!r}: {np.shape(values)} is not (n_layer, n_head) "
                                  f"= ({n_layer}, {n_head})")
-    data = {
-        "title": title,
-        "n_layer": n_layer,
-        "n_head": n_head,
-        "probes": [
-            {
-                "name": name,
-                "labels": list(labels),
-                "weights": base64.b64encode(np.round(np.clip(weights, 0, 1) * 255).astype(np.uint8).tobytes()).decode("ascii"),
-            }
-            for name, labels, weights in probes
-        ],
-        "metrics": {m: {g: nested(np.asarray(v, dtype=float)) for g, v in groups.items()} for m, groups in metrics.items()},
-        "baselines": {m: {g: nested(np.asarray(v, dtype=float)) for g, v in groups.items()} for m, groups in baselines.items()},
-    }
+    as_bytes = [np.round(np.clip(weights, 0, 1) * 255).astype(np.uint8).tobytes() for _, _, weights in probes]
+    data = {"title": title, "n_layer": n_layer, "n_head": n_head,
+            "probes": [{"name": name, "labels": list(labels), "weights": base64.b64encode(stored).decode("ascii")}
+                       for (name, labels, _), stored in zip(probes, as_bytes)],
+            "metrics": each(metrics, rounded), "baselines": each(baselines or {}, rounded)}
     # every "<" escaped: no text (a probe called "</script>") can end the script or open a comment
     payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     shown = title + "".join(name + "".join(labels) for name, labels, _ in probes) + "".join(metrics)
     shown += "".join(g for groups in metrics.values() for g in groups)
-    parts = {
-        "FONT_FACE": embedded_font("".join(sorted(set(shown)))),
-        "FONT_NAME": FONT_NAME,
-        "GRADIENT": ", ".join(f"rgb({r},{g},{b})" for r, g, b in viridis_stops()),
-        "VIRIDIS": json.dumps(viridis_stops()),
-        "TITLE": html.escape(title),
-        "DATA": payload,
-    }
+    parts = {"FONT_FACE": embedded_font("".join(sorted(set(shown)))), "FONT_NAME": FONT_NAME,
+             "GRADIENT": ", ".join(f"rgb({r},{g},{b})" for r, g, b in VIRIDIS), "VIRIDIS": json.dumps(VIRIDIS), "TITLE": html.escape(title), "DATA": payload}
     return re.sub(r"__([A-Z_]+)__", lambda m: parts[m.group(1)], PAGE)  # one pass: inserted text is never rescanned

@@ -1,40 +1,91 @@
-"""Pictures of attention: a grid of every head's heatmap for one layer and probe, and an
-L x H heatmap per metric. Chinese renders as characters through the Noto Sans CJK font that the
-`noto-cjk-sans-otc` package installs, as a fallback after DejaVu Sans for Latin text.
+"""The report's pictures: every head's heatmap for one layer and probe, an L x H heatmap per metric,
+their token labels, and drawing them into PNG files, here or in worker processes.
 
-The report saves these at dpi 90 and wandb shows them 500-800 px wide, so every size here is set
-in points for that: labels are 9 pt (11 px), one token row or column is 11 pt, and the figure is
-laid out by hand in inches (no constrained layout, which measures every label before drawing)."""
+A token that holds part of a UTF-8 character (a CJK character is three bytes, often split) is
+labelled with its neighbours' whole text and its part: '中文(1/2)', '中文(2/2)'. Whitespace gets
+visible stand-ins and characters no bundled font draws become U+XXXX, so a plot never shows U+FFFD
+or an empty box; Chinese is drawn with the Noto Sans CJK font of the `noto-cjk-sans-otc` package,
+the fallback after DejaVu Sans. wandb shows the PNGs 500-800 px wide, so every size is set in points
+for DPI (labels 9 pt: 11 px), and figures are laid out by hand in inches (constrained layout would
+measure every label before drawing).
+
+Drawing a report's dozens of heatmaps takes seconds of host time; on a GPU, which would sit idle
+meanwhile, a worker process draws them while training goes on and the PNGs are logged when ready
+(at a later step, captioned with the report's own); the final report's, which the run waits for,
+are split over up to FINAL_WORKERS. On a CPU a worker would take a core from training, so they are
+drawn in place (wandb.pictures, report.TrainingReports).
+"""
 from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
 import unicodedata
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from matplotlib.transforms import offset_copy
 
-from heads.labels import visible
+from common.folders import atomic_write
 
+Picture = Callable[[], Figure]  # draws one figure: a functools.partial of this module's functions, so it pickles
+DPI = 90  # every size here is set for PNGs saved at this
 LATIN_FONT, CJK_FONT = "DejaVu Sans", "Noto Sans CJK SC"
-FONT = 9  # pt of every label: 11 px in a PNG saved at dpi 90
+FONT = 9  # pt of every label: 11 px in a PNG saved at DPI
+LINE = 1.2 * FONT / 72  # inches per line of labels
 PITCH = 11 / 72  # inches per token on both axes of a heatmap: one 9 pt label with a little air
 MAX_TOKENS_SHOWN = 32  # a heatmap is at most this many pitches wide; longer probes label every k-th token
-MAX_COLS = 3  # heatmaps per row: 3 x 32 tokens at PITCH keeps a 6-head layer under 1600 px at dpi 90
+MAX_COLS = 3  # heatmaps per row: 3 x 32 tokens at PITCH keeps a 6-head layer under 1600 px at DPI
 CHANCE_MARGIN = 0.05  # metric cells within this fraction of the colour scale of the baseline count as chance
+FINAL_WORKERS = 8  # processes that may draw the final report's pictures at once (more: spawning outweighs it)
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def token_texts(token_bytes: list[bytes]) -> list[str]:
+    """One label per token: its text, or the text of the smallest run of tokens that decodes, with i/n."""
+    labels: list[str] = []
+    start = 0
+    while start < len(token_bytes):
+        end, text = start, None
+        while text is None and end < len(token_bytes):
+            end += 1
+            try:
+                text = b"".join(token_bytes[start:end]).decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.reason != "unexpected end of data":  # no byte after it can repair this one
+                    break
+        if text is None:  # bytes that never become valid UTF-8: show them as hex
+            labels.append(" ".join(f"{b:02x}" for b in token_bytes[start]))
+            start += 1
+        else:
+            labels += [text] if end - start == 1 else [f"{text}({i + 1}/{end - start})" for i in range(end - start)]
+            start = end
+    return labels
+
+
+def visible(text: str, drawable: Callable[[str], bool] = lambda ch: True) -> str:
+    """Whitespace as visible symbols; characters no font can draw as U+XXXX."""
+    return "".join(VISIBLE.get(ch) or (ch if drawable(ch) else f"U+{ord(ch):04X}") for ch in text)
 
 
 @functools.cache
 def latin_code_points() -> frozenset[int]:
     """Every code point DejaVu Sans, the Latin font matplotlib bundles, can draw; the head view
     (heads/html_view.py) embeds no font for a page made of these."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
-
     return frozenset(FT2Font(font_manager.findfont(LATIN_FONT, fallback_to_default=False)).get_charmap())
 
 
@@ -43,8 +94,6 @@ def setup_fonts() -> frozenset[int]:
     """Register the CJK font, make matplotlib fall back to it, and return every code point the two
     fonts can draw (labels use U+XXXX for the rest, so no missing-glyph warning is ever raised)."""
     import noto_cjk_sans_otc
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
 
     cjk_path = str(noto_cjk_sans_otc.FONT_PATH)
     font_manager.fontManager.addfont(cjk_path)
@@ -79,9 +128,9 @@ def stacked(label: str) -> str:
     return "\n".join(lines)
 
 
-def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]], bool]:
+def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]], bool, float]:
     """How each key label (x axis, `slot` inches per label) is written: (text, rotation) per label,
-    and whether they alternate between two rows.
+    whether they alternate between two rows, and how far in inches they reach below the axes.
 
     When every label fits in two slots (a Chinese probe: tokens of one or two characters) all are
     horizontal and staggered over two rows, so each has two slots of room and none overlaps.
@@ -89,7 +138,7 @@ def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]],
     CJK are stacked upright, and the rest are turned 90 degrees: CJK lies on its side only in the
     label of a character split across tokens, whose '(1/2)' is too wide to stack."""
     if all(text_width(label) <= 2 * slot for label in labels):
-        return [(label, 0.0) for label in labels], True
+        return [(label, 0.0) for label in labels], True, 2 * LINE
     styled = []
     for label in labels:
         if text_width(label) <= slot:
@@ -98,14 +147,7 @@ def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]],
             styled.append((stacked(label), 0.0))
         else:
             styled.append((label, 90.0))
-    return styled, False
-
-
-def label_depth(text: str, rotation: float) -> float:
-    """How far in inches a key label reaches below its axes."""
-    if rotation:
-        return text_width(text)
-    return (text.count("\n") + 1) * 1.2 * FONT / 72
+    return styled, False, max(text_width(t) if r else (t.count("\n") + 1) * LINE for t, r in styled)
 
 
 def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
@@ -119,20 +161,14 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
     every = math.ceil(T / MAX_TOKENS_SHOWN)
     shown = list(range(0, T, every))
     side = min(max(T, 12), MAX_TOKENS_SHOWN) * PITCH  # inches per heatmap; 12 tokens' worth at least for the titles
-    slot = side / T * every  # inches between labels
-    styled, staggered = key_labels([labels[i] for i in shown], slot)
-    line = 1.2 * FONT / 72
+    styled, staggered, depth = key_labels([labels[i] for i in shown], side / T * every)
 
     # the layout in inches: margins sized from the labels, heatmaps side by side, the colour bar
     # right next to the grid
-    left = 0.3 + max(text_width(labels[i]) for i in shown) + 0.1
-    bottom = 0.3 + (2 * line if staggered else max(label_depth(t, r) for t, r in styled)) + 0.1
-    top, head_title, col_gap = 0.45, 0.25, 0.1
-    bar_gap, bar_width, right = 0.1, 0.15, 0.75
-    grid_w = cols * side + (cols - 1) * col_gap
-    grid_h = rows * side + (rows - 1) * head_title
-    width = left + grid_w + bar_gap + bar_width + right
-    height = top + head_title + grid_h + bottom
+    left, bottom = 0.3 + max(text_width(labels[i]) for i in shown) + 0.1, 0.3 + depth + 0.1
+    top, head_title, col_gap, bar_gap, bar_width, right = 0.45, 0.25, 0.1, 0.1, 0.15, 0.75
+    grid_w, grid_h = cols * side + (cols - 1) * col_gap, rows * side + (rows - 1) * head_title
+    width, height = left + grid_w + bar_gap + bar_width + right, top + head_title + grid_h + bottom
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     fig.suptitle(title, fontsize=12, y=1 - 0.12 / height, va="top")
@@ -145,12 +181,9 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
     # of the drawing time
     for h in range(n_head):
         row, col = divmod(h, cols)
-        x0 = left + col * (side + col_gap)
-        y0 = bottom + (rows - 1 - row) * (side + head_title)
-        ax = fig.add_axes(box(x0, y0, side, side))
+        ax = fig.add_axes(box(left + col * (side + col_gap), bottom + (rows - 1 - row) * (side + head_title), side, side))
         image = ax.imshow(weights[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         # y=1.0 fixes the title's place: left to itself matplotlib measures the axes' labels to find it
         ax.set_title(f"head {h}", fontsize=FONT + 1, y=1.0, pad=3)
         if col == 0:
@@ -158,7 +191,7 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
             for i in shown:
                 ax.text(0, i, labels[i], transform=beside, ha="right", va="center", fontsize=FONT, gid="query label")
         if h + cols >= n_head:  # the lowest heatmap in its column
-            below = [offset_copy(ax.get_xaxis_transform(), fig, y=-3 - lower * line * 72, units="points") for lower in (0, 1)]
+            below = [offset_copy(ax.get_xaxis_transform(), fig, y=-3 - lower * LINE * 72, units="points") for lower in (0, 1)]
             for n, (i, (text, rotation)) in enumerate(zip(shown, styled)):
                 ax.text(i, 0, text, transform=below[staggered and n % 2], rotation=rotation, ha="center", va="top",
                         fontsize=FONT, linespacing=1.0, gid="key label")
@@ -200,10 +233,9 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
         veil = np.zeros((n_layer, n_head, 4))
         veil[at_chance] = (1.0, 1.0, 1.0, 0.7)  # white at 70%: the cell's colour shows through, faintly
         ax.imshow(veil, aspect="auto", interpolation="nearest")
-    colours = image.cmap(norm(values))
+    luminance = image.cmap(norm(values))[..., :3] @ [0.299, 0.587, 0.114]  # (n_layer, n_head)
     for layer, head in np.ndindex(n_layer, n_head):
-        luminance = colours[layer, head, :3] @ [0.299, 0.587, 0.114]
-        colour = "0.45" if at_chance[layer, head] else ("black" if luminance > 0.5 else "white")
+        colour = "0.45" if at_chance[layer, head] else ("black" if luminance[layer, head] > 0.5 else "white")
         ax.text(head, layer, number.format(values[layer, head]), ha="center", va="center", fontsize=FONT, color=colour)
     ax.set_xticks(range(n_head), [f"H{h}" for h in range(n_head)])
     ax.set_yticks(range(n_layer), [f"L{layer}" for layer in range(n_layer)])
@@ -215,3 +247,78 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
     if baseline is not None and norm.vmin <= baseline <= norm.vmax:
         bar.axhline(baseline, color="tab:cyan", linewidth=2)
     return fig
+
+
+def paint(pictures: dict[str, Picture], folder: Path, in_worker: bool = False) -> dict[str, Path]:
+    """Draw each picture into folder as a PNG, whole or not at all (a full disk leaves no empty
+    file); key -> file (a key's '/' becomes '_'). in_worker: Ctrl-C reaches the whole process group,
+    and the trainer, not the worker, decides what it means; set per task, once its pictures are
+    unpickled: importing what they need may install a handler of its own."""
+    if in_worker:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {key: folder / (key.replace("/", "_") + ".png") for key in pictures}
+    for key, picture in pictures.items():
+        # zlib's fastest level: a tenth of the drawing time saved for PNGs a quarter larger; no fsync:
+        # a picture lost to a power cut is drawn again
+        atomic_write(files[key], functools.partial(picture().savefig, format="png", dpi=DPI,
+                                                   pil_kwargs={"compress_level": 1}), sync=False)
+    return files
+
+
+class Painter:
+    """Pictures in, PNG files out: `submit` a report's pictures, collect them with `ready`."""
+
+    def __init__(self, background: bool):
+        self.folder = Path(tempfile.gettempdir()) / f"attention-pictures-{os.getpid()}-{id(self):x}"
+        # workers start when a task finds none idle: one while training, more for a spread report
+        self.workers = max(1, min(FINAL_WORKERS, os.cpu_count() or 1))
+        self.pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                     if background else None)
+        self.pending: list[tuple[int, list[Future]]] = []
+
+    def submit(self, step: int, pictures: dict[str, Picture], spread: bool = False) -> None:
+        """Draw a report's pictures, in the background or here. spread (the final report, which the
+        run waits for): split them over the pool's workers instead of one."""
+        folder = self.folder / str(step)
+        if self.pool is not None:
+            items = list(pictures.items())
+            parts = [dict(items[i::self.workers]) for i in range(min(self.workers, len(items)))] if spread else [pictures]
+            try:
+                self.pending.append((step, [self.pool.submit(paint, part, folder, True) for part in parts]))
+                return
+            except BrokenProcessPool:  # the worker died (killed, out of memory): draw here from now on
+                print("warning: the process drawing the attention pictures has died; they are drawn in this "
+                      "process from now on", file=sys.stderr, flush=True)
+                self.pool = None
+        done: Future = Future()
+        try:
+            done.set_result(paint(pictures, folder))
+        except Exception as e:  # noqa: BLE001 - a picture that cannot be drawn is reported, not raised
+            done.set_exception(e)
+        self.pending.append((step, [done]))
+
+    def ready(self, wait: bool = False, limit: int | None = None) -> list[tuple[int, dict[str, Path] | BaseException]]:
+        """(report step, its key -> PNG file, or why they could not be drawn) of the reports whose
+        pictures are drawn, oldest first, at most `limit`; with wait, of every report submitted. Their
+        files stay until `release`d (the caller logs them first)."""
+        taken = []
+        while (self.pending and (limit is None or len(taken) < limit)
+               and (wait or all(future.done() for future in self.pending[0][1]))):
+            step, futures = self.pending.pop(0)
+            try:
+                taken.append((step, {key: path for future in futures for key, path in future.result().items()}))
+            except Exception as e:  # noqa: BLE001 - e.g. a full disk, or the worker was killed
+                taken.append((step, e))
+        return taken
+
+    def release(self, step: int) -> None:
+        """Delete the files of the report at `step` (logged, or skipped)."""
+        shutil.rmtree(self.folder / str(step), ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the workers (pictures not yet drawn are dropped) and delete the files."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)

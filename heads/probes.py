@@ -1,9 +1,9 @@
-"""Probe texts: the fixed inputs whose attention is pictured during a whole run.
+"""Probe texts: the fixed inputs whose attention is pictured during a whole run, stored in the
+checkpoint so that pictures of any checkpoint show the same text.
 
 By default one probe per group of the held-out split (English, Chinese, the bilingual pairs, or
-your own text): the longest of the first `SCAN_LINES` lines of the group's first document (real
-text, not a title or a cast list), continued with the lines after it, cut at `max_tokens` tokens. Fixed for the run and stored in the checkpoint,
-so pictures of any checkpoint show the same text.
+your own text): the longest of the first SCAN_LINES lines of the group's first document (real
+text, not a title or a cast list), continued with the lines after it, cut at `max_tokens` tokens.
 """
 from __future__ import annotations
 
@@ -39,20 +39,17 @@ def passage(text: str, tokenizer: Tokenizer, max_tokens: int) -> str | None:
     scanned = [len(line.strip()) for line in lines[:SCAN_LINES]]
     if max(scanned, default=0) == 0:
         return None
-    start = scanned.index(max(scanned))
-    ids = tokenizer.encode("\n".join(lines[start:]))[:max_tokens]
+    ids = tokenizer.encode("\n".join(lines[scanned.index(max(scanned)):]))[:max_tokens]
     return tokenizer.decode_bytes(ids).decode("utf-8", errors="ignore")  # a cut character is dropped
 
 
 def default_probes(bins: TokenBins, max_tokens: int, scan_tokens: int = 20000) -> list[Probe]:
     """One probe per group of the validation split, taken from its first documents."""
-    tokens = bins.splits["val"]
-    tokenizer = bins.tokenizer
     probes = []
     for group, layout in bins.groups("val").items():
-        ids = tokens[layout["start"] : min(layout["end"], layout["start"] + scan_tokens)].tolist()
-        for document in tokenizer.decode(ids).split("<|endoftext|>"):
-            text = passage(document, tokenizer, max_tokens)
+        ids = bins.splits["val"][layout["start"] : min(layout["end"], layout["start"] + scan_tokens)].tolist()
+        for document in bins.tokenizer.decode(ids).split("<|endoftext|>"):
+            text = passage(document, bins.tokenizer, max_tokens)
             if text:
                 probes.append(Probe(group, text))
                 break

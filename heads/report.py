@@ -1,7 +1,7 @@
 """The attention report of a model: per-layer heatmaps for every probe; per-head metrics for each
-language group over many validation windows, beside chance (heads/evidence.py), as L x H heatmaps
-and a line per head across the run's reports; head ablation per group (heads/ablation.py); the
-interactive head view; a table of the probes' strongest weights.
+language group over many validation windows, beside chance, as L x H heatmaps and a line per head
+across the run's reports; head ablation per group (all in heads/metrics.py); the interactive head
+view (heads/html_view.py); a table of the probes' strongest weights.
 
 train.py logs it to wandb every `wandb.attn_every` steps. For any checkpoint, without training:
 
@@ -22,58 +22,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.device import resolve_device
+from common.errors import ConfigError
 from common.folders import atomic_write
+from common.settings import typed
+from common.wandb_run import HEAD_SCALARS, start_run
+from data.batches import TokenBins
+from data.checkpoint import load_inference_model
+from data.config import DataConfig
+from data.gpt2 import PretrainedError, model_name
+from data.sources import DataError
 from data.tokenizer import Tokenizer
-from heads.evidence import Evidence, head_evidence, report_windows
-from heads.history import ReportHistory
+from heads.config import HeadsConfig, ReportSettings
 from heads.html_view import head_view_html
-from heads.labels import token_texts
-from heads.painter import Painter, Picture, paint
-from heads.plots import drawable_labels, layer_figure, metric_figure
+from heads.metrics import Ablation, Evidence, ReportHistory, ablate_heads, each, head_evidence, report_windows
+from heads.plots import Painter, Picture, drawable_labels, layer_figure, metric_figure, paint, token_texts
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
-from common.wandb_run import HEAD_SCALARS
 
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
+TABLE_COLUMNS = ["probe", "layer", "head", "query_pos", "query_token", "top_key_pos", "top_key_token", "weight"]
 
 
 @dataclass
 class HeadReport:
     evidence: Evidence  # metrics per head and group, with chance
-    ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None  # intact bpb per group, increase per head
-    pictures: dict[str, Picture]  # wandb key -> what draws it (heads/painter.py turns them into PNGs)
-    html: str
-    table_columns: list[str]
-    table_rows: list[list]
-    table_note: str
-    probes: list[dict]
-
-    def summary(self) -> dict:
-        """Everything numeric, for metrics.json and tests: metrics, chance, standouts, ablation."""
-        ev = self.evidence
-        out = {"windows": ev.windows,
-               "metrics": {m: {g: np.round(v.numpy(), 4).tolist() for g, v in groups.items()} for m, groups in ev.values.items()},
-               "chance": {m: {g: round(c, 4) for g, c in groups.items()} for m, groups in ev.chance.items()},
-               "standouts": ev.standouts(), "attn_table": self.table_note}
-        if self.ablation is not None:
-            intact, deltas = self.ablation
-            out["ablation"] = {"method": "zero each head's context vector", "intact_bpb": intact,
-                               "delta_bpb": {g: np.round(d, 4).tolist() for g, d in deltas.items()}}
-        return out
-
-
-def probe_table(name: str, labels: list[str], maps: np.ndarray) -> list[list]:
-    """For each layer, head and query of a probe, the key it attends to most. maps: (L, H, T, T)."""
-    rows = []
-    n_layer, n_head, T, _ = maps.shape
-    top_key = maps.argmax(-1)  # (L, H, T)
-    for layer in range(n_layer):
-        for head in range(n_head):
-            for query in range(T):
-                key = int(top_key[layer, head, query])
-                rows.append([name, layer, head, query, labels[query], key, labels[key],
-                             round(float(maps[layer, head, query, key]), 4)])
-    return rows
+    ablation: Ablation | None
+    pictures: dict[str, Picture]  # wandb key -> what draws it (heads.plots.paint turns them into PNGs)
+    html: str  # the head view
+    table: tuple[list[list], str]  # the attention table's rows (TABLE_COLUMNS), and which of them it keeps
+    probes: list[dict]  # each probe's name, text and token labels
 
 
 def sample_rows(per_probe: list[list[list]], cap: int) -> tuple[list[list], str]:
@@ -101,55 +79,60 @@ def ablation_pictures(deltas: dict[str, np.ndarray]) -> dict[str, Picture]:
 
 @torch.no_grad()
 def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_tokens: int, table_rows: int,
-                 group_ids: dict[str, torch.Tensor] | None = None,
-                 ablation: tuple[dict[str, float], dict[str, np.ndarray]] | None = None,
+                 group_ids: dict[str, torch.Tensor] | None = None, ablation: Ablation | None = None,
                  title: str = "Attention head view", metric_maps: bool = True) -> HeadReport:
-    """The report. group_ids: group -> (B, T) validation windows for the metrics (heads/evidence.py's
-    report_windows); without them the probes are the windows, one group each. ablation: the result
-    of heads.ablation.ablate_heads, or None. metric_maps: an L x H heatmap per metric and group
-    (training draws them in its final report only: the charts show the metrics over the run)."""
+    """The report. group_ids: group -> (B, T) validation windows for the metrics (report_windows);
+    without them the probes are the windows, one group each. ablation: ablate_heads' result, or
+    None. metric_maps: an L x H heatmap per metric and group (training draws them in its final
+    report only: the charts show the metrics over the run)."""
     device = next(model.parameters()).device
-    views, per_probe, probe_info = [], [], []
+    views, per_probe, probe_info, probe_ids = [], [], [], {}
     pictures: dict[str, Picture] = {}
-    probe_ids = {}
     for probe in probes:
         ids = probe.ids(tokenizer, min(max_tokens, model.config.block_size))
         probe_ids[probe.name] = torch.tensor([ids])
-        per_layer = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()[:, 0].numpy()  # (L, H, T, T)
+        maps = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()[:, 0].numpy()  # (L, H, T, T)
         labels = token_texts([tokenizer.decode_bytes([i]) for i in ids])
-        for layer in range(per_layer.shape[0]):
-            pictures[f"attn_maps/{probe.name}/L{layer}"] = partial(layer_figure, per_layer[layer], labels,
+        for layer in range(maps.shape[0]):
+            pictures[f"attn_maps/{probe.name}/L{layer}"] = partial(layer_figure, maps[layer], labels,
                                                                     f"{probe.name} · layer {layer}")
-        views.append((probe.name, drawable_labels(labels), per_layer))
-        per_probe.append(probe_table(probe.name, labels, per_layer))
+        views.append((probe.name, drawable_labels(labels), maps))
+        top = maps.argmax(-1)  # (L, H, T): the key each query attends to most
+        per_probe.append([[probe.name, layer, head, query, labels[query], int(key), labels[key],
+                           round(float(maps[layer, head, query, key]), 4)] for (layer, head, query), key in np.ndenumerate(top)])
         probe_info.append({"name": probe.name, "text": probe.text, "tokens": labels})
     evidence = head_evidence(model, group_ids or probe_ids, tokenizer)
     for metric, groups in evidence.values.items() if metric_maps else ():
         for group, values in groups.items():
             pictures[f"attn_metrics/{metric}/{group}"] = partial(
-                metric_figure, values.numpy(), metric, vmin=0.0, vmax=1.0, baseline=evidence.chance[metric][group],
+                metric_figure, values, metric, vmin=0.0, vmax=1.0, baseline=evidence.chance[metric][group],
                 title=f"{metric} ({group}, {evidence.windows[group]} windows)")
     if ablation is not None:
         pictures.update(ablation_pictures(ablation[1]))
-    html = head_view_html(views, title, metrics={m: {g: v.numpy() for g, v in groups.items()}
-                                                 for m, groups in evidence.values.items()},
-                          baselines=evidence.chance)
-    rows, note = sample_rows(per_probe, table_rows)
-    columns = ["probe", "layer", "head", "query_pos", "query_token", "top_key_pos", "top_key_token", "weight"]
-    return HeadReport(evidence, ablation, pictures, html, columns, rows, note, probe_info)
+    html = head_view_html(views, title, evidence.values, evidence.chance)
+    return HeadReport(evidence, ablation, pictures, html, sample_rows(per_probe, table_rows), probe_info)
+
+
+def ablation_table(deltas: dict[str, np.ndarray]) -> tuple[list[str], list[list]]:
+    """One row per head: the bpb increase per group when it is silenced (and en - zh where both exist)."""
+    columns = {f"delta_bpb_{group}": d for group, d in deltas.items()}
+    if "en" in deltas and "zh" in deltas:
+        columns["en_minus_zh"] = deltas["en"] - deltas["zh"]
+    rows = [[layer, head, *(round(float(d[layer, head]), 4) for d in columns.values())]
+            for layer, head in np.ndindex(next(iter(deltas.values())).shape)]
+    return ["layer", "head", *columns], rows
 
 
 def log_report(run, report: HeadReport, step: int, history: ReportHistory | None = None) -> None:
-    """The head view, a chart per metric and group (a line per head), the ablation and attention
-    tables, and the per-head scalars val_heads/<group>/L{l}H{h}/<metric> (hidden from the run's default
-    panels, kept for the API), at `step`, to a common.wandb_run.WandbRun; the pictures follow with
-    log_pictures. The entry is built inside its guard: wandb.Html writes a file, so a full disk
-    there is one warning, not the end of training."""
+    """The head view, a chart per metric and group (a line per head), the attention and ablation
+    tables and the per-head scalars, at `step`, to a common.wandb_run.WandbRun (the pictures follow
+    with log_pictures). The entry is built inside the run's guard: wandb.Html writes a file, so a
+    full disk there is one warning, not the end of training."""
     def entry() -> dict:
         import wandb
 
-        entry: dict = {"attn_head_view": wandb.Html(report.html, inject=False)}
-        entry["attn_table"] = wandb.Table(columns=report.table_columns, data=report.table_rows)
+        entry: dict = {"attn_head_view": wandb.Html(report.html, inject=False),
+                       "attn_table": wandb.Table(columns=TABLE_COLUMNS, data=report.table[0])}
         for metric, groups in report.evidence.values.items():
             for group, values in groups.items():
                 for layer, head in np.ndindex(values.shape):
@@ -166,8 +149,8 @@ def log_report(run, report: HeadReport, step: int, history: ReportHistory | None
 
 
 def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> None:
-    """A report's PNGs (heads.painter.paint) as wandb images at `step`, each captioned with the
-    step of the report they show (later than it when they were drawn in the background)."""
+    """A report's PNGs (heads.plots.paint) as wandb images at `step`, each captioned with the step
+    of the report they show (later than it when they were drawn in the background)."""
     def entry() -> dict:
         import wandb
 
@@ -176,24 +159,19 @@ def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> No
     run.log(entry, step=step)
 
 
-def ablation_table(deltas: dict[str, np.ndarray]) -> tuple[list[str], list[list]]:
-    """One row per head: the bpb increase per group when it is silenced (and en - zh where both exist)."""
-    groups = list(deltas)
-    both = "en" in deltas and "zh" in deltas
-    columns = ["layer", "head", *[f"delta_bpb_{g}" for g in groups]] + (["en_minus_zh"] if both else [])
-    rows = []
-    for layer, head in np.ndindex(next(iter(deltas.values())).shape):
-        row = [layer, head, *[round(float(deltas[g][layer, head]), 4) for g in groups]]
-        rows.append(row + ([round(float(deltas["en"][layer, head] - deltas["zh"][layer, head]), 4)] if both else []))
-    return columns, rows
-
-
 def write_report(report: HeadReport, folder: Path, step: int | None = None) -> dict[str, Path]:
-    """PNGs (one per picture), head_view.html and metrics.json into folder; what went where
-    (the pictures under their wandb keys)."""
+    """PNGs (one per picture), head_view.html and metrics.json (every number: metrics, chance,
+    standouts, ablation) into folder; what went where (the pictures under their wandb keys)."""
     written = paint(report.pictures, folder)
+    ev = report.evidence
+    summary = {"step": step, "windows": ev.windows, "metrics": each(ev.values, lambda v: np.round(v, 4).tolist()),
+               "chance": each(ev.chance, lambda c: round(c, 4)), "standouts": ev.standouts(), "attn_table": report.table[1]}
+    if report.ablation is not None:
+        intact, deltas = report.ablation
+        summary["ablation"] = {"method": "zero each head's context vector", "intact_bpb": intact,
+                               "delta_bpb": {g: np.round(d, 4).tolist() for g, d in deltas.items()}}
+    summary["probes"] = report.probes
     atomic_write(folder / "head_view.html", lambda f: f.write(report.html.encode("utf-8")))
-    summary = {"step": step, **report.summary(), "probes": report.probes}
     atomic_write(folder / "metrics.json", lambda f: f.write(json.dumps(summary, ensure_ascii=False, indent=1).encode()))
     return {**written, "head_view": folder / "head_view.html", "metrics": folder / "metrics.json"}
 
@@ -201,8 +179,6 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> d
 def check_report_dir(folder: Path) -> None:
     """Fail before the checkpoint is read, not after the report is built, when `folder` cannot be
     made or written: its nearest existing ancestor must be a folder this process may write."""
-    from common.errors import ConfigError
-
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = f"{existing} is not a folder" if not existing.is_dir() else f"{existing} is read-only"
@@ -211,48 +187,37 @@ def check_report_dir(folder: Path) -> None:
 
 
 def print_top_heads(report: HeadReport) -> None:
-    """The heads that clear chance by their metric's margin (heads/metrics.py), per group, on one
-    line; the metrics where none does on another; then the costliest head to silence per group."""
-    named, unnamed = [], []
-    for metric, groups in report.evidence.standouts().items():
-        hits = [f"{g} L{t['layer']}H{t['head']} {t['value']:.2f} (chance {t['chance']:.3f})"
-                for g, t in groups.items() if t["named"]]
-        if hits:
-            named.append(f"{metric}: {', '.join(hits)}")
-        else:
-            unnamed.append(metric)
-    print("attention heads past chance by their margin: " + ("; ".join(named) or "none"))
-    if unnamed:
+    """The heads that clear chance by their metric's margin, per group, on one line; the metrics
+    where none does on another; then the costliest head to silence per group."""
+    hits = {metric: [f"{g} L{t['layer']}H{t['head']} {t['value']:.2f} (chance {t['chance']:.3f})"
+                     for g, t in groups.items() if t["named"]] for metric, groups in report.evidence.standouts().items()}
+    print("attention heads past chance by their margin: "
+          + ("; ".join(f"{metric}: {', '.join(named)}" for metric, named in hits.items() if named) or "none"))
+    if unnamed := [metric for metric, named in hits.items() if not named]:
         print(f"no head clears chance by its margin for: {', '.join(unnamed)}")
     if report.ablation is not None:
         intact, deltas = report.ablation
-        worst = []
-        for group, d in deltas.items():
-            layer, head = np.unravel_index(np.argmax(d), d.shape)
-            worst.append(f"{group} L{layer}H{head} +{d[layer, head]:.3f} (of {intact[group]:.3f})")
-        print("silencing one head costs the most bits per byte: " + ", ".join(worst))
+        worst = {group: np.unravel_index(np.argmax(d), d.shape) for group, d in deltas.items()}  # (layer, head)
+        print("silencing one head costs the most bits per byte: " + ", ".join(
+            f"{g} L{layer}H{head} +{deltas[g][layer, head]:.3f} (of {intact[g]:.3f})" for g, (layer, head) in worst.items()))
 
 
-def report_inputs(model: GPT, bins, settings, device: torch.device, dtype: torch.dtype, ablate: bool,
-                  batch_size: int = 16) -> tuple[dict[str, torch.Tensor] | None, tuple | None]:
+def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, device: torch.device,
+                  dtype: torch.dtype, ablate: bool, batch_size: int = 16) -> tuple[dict | None, Ablation | None]:
     """The validation windows per group (None without prepared data) and the ablation (None when
-    not asked for, or without data) of a report; settings: trainer.config.ReportSettings."""
+    not asked for, or without data) of a report."""
     if bins is None:
         return None, None
     group_ids = report_windows(bins, model.config.block_size, settings.windows)
-    ablation = None
-    if ablate and settings.ablation_windows > 0:
-        from heads.ablation import ablate_heads
-
-        ablation = ablate_heads(model, bins, settings.ablation_windows, batch_size, device, dtype)
-    return group_ids, ablation
+    if not ablate or settings.ablation_windows == 0:
+        return group_ids, None
+    return group_ids, ablate_heads(model, bins, settings.ablation_windows, batch_size, device, dtype)
 
 
 class TrainingReports:
     """The attention reports of a training run, logged to its wandb run: train.py calls report() on
-    schedule and log_pictures() at log time, close() at the end. Maps come from the explicit path,
-    training is untouched. Pictures are drawn here, by a worker process, or only for the final
-    report (wandb.pictures); each report's PNGs are logged at the first step after they are drawn."""
+    schedule, log_pictures() at log time and close() at the end. Pictures are drawn here, by a worker
+    process, or only for the final report (wandb.pictures), and logged at the first step after."""
 
     def __init__(self, run, model: GPT, bins, probes: list[Probe], settings, device: torch.device,
                  dtype: torch.dtype, title: str, history: ReportHistory):
@@ -310,14 +275,9 @@ class TrainingReports:
         self.painter.close()  # an interrupted run's pictures still being drawn are dropped
 
 
-def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
-    """The prepared data the checkpoint was trained on (data.batches.TokenBins), or None, said in
-    one line, when it is not there or holds another tokenizer: the metrics then use the probes."""
-    from data.batches import TokenBins
-    from data.config import DataConfig
-    from data.gpt2 import PretrainedError
-    from data.sources import DataError
-
+def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer) -> TokenBins | None:
+    """The prepared data the checkpoint was trained on, or None, said in one line, when it is not
+    there or holds another tokenizer: the metrics then use the probes."""
     if "init_from" in checkpoint:
         print("a pretrained model as it is has no validation data here; the metrics use the probes alone")
         return None
@@ -336,14 +296,6 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer):
 def report_checkpoint(cfg) -> None:
     """python -m heads.report: the report of one checkpoint, or of a pretrained GPT-2 (init_from),
     written to files (and to wandb)."""
-    from common.errors import ConfigError
-    from common.settings import typed
-    from data.gpt2 import model_name
-    from data.checkpoint import load_inference_model
-    from heads.config import HeadsConfig
-    from common.device import resolve_device
-    from common.wandb_run import start_run
-
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
     # a pretrained model has no out_dir: its report goes to heads-<its name> in the working folder
     default = Path(f"heads-{model_name(Path(cfg.init_from))}") if cfg.init_from else Path(cfg.out_dir) / "heads"
@@ -351,21 +303,19 @@ def report_checkpoint(cfg) -> None:
     check_report_dir(folder)
     model, tokenizer, checkpoint = load_inference_model(cfg.out_dir, resolve_device(cfg.device), cfg.checkpoint,
                                                         cfg.init_from)
-    texts = cfg.probes
-    probes = configured_probes(texts, None, cfg.probe_tokens) if texts else [
+    probes = configured_probes(cfg.probes, None, cfg.probe_tokens) if cfg.probes else [
         Probe(name, text) for name, text in checkpoint.get("probes", [])]
     if not probes:
         print("no probe texts in the model or in probes=[...]: using an English, a Chinese and a pair line")
         probes = configured_probes(FALLBACK_TEXTS, None, cfg.probe_tokens)
-    device = next(model.parameters()).device
-    bins = checkpoint_bins(checkpoint, tokenizer)
-    group_ids, ablation = report_inputs(model, bins, cfg, device, torch.float32, ablate=True)
+    device, step = next(model.parameters()).device, checkpoint.get("step")
+    group_ids, ablation = report_inputs(model, checkpoint_bins(checkpoint, tokenizer), cfg, device, torch.float32,
+                                        ablate=True)
     source = cfg.init_from or cfg.out_dir
-    title = f"{Path(source).name} · " + (f"step {checkpoint.get('step')}" if checkpoint.get("step") is not None
-                                         else "pretrained")
+    title = f"{Path(source).name} · " + (f"step {step}" if step is not None else "pretrained")
     report = build_report(model, tokenizer, probes, cfg.probe_tokens, cfg.table_rows, group_ids, ablation, title)
     try:
-        written = write_report(report, folder, checkpoint.get("step"))
+        written = write_report(report, folder, step)
     except OSError as e:
         raise ConfigError(f"report_dir={folder} cannot be written ({e.strerror or e}): choose another report_dir "
                           "or free some space") from None
@@ -373,10 +323,9 @@ def report_checkpoint(cfg) -> None:
     print_top_heads(report)
     if cfg.wandb:
         wandb_run = start_run("auto", cfg.wandb_project, f"heads-{Path(source).name}",
-                              {"checkpoint": str(source), "step": checkpoint.get("step")},
-                              folder if cfg.init_from else Path(cfg.out_dir))
+                              {"checkpoint": str(source), "step": step}, folder if cfg.init_from else Path(cfg.out_dir))
         if wandb_run is not None:  # None: WANDB_MODE=disabled, or not even an offline run could start (warned)
-            step = int(checkpoint.get("step") or 0)
+            step = int(step or 0)
             log_report(wandb_run, report, step)
             log_pictures(wandb_run, {key: written[key] for key in report.pictures}, step, step)
             where = wandb_run.finish()
@@ -386,7 +335,6 @@ def report_checkpoint(cfg) -> None:
 
 if __name__ == "__main__":
     from common.cli import hydra_entry
-    from heads.config import HeadsConfig
 
     hydra_entry("heads", "python -m heads.report", HeadsConfig, report_checkpoint,
                 lambda cfg: "the report is incomplete")

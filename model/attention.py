@@ -164,7 +164,7 @@ class MultiHeadAttention(nn.Module):
         self.score: ScoreFunction = dot_product_scores
         if config.attn_score == "additive":
             self.score = AdditiveScore(self.n_head, self.head_dim, config.attn_dim or self.head_dim)
-        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/ablation.py), else None
+        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/metrics.py: ablate_heads), else None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()

@@ -11,20 +11,19 @@ import pytest
 import torch
 
 from heads.html_view import head_view_html
-from heads.labels import token_texts, visible
 from heads.metrics import (
     induction_score,
     normalised_entropy,
+    pair_masks,
     previous_token_score,
     relative_distance,
     sink_score,
     standout,
+    token_classes,
     uniform_causal,
-    uniform_weight_on_keys,
     weight_on_keys,
 )
-from heads.painter import paint
-from heads.plots import drawable_labels, layer_figure, metric_figure
+from heads.plots import drawable_labels, layer_figure, metric_figure, paint, token_texts, visible
 
 T = 12
 
@@ -89,16 +88,17 @@ def test_chance_is_what_uniform_causal_attention_scores():
     keys = torch.zeros(1, 4, 4, dtype=torch.bool)
     keys[0, 2, 0] = keys[0, 3, 0] = keys[0, 3, 1] = True  # query 2 reads key 0; query 3 reads keys 0 and 1
     uniform = uniform_causal(4)[None, None, None]  # (L, B, H, T, T)
-    assert weight_on_keys(uniform, queries, keys).item() == pytest.approx(1 / 3 + 2 / 4)
-    assert uniform_weight_on_keys(queries, keys) == pytest.approx(1 / 3 + 2 / 4)
+    assert weight_on_keys(uniform, queries, keys).item() == pytest.approx(1 / 3 + 2 / 4)  # the pair metrics' chance
 
 
 def test_a_head_is_named_only_when_it_clears_chance_by_the_margin():
-    values = torch.tensor([[0.03, 0.05], [0.12, 0.02]])  # induction, chance 0.011, margin 0.1
-    assert standout(values, 0.011, "induction") == (1, 0, pytest.approx(0.12), True)
-    assert standout(values * 0.5, 0.011, "induction")[3] is False  # 0.06 is not 0.1 past chance
-    entropy = torch.tensor([[0.95, 0.6]])  # lower is notable: 0.6 is 0.4 under chance 1.0
-    assert standout(entropy, 1.0, "entropy")[:2] == (0, 1) and standout(entropy, 1.0, "entropy")[3]
+    values = np.array([[0.03, 0.05], [0.12, 0.02]])  # induction, chance 0.011, margin 0.1
+    assert standout(values, 0.011, "induction") == {"layer": 1, "head": 0, "value": pytest.approx(0.12), "named": True,
+                                                    "chance": 0.011}
+    assert standout(values * 0.5, 0.011, "induction")["named"] is False  # 0.06 is not 0.1 past chance
+    entropy = np.array([[0.95, 0.6]])  # lower is notable: 0.6 is 0.4 under chance 1.0
+    lowest = standout(entropy, 1.0, "entropy")
+    assert (lowest["layer"], lowest["head"]) == (0, 1) and lowest["named"]
 
 
 def test_labels_of_split_characters_are_legible_never_replacement_chars():
@@ -148,7 +148,6 @@ def test_default_probes_take_real_text_from_each_validation_group(tiny_corpus, t
 
 def test_pair_lines_split_into_english_queries_reading_their_chinese_half():
     from data.tokenizer import train_bpe
-    from heads.evidence import pair_masks, token_classes
 
     tokenizer = train_bpe(["我喜欢茶。 = I like tea.\n他很好。 = He is well.\n"] * 20, vocab_size=300)
     ids = torch.tensor([tokenizer.encode("我喜欢茶。 = I like tea.\n他很好。 = He is well.\n")])

@@ -1,6 +1,6 @@
-"""heads/painter.py and heads/history.py: the report's pictures drawn in place or in a worker
-process (same PNGs, Ctrl-C-proof, failures reported, files cleaned up), and the report history a
-checkpoint carries."""
+"""heads/plots.py's Painter and heads/metrics.py's ReportHistory: the report's pictures drawn in
+place or in a worker process (same PNGs, Ctrl-C-proof, failures reported, files cleaned up), and the
+report history a checkpoint carries."""
 from __future__ import annotations
 
 import errno
@@ -18,10 +18,8 @@ import torch
 from conftest import small_tmpfs
 from matplotlib.figure import Figure
 
-from heads.evidence import Evidence
-from heads.history import ReportHistory
-from heads.painter import Painter
-from heads.plots import layer_figure, metric_figure
+from heads.metrics import Evidence, ReportHistory
+from heads.plots import Painter, layer_figure, metric_figure
 
 
 def pictures() -> dict:
@@ -175,7 +173,7 @@ def test_ready_takes_the_oldest_first_and_files_stay_until_released():
 
 
 def evidence(value: float) -> Evidence:
-    values = {"entropy": {"en": torch.full((2, 2), value), "zh": torch.full((2, 2), value / 2)}}
+    values = {"entropy": {"en": np.full((2, 2), value), "zh": np.full((2, 2), value / 2)}}
     return Evidence(values=values, chance={"entropy": {"en": 1.0, "zh": 1.0}}, windows={"en": 4, "zh": 4})
 
 

@@ -8,8 +8,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from heads.painter import DPI  # what the report saves at
-from heads.plots import layer_figure, metric_figure
+from heads.plots import DPI, layer_figure, metric_figure  # DPI: what the report saves at
 
 EN = ["␣The", "␣quick", "␣brown", "␣fox", "␣jumps", "␣over", "␣the", "␣lazy", "␣dog", ".", "␣It", "␣was", "␣the",
       "␣best", "␣of", "␣times", ",", "␣it", "␣was", "␣the", "␣worst", "␣of", "␣times", ";", "␣the", "␣age", "␣of",

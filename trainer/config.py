@@ -61,7 +61,7 @@ class TrainConfig:
 
 
 ABLATION = ("final", "every", "off")
-PICTURES = ("auto", "inline", "background", "final")  # which reports draw PNGs, and where (heads/painter.py)
+PICTURES = ("auto", "inline", "background", "final")  # which reports draw PNGs, and where (heads/plots.py: Painter)
 
 
 @dataclasses.dataclass
