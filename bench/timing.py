@@ -1,43 +1,75 @@
-"""train.py's training step, timed: the unit the training benchmarks measure. It is the real step
-(train.py: train_step: host-to-device copy, forward under autocast, backward, loss scaling,
-the gradient norm and its non-finite check, clipping, every optimizer's update), with the device
-synchronised before and after, so a GPU's queued work is inside the time."""
+"""What the benchmarks share: a timer that synchronises the device, train.py's training step timed
+(train.py: train_step: host-to-device copy, forward under autocast, backward, loss scaling, the
+gradient norm and its non-finite check, clipping, every optimizer's update), train.py run from
+scratch, and the lines of the tables they print."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from train import train_step
 from trainer.config import TrainConfig
-from trainer.guards import NonFiniteGuard
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of fn(), the device synchronised before and after so that a GPU's queued work is inside."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - started
 
 
-class TimedSteps:
-    """Steps of one model, each returning its seconds; the loss scaler and the guard live across steps."""
+def step_timer(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], dtype: torch.dtype,
+               device: torch.device, tc: TrainConfig, step_model: torch.nn.Module | None = None
+               ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """train.py's training step of `model` (its forward through step_model: the model compiled, or
+    the model), as a function of a host batch x, y (B, T) that returns the step's seconds. tc gives
+    grad_clip and grad_accum; the loss scaler lives across steps, as in train.py."""
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py's
+    forward = model if step_model is None else step_model
 
-    def __init__(self, step_model, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                 dtype: torch.dtype, device: torch.device, tc: TrainConfig | None = None):
-        self.step_model, self.model, self.optimizers = step_model, model, optimizers
-        self.dtype, self.device, self.tc = dtype, device, tc or TrainConfig()  # its grad_clip and grad_accum
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py's
-        self.guard = NonFiniteGuard(max_in_row=10, verbose=False)
-        self.steps = 0
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        return timed(lambda: train_step(model, forward, optimizers, scaler, x, y, tc, dtype), device)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Seconds of one step on the host batch x, y (b, T)."""
-        self.steps += 1
-        synchronize(self.device)
-        started = time.perf_counter()
-        _, grad_norm, counted = train_step(self.model, self.step_model, self.optimizers, self.scaler, x, y, self.tc,
-                                           self.dtype)
-        self.guard.check(self.steps, grad_norm, counted)
-        synchronize(self.device)
-        seconds = time.perf_counter() - started
-        self.guard.read()  # outside the time, as train.py reads at log time only
-        return seconds
+    return step
+
+
+def run_train(name: str, overrides: list[str], out_dir: Path) -> tuple[str, float]:
+    """train.py with `overrides`, from scratch (a run left in out_dir starts over): its stdout and
+    wall seconds. A failed run ends the benchmark with the end of its stderr."""
+    cmd = [sys.executable, str(REPO / "train.py"), *overrides, "train.resume=false", f"out_dir={out_dir}"]
+    print(f"running {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed ({' '.join(cmd[1:])}):\n{result.stderr[-2000:]}")
+    return result.stdout, seconds
+
+
+def machine(device: torch.device | str = "cpu") -> str:
+    """The device a table was measured on, for the line above it."""
+    device = torch.device(device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.machine()}, {torch.get_num_threads()} threads")
+    return f"{device} ({where}), torch {torch.__version__}"
+
+
+def row(*cells: object) -> None:
+    """One row of a markdown table, printed at once: a long benchmark shows each as it comes."""
+    print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+
+
+def header(*columns: str) -> None:
+    row(*columns)
+    print("|" + "---|" * len(columns))

@@ -2,73 +2,42 @@
 
     python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--device cuda] [--batch 8 --steps 15]
 
-The GPU default architecture (6 layers, 6 heads, 384 dims, context 256, vocab 8192, no bias,
-dropout 0) and the same batch for both models (default: 8 sequences on a CPU, 64 on a GPU, the
-GPU default's batch). Ours: attn_impl explicit | sdpa | flash, fp32 (TF32 on a GPU, as train.py
-sets it) and bf16 autocast, torch.compile off and on; nanoGPT: fp32 and bf16, compile off and on,
-with its own optimizer set-up (configure_optimizers). nanoGPT's code is read from the folder you
-give (a clone of its repository) and is never part of this project. Both run train.py's own
-training step (bench/timing.py: train.py's train_step, with the loss scaler, the non-finite
-guard and the host-to-device copy), synchronised on a GPU. Each setting: warm-up steps (which
-include compilation), then timed steps: the median and the best step time, and from the best
-one tokens/s, model FLOP/s and the fraction of the peak: on a CPU the measured matmul peak (the
-best of 2 s of matmuls; a CPU's speed drifts by 5-10 % over seconds, so like is compared with
-like), on a GPU the dense bf16/fp16 peak of trainer/mfu.py's table (MFU). Without --nanogpt only
-our rows are printed.
-
-The low-precision rows, the peak and the floor use the dtype train.py's dtype=auto picks: bf16, or
-fp16 on GPUs without native bf16, or on a CPU without native bf16 (AVX2 only: bf16 is emulated
-there, ~100x slower than fp32) fp32 alone, its bf16 rows left out.
-
-The last row is a floor: the step's matrix multiplies alone, in that dtype, back to back, with nothing
-else (no elementwise work, no optimizer). No implementation of this architecture and batch steps
-faster on this device, so it bounds what any speed-up over nanoGPT can be.
-
-The process starts with glibc's malloc set to reuse freed memory (trainer.runtime.reuse_host_memory,
-as train.py does on a CPU); it is process-wide, so nanoGPT's rows get it too. --malloc-defaults
-leaves glibc's defaults, as nanoGPT's own train.py runs.
+Both models at the GPU default architecture and the same batch (8 sequences on a CPU, 64 on a GPU):
+ours with each attn_impl, nanoGPT's (read from your clone, never part of this project) with its own
+configure_optimizers; in fp32 (TF32 on a GPU, as train.py sets it) and in the dtype train.py's
+dtype=auto picks (bf16; fp16 on GPUs without it; on a CPU without native bf16, where it is emulated
+~100x slower, fp32 alone); torch.compile off and on. Each runs train.py's own training step
+(bench/timing.py): warm-up steps (which compile), then timed steps. Rates come from the best step,
+against the peak: on a CPU the best of 2 s of matmuls (a CPU's speed drifts by 5-10 % over seconds,
+so like is compared with like), on a GPU trainer/mfu.py's dense peak (MFU). The last row is a floor:
+the step's matrix multiplies alone, which no implementation of this architecture and batch can beat.
+glibc's malloc reuses freed memory, as train.py sets it on a CPU, for nanoGPT's rows too (it is
+process-wide); --malloc-defaults keeps glibc's defaults, as nanoGPT's own train.py runs.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import platform
+import itertools
+import runpy
 import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-import torch  # noqa: E402
+import torch
 
-from bench.timing import TimedSteps, synchronize  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops  # noqa: E402
-from trainer.optim import make_optimizers  # noqa: E402
+from bench.timing import header, machine, row, step_timer, timed
 from common.device import resolve_device, resolve_dtype
-from trainer.runtime import reuse_host_memory  # noqa: E402
+from model import GPT, GPTConfig
+from model.config import ATTN_IMPLS
+from trainer.config import TrainConfig
+from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops
+from trainer.optim import make_optimizers
+from trainer.runtime import reuse_host_memory
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
-
-
-def load_nanogpt(folder: Path):
-    spec = importlib.util.spec_from_file_location("nanogpt_model", folder / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def time_steps(model, optimizer, dtype: torch.dtype, compile_: bool, batch: int, warmup: int, steps: int,
-               device: torch.device) -> list[float]:
-    """The seconds of each timed training step (train.py's: forward, backward, clip, AdamW), after warm-up."""
-    step = TimedSteps(torch.compile(model) if compile_ else model, model, [optimizer], dtype, device)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)  # on the host, as
-    y = torch.randint(0, ARCH["vocab_size"], (batch, ARCH["block_size"]), generator=generator)  # train.py's batches
-    times = [step(x, y) for _ in range(warmup + steps)]
-    return times[warmup:]
+TC = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.99)  # both models' AdamW
 
 
 def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: int = 10) -> list[float]:
@@ -77,52 +46,41 @@ def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: 
     two backward products; the attention's two batched products forward and four backward; the
     LM head's three. The attention products run over the full T x T and count half, the most a
     causal kernel can skip."""
-    n_layer, C, T, V = ARCH["n_layer"], ARCH["n_embd"], ARCH["block_size"], ARCH["vocab_size"]
-    head_dim, M = C // ARCH["n_head"], batch * T  # M: tokens per step
+    n_layer, n_head, C, T, V = (ARCH[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
+    M = batch * T  # tokens per step
 
-    def r(*shape):
+    def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=dtype, device=device)
 
-    weights = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, V))]
-    q, k, w = r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, head_dim), r(batch * ARCH["n_head"], T, T)
+    # (input (M, k), weight (n, k), output gradient (M, n)) of each k -> n matrix
+    block = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))]
+    head = [(r(M, C), r(V, C), r(M, V))]
+    q, k, w = r(batch * n_head, T, C // n_head), r(batch * n_head, T, C // n_head), r(batch * n_head, T, T)
 
-    def linears(layers: int, which: slice) -> None:
-        for _ in range(layers):
-            for x, weight, grad_out in weights[which]:
-                x @ weight.t(), grad_out @ weight, grad_out.t() @ x  # forward, input grad, weight grad
+    def linears() -> None:
+        for x, weight, grad_out in block * n_layer + head:
+            x @ weight.t(), grad_out @ weight, grad_out.t() @ x  # forward, input grad, weight grad
 
     def attention() -> None:
         for _ in range(n_layer):
             q @ k.transpose(1, 2), w @ k  # scores, context
             w @ k, w.transpose(1, 2) @ q, q @ k.transpose(1, 2), w.transpose(1, 2) @ q  # their backward
 
-    def timed(fn) -> list[float]:
-        fn()
-        times = []
-        for _ in range(repeats):
-            synchronize(device)
-            started = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - started)
-        return times
+    def seconds(fn) -> list[float]:
+        fn()  # warm-up
+        return [timed(fn, device) for _ in range(repeats)]
 
-    parts = timed(lambda: linears(n_layer, slice(0, 4))), timed(lambda: linears(1, slice(4, 5))), timed(attention)
-    return [blocks + head + attn / 2 for blocks, head, attn in zip(*parts)]
+    return [full + half / 2 for full, half in zip(seconds(linears), seconds(attention))]
 
 
-def ours(attn_impl: str, device: torch.device):
+def build(who: str, attn_impl: str, nanogpt: dict, device: torch.device):
+    """A model and its optimizers: ours with train.py's AdamW, nanoGPT's with its configure_optimizers."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl)).to(device)
-    tc = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.99)
-    (optimizer,) = make_optimizers(model, tc, device)
-    return model, optimizer
-
-
-def theirs(nanogpt, device: torch.device):
-    torch.manual_seed(0)
-    model = nanogpt.GPT(nanogpt.GPTConfig(**ARCH)).to(device)
-    return model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
+    if who == "ours":
+        model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl)).to(device)
+        return model, make_optimizers(model, TC, device)
+    model = nanogpt["GPT"](nanogpt["GPTConfig"](**ARCH)).to(device)
+    return model, [model.configure_optimizers(TC.weight_decay, TC.learning_rate, (TC.beta1, TC.beta2), device.type)]
 
 
 def main() -> None:
@@ -136,50 +94,49 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)  # on CUDA also train.py's TF32 setting for fp32 matmuls
     args.batch = args.batch or (64 if device.type == "cuda" else 8)
-    tokens_per_step = args.batch * ARCH["block_size"]
-    flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens_per_step
+    tokens = args.batch * ARCH["block_size"]  # per step
+    flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens
     fast = resolve_dtype("auto", device)  # train.py's choice: the peak's and the floor's dtype
     dtypes = (torch.float32,) if fast == torch.float32 else (torch.float32, fast)
+    name = {dtype: str(dtype).removeprefix("torch.") for dtype in dtypes}
     if device.type == "cuda":
         peak, source = peak_flops(device, fast)
         if peak is None:
             raise SystemExit(f"{source}: add its dense bf16 peak to trainer/mfu.py's GPU_PEAK_FLOPS")
-        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {str(fast).removeprefix('torch.')} peak {peak / 1e12:.0f} TFLOP/s ({source})"
+        where = f"{name[fast]} peak {peak / 1e12:.0f} TFLOP/s ({source})"
     else:
         malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
         peak = measure_cpu_peak(fast, seconds=2.0)
-        machine = (f"cpu ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}; "
-                   f"malloc: {malloc}; measured {str(fast).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} GFLOP/s"
-                   + ("" if fast != torch.float32 else "; no native bf16 on this CPU: bf16 rows left out"))
-    print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, {machine}")
-    settings = [("ours", impl) for impl in ("explicit", "sdpa", "flash")]
-    nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
-    if nanogpt:
-        settings.append(("nanoGPT", "its default (sdpa)"))
-    print(f"| model | attention | dtype | compile | ms/step (median) | ms/step (best) | tokens/s | GFLOP/s | % of {str(fast).removeprefix('torch.')} peak (MFU) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        where = (f"malloc: {malloc}; measured {name[fast]} matmul peak {peak / 1e9:.0f} GFLOP/s"
+                 + ("; no native bf16 on this CPU: bf16 rows left out" if fast == torch.float32 else ""))
+    print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, "
+          f"{machine(device)}; {where}")
+    nanogpt = runpy.run_path(str(args.nanogpt / "model.py")) if args.nanogpt else {}  # its GPT and GPTConfig
+    settings = [("ours", impl) for impl in ATTN_IMPLS] + [("nanoGPT", "its default (sdpa)")] * bool(nanogpt)
+    header("model", "attention", "dtype", "compile", "ms/step (median)", "ms/step (best)", "tokens/s", "GFLOP/s",
+           f"% of {name[fast]} peak (MFU)")
 
-    def row(who: str, attention: str, dtype: str, compile_: str, times: list[float]) -> float:
+    def report(who: str, attention: str, dtype: torch.dtype, compiled: str, times: list[float]) -> float:
         """Print one row; tokens/s and FLOP/s from the best step, as the peak is the best matmul."""
-        seconds = min(times)
-        print(f"| {who} | {attention} | {dtype} | {compile_} | {statistics.median(times) * 1e3:.0f} | {seconds * 1e3:.0f} | "
-              f"{tokens_per_step / seconds:,.0f} | {flops / seconds / 1e9:.0f} | {100 * flops / seconds / peak:.0f}% |",
-              flush=True)
-        return tokens_per_step / seconds
+        best = min(times)
+        row(who, attention, name[dtype], compiled, f"{statistics.median(times) * 1e3:.0f}", f"{best * 1e3:.0f}",
+            f"{tokens / best:,.0f}", f"{flops / best / 1e9:.0f}", f"{100 * flops / best / peak:.0f}%")
+        return tokens / best
 
+    generator = torch.Generator().manual_seed(0)  # random batches (B, T), on the host as train.py's
+    x, y = torch.randint(0, ARCH["vocab_size"], (2, args.batch, ARCH["block_size"]), generator=generator)
     best = {}
-    for who, attention in settings:
-        for dtype in dtypes:
-            for compile_ in (False, True):
-                model, optimizer = ours(attention, device) if who == "ours" else theirs(nanogpt, device)
-                times = time_steps(model, optimizer, dtype, compile_, args.batch, args.warmup, args.steps, device)
-                tokens = row(who, attention, str(dtype).removeprefix("torch."), "on" if compile_ else "off", times)
-                best[who] = max(best.get(who, 0.0), tokens)
-                torch._dynamo.reset()
-    floor = row("floor: matmuls alone", "-", str(fast).removeprefix("torch."), "-", matmul_floor(args.batch, device, fast))
+    for (who, attention), dtype, compile_ in itertools.product(settings, dtypes, (False, True)):
+        model, optimizers = build(who, attention, nanogpt, device)
+        step = step_timer(model, optimizers, dtype, device, TC, torch.compile(model) if compile_ else model)
+        times = [step(x, y) for _ in range(args.warmup + args.steps)][args.warmup:]  # warm-up steps compile
+        best[who] = max(best.get(who, 0.0), report(who, attention, dtype, "on" if compile_ else "off", times))
+        torch._dynamo.reset()
+    floor = report("floor: matmuls alone", "-", fast, "-", matmul_floor(args.batch, device, fast))
     print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"
           + (f", nanoGPT {best['nanoGPT']:,.0f} tokens/s -> {best['ours'] / best['nanoGPT']:.2f}x; the floor is "
              f"{floor / best['nanoGPT']:.2f}x nanoGPT's best" if nanogpt else ""))
+
 
 if __name__ == "__main__":
     main()
