@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from common.device import resolve_device, resolve_dtype
 from common.errors import ConfigError
 from common.settings import typed
-from data.sources import decode_utf8
 from data.checkpoint import load_inference_model
+from data.sources import decode_utf8
 from trainer.config import SampleConfig
-from common.device import resolve_device, resolve_dtype
 
 
 def read_prompts(cfg: SampleConfig) -> list[str]:

@@ -90,6 +90,11 @@ def get_lr(step: int, tc: TrainConfig, seconds: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # one optimizer step (bench/ times this very function)
 
+def loss_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """fp16 needs its loss scaled, or small gradients underflow; bf16 and fp32 do not: disabled."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig,
                dtype: torch.dtype, ddp: torch.nn.parallel.DistributedDataParallel | None = None
@@ -168,7 +173,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     seed_everything(cfg.seed)  # the same initial weights on every rank (and dropout masks for a pretrained one)
     model = (GPT(model_cfg) if pretrained is None else pretrained.train()).to(device)  # load_gpt2's is in eval mode
     optimizers = make_optimizers(model, tc, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow unscaled
+    scaler = loss_scaler(device, dtype)
     step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
                            ranks.world_size)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from train import train_step
+from train import loss_scaler, train_step
 from trainer.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def step_timer(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], 
     """train.py's training step of `model` (its forward through step_model: the model compiled, or
     the model), as a function of a host batch x, y (B, T) that returns the step's seconds. tc gives
     grad_clip and grad_accum; the loss scaler lives across steps, as in train.py."""
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py's
+    scaler = loss_scaler(device, dtype)
     forward = model if step_model is None else step_model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -108,7 +108,6 @@ def eval_starts(start: int, end: int, n_tokens: int, block_size: int, n_windows:
 # ---------------------------------------------------------------------------------------------
 # validation: validation loss and bits per byte, overall and per group (en, zh, pairs, ...)
 #
-#
 # Bits per byte = total nats / (ln 2 x total UTF-8 bytes of the predicted tokens). Unlike loss per
 # token, it does not depend on the tokenizer, so runs with different vocabularies compare fairly,
 # and it says how well each language is modelled byte for byte.

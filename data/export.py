@@ -12,10 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from common.errors import ConfigError
-from common.settings import setting, store_defaults, typed
-from data.gpt2 import PretrainedError, export_gpt2
+from common.settings import not_a_file, setting, store_defaults, typed
 from data.checkpoint import CHECKPOINTS, load_model
-from common.settings import not_a_file
+from data.gpt2 import PretrainedError, export_gpt2
 
 
 @dataclasses.dataclass

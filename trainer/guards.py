@@ -37,14 +37,14 @@ from typing import NamedTuple
 
 import torch
 
+from common.cli import on_stop_signals, raise_interrupt
 from common.errors import ConfigError
 from common.folders import check_writable, folder_lock
-from common.cli import on_stop_signals, raise_interrupt
 from common.settings import show
 from data.batches import TrainSampler
+from data.checkpoint import BEST, CHECKPOINT, CheckpointError, load_checkpoint, load_weights, saved_model_config
 from model import GPT, GPTConfig
 from trainer import distributed
-from data.checkpoint import BEST, CHECKPOINT, CheckpointError, load_checkpoint, load_weights, saved_model_config
 from trainer.config import RunConfig, TrainConfig
 from trainer.runtime import set_rng_state
 
