@@ -1,26 +1,26 @@
-"""How every entry point (train.py, sample.py, python -m data.prepare, python -m heads.report,
-python -m data.export) reads its command line and how it ends: the safety layer, which a first
-reading can skip.
-
-Before hydra: a string setting takes the text typed (`prompt=To be, or not!`, `out_dir=~/runs`,
-`prompt=人民日报`), a mistyped key or group option is one line naming the closest valid one, and a
-byte that is not UTF-8 is one line. While running: stdout and stderr never stop a job (characters
-the terminal cannot show are escaped, a full disk or a closed pipe under a log is one warning),
-SIGTERM and SIGHUP stop it like Ctrl-C, and caches that cannot live under HOME go to a temp
-folder. At the end: a user error is one line on stderr and exit 2, Ctrl-C one line and exit 130
-(SIGTERM 143, SIGHUP 129), a closed output pipe (`python sample.py | head`) one line and exit 141,
-a write that found no room one line naming where; never a traceback."""
+"""How every entry point reads its command line and how it ends: the safety layer, which a first reading
+can skip. String settings take the text typed, output never stops a job, SIGTERM and SIGHUP stop it as
+Ctrl-C does, and a failure a user can act on ends as one line and an exit code (run_entry), not a traceback."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
+
+import hydra
+from hydra._internal.utils import get_args
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 from common.errors import ConfigError, UserError
 from common.folders import check_writable
@@ -32,33 +32,24 @@ class OutputError(UserError):
     """The output that is a command's result (sample.py's text) cannot be written."""
 
 
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full disk, a quota, a read-only file system
-
-
 def run_entry(job: Callable[[], object], interrupted: Callable[[], str] = lambda: "nothing was written") -> None:
-    """Run `job`; on a user error print `error: <message>` and exit 2; on Ctrl-C (or SIGTERM, SIGHUP)
-    print `interrupted: <interrupted()>` (what is on disk now) and exit 128 + the signal; when
-    stdout's reader went away say so on stderr and exit 141; when a write found no room (a full
-    disk anywhere: a cache, TMPDIR) name where and exit 2. In a `-m` sweep the line also says which
-    points did not run."""
+    """Run `job`; a failure the user can act on is one line on stderr (in a `-m` sweep, naming the points
+    that did not run) and an exit code; interrupted() says what is on disk after a stop."""
     try:
         job()
         if sys.stdout is not None:
             sys.stdout.flush()  # the last lines too, while a failure can still be said
-    except UserError as e:  # the message names the culprit and the fix
-        print(f"error: {e}{sweep_left()}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt as e:
-        name = str(e.args[0]) if e.args else "SIGINT"  # on_stop_signals' handler names the signal
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM or SIGHUP (raise_interrupt): exit 128 + the signal
+        name = str(e.args[0]) if e.args else "SIGINT"
         said = "interrupted" if name == "SIGINT" else f"stopped by {name}"
         print(f"\n{said}: {interrupted()}{sweep_left()}", file=sys.stderr, flush=True)
         sys.exit(128 + signal.Signals[name])
-    except BrokenPipeError:
+    except BrokenPipeError:  # `python sample.py | head`: exit 141, as a shell's own commands
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail again
         print(f"stopped: the program reading the output went away; {interrupted()}", file=sys.stderr, flush=True)
         sys.exit(141)
-    except Exception as e:  # noqa: BLE001 - only a write that found no room is ours to explain; the rest re-raised
-        line = no_room(e)
+    except Exception as e:  # noqa: BLE001 - a user error or a write that found no room is one line; the rest re-raised
+        line = str(e) if isinstance(e, UserError) else no_room(e)
         if line is None:
             raise
         print(f"error: {line}{sweep_left()}", file=sys.stderr, flush=True)
@@ -66,11 +57,11 @@ def run_entry(job: Callable[[], object], interrupted: Callable[[], str] = lambda
 
 
 def no_room(error: BaseException) -> str | None:
-    """The one line for a failure caused, somewhere down its chain, by a write that found no room (a
-    full disk, a quota, a read-only file system): torch.compile's cache in TMPDIR, a library's temp
-    file. None for any other failure."""
+    """The one line for a failure caused, somewhere down its chain, by a write that found no room
+    (torch.compile's cache, a library's temp file); None for any other failure."""
+    full = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full disk, a quota, a read-only file system
     cause, inductor = error, False
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in NO_ROOM):
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in full):
         inductor = inductor or type(cause).__module__.startswith(("torch._inductor", "torch._dynamo"))
         cause = cause.__cause__ or cause.__context__
     if cause is None:
@@ -87,22 +78,20 @@ def no_room(error: BaseException) -> str | None:
             "or set TMPDIR to a folder with room")
 
 
-# hydra's override grammar takes only ASCII in unquoted values (`prompt=人民日报` is a lexer error),
-# no `!`, `'`, `#` or leading `~` (`prompt=Hello!`, `out_dir=~/runs`), and reads a comma as a list
-# or a sweep (`prompt=To be, or not to be`). hydra_argv quotes values before hydra reads sys.argv.
-_OPEN, _CLOSE = "([{", ")]}"
+# hydra's override grammar takes only ASCII in unquoted values (`prompt=人民日报` is a lexer error), no `!`,
+# `'`, `#` or leading `~` (`prompt=Hello!`, `out_dir=~/runs`), and reads a comma as a list or a sweep
+# (`prompt=To be, or not to be`): hydra_argv quotes values before hydra reads sys.argv.
 _UNESCAPE = re.compile(r"\\([\\()\[\]{}:=, \t])")  # hydra's ESC sequences in unquoted text
 _CALL = re.compile(r"([A-Za-z_]\w*)\((.*)\)", re.DOTALL)  # a sweep function: choice(a,b), range(1,5)
 
 
 def sweeping(argv: list[str]) -> bool:
-    """Whether the command line asks hydra for a sweep (`-m`)."""
     return "-m" in argv or "--multirun" in argv
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """`text` cut at each `sep` outside quoted strings, brackets and backslash escapes (a quote opens
-    a string only where an element starts: the apostrophe of `What's` does not)."""
+def _split_commas(text: str) -> list[str]:
+    """`text` cut at each comma outside quoted strings, brackets and backslash escapes (a quote opens a
+    string only where an element starts: the apostrophe of `What's` does not)."""
     parts, depth, quote, start, i = [], 0, "", 0, 0
     while i < len(text):
         c = text[i]
@@ -113,11 +102,11 @@ def _split_top(text: str, sep: str) -> list[str]:
             quote = "" if c == quote else quote
         elif c in "'\"" and text[:i].rstrip()[-1:] in ("", ",", "[", "(", "{", ":", "="):
             quote = c
-        elif c in _OPEN:
+        elif c in "([{":
             depth += 1
-        elif c in _CLOSE:
+        elif c in ")]}":
             depth -= 1
-        elif c == sep and depth == 0:
+        elif c == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
         i += 1
@@ -125,10 +114,10 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
-def _single_quoted(text: str) -> str:
-    """`text` as one hydra single-quoted string: backslashes before a quote or at the end doubled,
-    quotes escaped (see QUOTED_VALUE in hydra/grammar/OverrideLexer.g4)."""
-    text = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", text)
+def _quoted(typed: str) -> str:
+    """`typed`, its hydra escapes (`\\,`) undone, as one hydra single-quoted string: backslashes before a
+    quote or at the end doubled, quotes escaped (QUOTED_VALUE in hydra/grammar/OverrideLexer.g4)."""
+    text = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", _UNESCAPE.sub(r"\1", typed))
     return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, text) + "'"
 
 
@@ -138,11 +127,8 @@ def _as_is(core: str) -> bool:
 
 
 def _plain_text(core: str) -> bool:
-    """Whether hydra reads `core` unquoted as that very text (`adamw`, `out/a-1`), so a sweep's point
+    """Whether hydra reads `core` unquoted as that very text (`adamw`, `out/a-1`): a sweep's point then
     keeps its plain name in folder names."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         return OverridesParser.create().parse_override(f"k={core}").value() == core
     except HydraException:
@@ -150,42 +136,32 @@ def _plain_text(core: str) -> bool:
 
 
 def _quote_element(item: str, text: bool = False, calls: bool = True) -> str:
-    """One value element: nested lists, dicts and (with `calls`) sweep/function calls recursively;
-    an unquoted string quoted when it is non-ASCII, or always when `text` (a string setting's);
-    anything else as it is."""
+    """One element of a value, quoted where hydra would not read it as typed (non-ASCII text; with `text`,
+    any but plain text); lists, dicts and (with `calls`) sweep functions element by element."""
     core = item.strip()
     if _as_is(core) or (core.isascii() and (not text or calls and _plain_text(core))):
         return item
-    lead, trail = item[: len(item) - len(item.lstrip())], item[len(item.rstrip()):]
+    call = _CALL.fullmatch(core) if calls else None
     if core[:1] == "[" and core[-1:] == "]":
-        new = "[" + ",".join(_quote_element(x, text, calls and not text) for x in _split_top(core[1:-1], ",")) + "]"
+        start, inner, name, calls = "[", core[1:-1], None, calls and not text
     elif core[:1] == "{" and core[-1:] == "}" and not text:
-        new = "{" + ",".join(_quote_dict_item(x) for x in _split_top(core[1:-1], ",")) + "}"
-    elif calls and (call := _CALL.fullmatch(core)) and call[1].isascii():
-        new = f"{call[1]}(" + ",".join(_quote_argument(x, text) for x in _split_top(call[2], ",")) + ")"
+        start, inner, name = "{", core[1:-1], r"[^:]*:"
+    elif call and call[1].isascii():
+        start, inner, name = f"{call[1]}(", call[2], r"\s*[A-Za-z_]\w*\s*="  # range(start=1, stop=5)
     else:
-        new = _single_quoted(_UNESCAPE.sub(r"\1", core))
-    return lead + new + trail
-
-
-def _quote_dict_item(item: str) -> str:
-    key, sep, value = item.partition(":")
-    return key + sep + _quote_element(value) if sep else _quote_element(item)
-
-
-def _quote_argument(item: str, text: bool = False) -> str:
-    name = re.match(r"\s*[A-Za-z_]\w*\s*=", item)
-    return item[: name.end()] + _quote_element(item[name.end():], text) if name else _quote_element(item, text)
+        return item.replace(core, _quoted(core), 1)  # the spaces around it stay outside the quotes
+    elements = []
+    for element in _split_commas(inner):
+        kept = re.match(name, element) if name else None
+        cut = kept.end() if kept else 0
+        elements.append(element[:cut] + _quote_element(element[cut:], text, calls))
+    return item.replace(core, start + ",".join(elements) + core[-1], 1)
 
 
 def hydra_argv(argv: list[str], text: Callable[[str], bool] = lambda key: False) -> list[str]:
-    """Command-line arguments (without the program name) as hydra can parse them. The value of a
-    string setting (text(key): `prompt`, `out_dir`, ...) is the text typed, quoted whole, spaces
-    and commas included; in a `-m` sweep commas separate its points, each the text typed; `[...]`
-    is a list of such texts. In any other override, each unquoted non-ASCII element (the whole
-    value, each item of a `[...]` list or `{...}` dict, each point of a sweep `a,b`) becomes a
-    single-quoted string. Flags, other ASCII arguments, quoted values, interpolations and null are
-    returned unchanged."""
+    """Command-line arguments as hydra can parse them: a string setting's value (text(key)) is the text
+    typed, commas included, except that they separate the points of a `-m` sweep and the items of a `[...]`
+    list; in any other value each unquoted non-ASCII element is quoted."""
     sweep = sweeping(argv)
     out = []
     for arg in argv:
@@ -194,50 +170,35 @@ def hydra_argv(argv: list[str], text: Callable[[str], bool] = lambda key: False)
         if arg.startswith("-") or not sep or (value.isascii() and not is_text):
             out.append(arg)
         elif is_text and not sweep and not _as_is(core) and not (core[:1] == "[" and core[-1:] == "]"):
-            out.append(key + sep + _single_quoted(_UNESCAPE.sub(r"\1", value)))  # the whole value, as typed
+            out.append(f"{key}={_quoted(value)}")  # the whole value, as typed
         else:  # a list, or the points of a sweep: element by element
-            out.append(key + sep + ",".join(_quote_element(x, is_text, calls=sweep or not is_text)
-                                            for x in _split_top(value, ",")))
+            out.append(f"{key}=" + ",".join(_quote_element(x, is_text, calls=sweep or not is_text)
+                                            for x in _split_commas(value)))
     return out
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
-_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
-_NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--config-path", "-cp",
-                   "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--version"}
 
 
 def check_overrides(argv: list[str], config_name: str, command: str, settings: type) -> None:
-    """Raise ConfigError for an override hydra cannot read (`model.n_layer=3!`), one with several
-    values outside a `-m` sweep (`model.n_layer=2,4`), a key the settings dataclass lacks
-    (`model.n_layr=3`, `~model.n_layr`) or an unknown option of a config group (`preset=gpu`), naming
-    the closest valid one; hydra's own keys (`hydra.*`) and appends (`+k=v`, `++k=v`) are hydra's."""
-    overrides, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.split("=", 1)[0] in _NO_CHECK_FLAGS:
-            return
-        elif arg in _VALUE_FLAGS:
-            skip = True
-        elif not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
-            overrides.append(arg)
-    from difflib import get_close_matches
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
+    """Raise ConfigError for an override hydra cannot read (`model.n_layer=3!`), several values outside a
+    `-m` sweep, a key the settings dataclass lacks (`~model.n_layr`) or an unknown option of a config
+    group (`preset=gpu`), naming the closest valid one; `hydra.*` keys and `+k=v` appends are hydra's."""
+    args = get_args(argv)  # hydra's own reading of its flags
+    if (args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name
+            or args.config_dir or args.experimental_rerun):
+        return  # hydra answers these itself, or reads another config
     parser, parsed = OverridesParser.create(), []
-    for arg in overrides:
+    for arg in args.overrides:
+        if "=" not in arg and not arg.startswith("~"):
+            continue
         try:
             [override] = parser.parse_overrides([arg])
         except HydraException:
             raise ConfigError(f"{arg} cannot be read (hydra's override grammar: https://hydra.cc/docs/advanced/"
                               "override_grammar/basic): check the value; text with characters such as ! ' # or a "
                               "comma is quoted, key='...'") from None
-        if override.is_sweep_override() and not sweeping(argv):
+        if override.is_sweep_override() and not args.multirun:
             raise ConfigError(f"{arg} gives several values: add -m to run one job for each ({command} -m ...), or "
                               "give one value")
         if not (override.is_add() or override.is_force_add() or override.package is not None
@@ -269,43 +230,36 @@ def text_setting(settings: type, key: str) -> bool:
 
 
 def null_deletion(arg: str, settings: type) -> str:
-    """`~wandb.name` (delete a setting) as `wandb.name=null` where null is its default: hydra cannot
-    delete a null value, and deleting a setting means its default."""
+    """`~wandb.name` as `wandb.name=null` where null is its default: hydra cannot delete a null value,
+    and deleting a setting means its default."""
     found = setting_type(settings, arg[1:]) if arg.startswith("~") and "=" not in arg else None
     return f"{arg[1:]}=null" if found is not None and found[1] is None else arg
 
 
 def check_utf8(arg: str) -> None:
-    """A command-line argument holds only UTF-8 (Python keeps other bytes as surrogates, which no
-    file, JSON or log line can take)."""
-    raw = arg.encode("utf-8", "surrogateescape")
+    """Python keeps the bytes of argv that are not UTF-8 as surrogates, which no file, JSON or log line can take."""
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        shown = raw.decode("utf-8", "backslashreplace")
-        raise ConfigError(f"{shown} is not UTF-8 text (byte 0x{raw[e.start]:02x}): type it in UTF-8, or rename the "
-                          "file or folder to a UTF-8 name") from None
+        arg.encode("utf-8")
+    except UnicodeEncodeError as e:
+        shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{shown} is not UTF-8 text (byte 0x{ord(arg[e.start]) - 0xdc00:02x}): type it in UTF-8, "
+                          "or rename the file or folder to a UTF-8 name") from None
 
 
-def check_sweep_folder(argv: list[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
-    """hydra writes multirun.yaml into hydra.sweep.dir (train.py: out_dir) before the first job of a
-    sweep: a folder that cannot be made or written is one line now, not hydra's traceback."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    fixed = [o.input_line for o in OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+def check_sweep_folder(argv: list[str], config_name: str) -> None:
+    """hydra writes multirun.yaml into hydra.sweep.dir (train.py: out_dir) before a sweep's first job: a
+    folder that cannot be written is one line now, not hydra's traceback."""
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(get_args(argv).overrides)
              if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        folder = compose(config_name=config_name, overrides=fixed, return_hydra_config=True).hydra.sweep.dir
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        folder = hydra.compose(config_name=config_name, overrides=fixed, return_hydra_config=True).hydra.sweep.dir
     check_writable(Path(folder))
 
 
 def prepare_entry(config_name: str, command: str, settings: type, result: bool = False) -> None:
-    """The start of every entry point's `__main__`, before hydra reads sys.argv: guard the process
-    (output, signals, caches: guard_process), check that every argument is UTF-8, take string
-    settings as typed (hydra_argv), check the override keys (check_overrides) and a sweep's folder;
-    a bad one is `error: ...`, exit 2. `settings` is the entry point's settings dataclass; `result`:
-    its stdout is its result (sample.py), not a log."""
+    """Before hydra reads sys.argv: guard the process, then check the command line and take string
+    settings as typed (a bad argument is `error: ...`, exit 2). `result`: stdout is the command's result
+    (sample.py), not a log."""
     guard_process(result)
 
     def check() -> None:
@@ -323,23 +277,16 @@ def prepare_entry(config_name: str, command: str, settings: type, result: bool =
 
 def hydra_entry(config_name: str, command: str, settings: type, job: Callable[[object], object],
                 interrupted: Callable[[object], str], result: bool = False) -> None:
-    """The whole `__main__` of sample.py and the `python -m` entry points: the command line prepared
-    (prepare_entry), config/<config_name>.yaml composed by hydra with its overrides (each point of a
-    `-m` sweep in turn), then job(cfg) under run_entry; interrupted(cfg) says what is on disk after
-    Ctrl-C. A sweep's multirun.yaml goes to a temp folder, removed at the end: these commands write
-    nothing beside the files they are for."""
-    import shutil
-
-    import hydra
-
+    """The whole `__main__` of sample.py and the `python -m` entry points: job(cfg) for the config hydra
+    composes (each point of a `-m` sweep in turn), under run_entry. A sweep's multirun.yaml goes to a temp
+    folder, removed at the end: these commands write nothing beside the files they are for."""
     sweep_folder = None
     if sweeping(sys.argv):
         sweep_folder = tempfile.mkdtemp(prefix="gpt-attention-sweep-")
         sys.argv.append(f"hydra.sweep.dir={sweep_folder}")
     prepare_entry(config_name, command, settings, result)
 
-    @hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "config"), config_name=config_name,
-                version_base=None)
+    @hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base=None)
     def run(cfg) -> None:
         run_entry(lambda: job(cfg), interrupted=lambda: interrupted(cfg))
 
@@ -350,49 +297,39 @@ def hydra_entry(config_name: str, command: str, settings: type, job: Callable[[o
             shutil.rmtree(sweep_folder, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# the process: output that never stops a job, stop signals, caches
-
 # Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session) each stop a command as a KeyboardInterrupt
 # naming the signal; the training loop finishes its step and saves instead (trainer/guards.py: GracefulStop)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def on_stop_signals(handler) -> dict:
-    """Handle each stop signal with `handler`, except one the process ignores (SIGHUP under nohup
-    stays ignored); return the previous handlers."""
+    """Handle each stop signal not ignored (SIGHUP under nohup stays so) with `handler`; return the previous."""
     return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
 
 
 def raise_interrupt(signum, frame) -> None:
-    """A stop signal as a KeyboardInterrupt naming it: common.cli.run_entry exits 128 + its number."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # run_entry exits 128 + its number
 
 
 class Output:
-    """sys.stdout or sys.stderr while an entry point runs. Characters the stream's encoding lacks
-    (`PYTHONIOENCODING=ascii`, a cp1252 console) are written as backslash escapes, said once. A
-    write that fails (a full disk, a closed terminal or pipe) never stops a job: stdout says so once
-    on stderr and drops the rest, except where it is the command's result (sample.py), which then
-    stops (OutputError, exit 2; a closed pipe exit 141, see run_entry)."""
+    """sys.stdout or sys.stderr while an entry point runs. Characters the stream's encoding lacks are
+    written as backslash escapes, said once. A write that fails never stops a job: stdout says so once on
+    stderr and drops the rest, except where it is the command's result (sample.py), which then stops."""
 
     def __init__(self, stream, name: str, result: bool = False):
         self.stream, self.name, self.result = stream, name, result
-        self.escaping = self.lost = False
+        self.lost = False
 
     def write(self, text: str) -> int:
         if not self.lost:
             try:
                 try:
                     self.stream.write(text)
-                except UnicodeEncodeError:
-                    encoding = self.stream.encoding
-                    if not self.escaping:
-                        self.escaping = True
-                        print(f"note: {self.name} is {encoding}: characters it cannot show are written as \\u "
-                              "escapes (PYTHONIOENCODING=utf-8 shows them)", file=sys.stderr, flush=True)
-                    self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                except UnicodeEncodeError:  # `PYTHONIOENCODING=ascii`, a cp1252 console: escapes from here on
+                    print(f"note: {self.name} is {self.stream.encoding}: characters it cannot show are written as "
+                          "\\u escapes (PYTHONIOENCODING=utf-8 shows them)", file=sys.stderr, flush=True)
+                    self.stream.reconfigure(errors="backslashreplace")
+                    self.stream.write(text)
             except OSError as e:
                 self.failed(e)
         return len(text)
@@ -406,12 +343,16 @@ class Output:
 
     def failed(self, error: OSError) -> None:
         self.lost = True
-        target = where_to(self.stream)
+        try:  # the file the stream goes to (/mnt/full/log), or "a pipe"
+            target = os.readlink(f"/proc/self/fd/{self.stream.fileno()}")
+            target = f"a {target.split(':')[0]}" if target.startswith(("pipe:", "socket:")) else target
+        except (OSError, ValueError):
+            target = "its file"
         with contextlib.suppress(OSError, ValueError):  # Python's flush at exit must not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
         if self.result:
             if isinstance(error, BrokenPipeError):
-                raise error
+                raise error  # run_entry's exit 141
             raise OutputError(f"cannot write the output to {target} ({error.strerror}): free space there, or send "
                               "it elsewhere")
         if self.name == "stdout":
@@ -420,15 +361,6 @@ class Output:
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
-
-
-def where_to(stream) -> str:
-    """The file a standard stream goes to (/mnt/full/log), or "a pipe"."""
-    try:
-        target = os.readlink(f"/proc/self/fd/{stream.fileno()}")
-    except (OSError, ValueError):
-        return "its file"
-    return f"a {target.split(':')[0]}" if target.startswith(("pipe:", "socket:")) else target
 
 
 # where wandb, matplotlib and this project keep caches and settings, below HOME unless set
@@ -444,12 +376,11 @@ def writable(folder: str) -> bool:
 
 
 def usable_caches() -> None:
-    """With HOME unset or read-only (or XDG_CACHE_HOME), wandb's service and matplotlib print a
-    dozen lines each and wandb cannot stage its files: point each such folder at a temp folder
-    instead, said in one line."""
+    """With HOME unset or read-only, wandb and matplotlib print a dozen lines each and wandb cannot stage
+    its files: point each such folder at a temp folder instead, said in one line."""
     home = os.environ.get("HOME")
-    unusable = {var: os.environ.get(var) or (home and os.path.join(home, under)) for var, under in CACHE_FOLDERS.items()}
-    unusable = {var: folder for var, folder in unusable.items() if not folder or not writable(folder)}
+    folders = {var: os.environ.get(var) or (home and os.path.join(home, under)) for var, under in CACHE_FOLDERS.items()}
+    unusable = {var: folder for var, folder in folders.items() if not folder or not writable(folder)}
     if not unusable:
         return
     base = Path(tempfile.gettempdir()) / f"gpt-attention-{os.getuid()}"
@@ -460,8 +391,8 @@ def usable_caches() -> None:
 
 
 def guard_process(result: bool = False) -> None:
-    """For the whole process: output that never stops it (Output), SIGTERM and SIGHUP (a closed
-    terminal) stopping it as Ctrl-C does (common/cli.py), caches where they can be written."""
+    """For the whole process: output that never stops it, SIGTERM and SIGHUP stopping it as Ctrl-C does,
+    caches where they can be written."""
     if sys.stdout is not None:  # None when started with the stream closed (`2>&-`): print() then writes nothing
         sys.stdout = Output(sys.stdout, "stdout", result)
     if sys.stderr is not None:

@@ -1,4 +1,4 @@
-"""The errors a user can fix. Each is one line on stderr naming the culprit and the fix, then exit 2
+"""The errors a user can fix: one line on stderr naming the culprit and the fix, then exit 2
 (common/cli.py: run_entry); anything else is a bug and keeps its traceback."""
 
 

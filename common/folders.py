@@ -1,16 +1,7 @@
-"""The folders this project writes into: one job at a time in each, files replaced whole, and
-only our own leftovers removed.
-
-- A lock (one training run per out_dir, one preparation per data folder) is an flock on
-  `<folder>/.lock`, held for as long as the job runs. The kernel drops it when the process ends in
-  any way (exit, crash, kill -9), so a stale lock never blocks a later run. The file also says who
-  holds it (pid, host, command, start time), for the message the next job prints.
-- A file is written to a temp file of this project and process beside it (`temp_path`: a hidden
-  name ending in `.gpt-attention-tmp`), fsynced and renamed over the old one (`atomic_write`), so
-  a crash, a kill -9, Ctrl-C or a full disk mid-write leaves the old file whole.
-- Holding a folder's lock, any temp file of ours in it is debris of a killed job and is removed;
-  nothing else is (a user's `notes.tmp` in out_dir is theirs).
-"""
+"""The folders this project writes into: one job at a time in each (folder_lock), files replaced whole
+(atomic_write: a temp file of ours beside it, fsynced and renamed over the old one, so a crash, kill -9
+or full disk mid-write leaves the old file whole), and only our own leftovers ever removed (remove_debris:
+a user's `notes.tmp` in out_dir is theirs)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +9,7 @@ import fcntl
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,58 +17,48 @@ from typing import BinaryIO
 
 from common.errors import UserError
 
-LOCK = ".lock"
 TEMP_SUFFIX = ".gpt-attention-tmp"  # what marks a file as our own temp file
 
 
 def check_writable(out_dir: Path) -> None:
     """Fail before training, not at the first save, when out_dir cannot hold a checkpoint."""
-    out_dir = Path(out_dir)
-    probe = out_dir / f".write-test.{os.getpid()}"  # two runs starting together must not remove each other's
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # a name of its own: two runs starting together never collide
+            pass
     except OSError as e:
         raise UserError(f"out_dir={out_dir} is not a writable folder ({e.strerror or e}): "
-                              "choose another out_dir or fix its permissions") from None
-
-
-class FolderBusy(UserError):
-    """Another process holds the folder; the message names it and what to do."""
+                        "choose another out_dir or fix its permissions") from None
 
 
 def holder(fd: int) -> str:
     """What the lock file says about the process holding it."""
     with contextlib.suppress(OSError):
-        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
-        if text:
-            return text
+        return os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "another process"
     return "another process"
 
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, setting: str, wait: bool = False) -> Iterator[None]:
-    """Hold `folder`'s lock for the body (the folder is created when missing).
-
-    Busy: raise FolderBusy naming the holder and `setting` (the key that picks the folder), or,
-    with wait=True, say who is being waited for and block until the holder is done."""
+    """Hold `folder`'s lock (an flock on `<folder>/.lock`, which the kernel drops however the process ends,
+    so a stale lock never blocks a later run) for the body. Busy: a UserError naming the holder and
+    `setting` (the key that picks the folder), or with `wait`, a line saying who is waited for."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise FolderBusy(f"{setting}={folder} is in use by {holder(fd)}: wait for that run to end, stop it, "
-                                 f"or choose another {setting}") from None
+                raise UserError(f"{setting}={folder} is in use by {holder(fd)}: wait for that run to end, stop it, "
+                                f"or choose another {setting}") from None
             print(f"waiting for {holder(fd)}, which is writing {folder}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:  # a file system without locks (some network mounts): go on, but say so
             print(f"warning: cannot lock {folder} ({e.strerror or e}): nothing stops a second job from using it at "
                   "the same time", file=sys.stderr, flush=True)
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # the lock file says who holds it, for the message the next job prints
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         command = command if len(command) <= 120 else command[:119] + "…"  # the message stays one readable line
@@ -88,15 +70,13 @@ def folder_lock(folder: Path, setting: str, wait: bool = False) -> Iterator[None
 
 
 def temp_path(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: hidden, of this process (two writers
-    never share one), and recognisably ours."""
+    """Where `path` is written before it is renamed into place: hidden, of this process, recognisably ours."""
     return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], sync: bool = True) -> None:
-    """Write `path` through write(file) into its temp_path, fsync (unless not `sync`: a file that
-    is made again anyway), rename. The temp file is removed whatever stops the write (an OSError, a
-    second Ctrl-C); the old file stays."""
+    """Write `path` through write(file) into its temp_path, fsync (not for a file made again anyway), rename;
+    whatever stops the write (an OSError, a second Ctrl-C), the temp file is removed and the old file stays."""
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -111,7 +91,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], sync: bool = T
 
 
 def remove_debris(folder: Path) -> None:
-    """Our temp files that a killed job left behind (only ours); only safe while holding the folder's lock."""
+    """Our temp files that a killed job left behind, and only ours: safe only while holding the folder's lock."""
     for path in folder.glob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             path.unlink()

@@ -1,15 +1,8 @@
-"""The Weights & Biases run: offline by itself when there is no API key, never a login prompt,
-and never the reason training stops.
-
-wandb.mode: auto (online with an API key, else offline) | online | offline | disabled.
-Offline runs are written under <out_dir>/wandb/ and can be uploaded later with `wandb sync`.
-
-A server that does not answer within WANDB_INIT_TIMEOUT seconds (default 15): in auto mode the run
-goes on offline and says so in one line; in online mode it is a ConfigError (`error: ...`, exit 2).
-Once a run is started, a failure to log (a full disk under out_dir/wandb, a wandb service that
-died) is one warning on stderr; wandb is dropped for the rest of the run, training and
-checkpoints go on.
-"""
+"""The Weights & Biases run: offline by itself when there is no API key, never a login prompt, and
+never the reason training stops. Offline runs go to <out_dir>/wandb/ (`wandb sync` uploads them).
+A server that does not answer within WANDB_INIT_TIMEOUT seconds: wandb.mode=auto goes on offline,
+online is a ConfigError. A failure to log (a full disk, a dead wandb service) is one warning on
+stderr, and training goes on without wandb."""
 from __future__ import annotations
 
 import contextlib
@@ -38,49 +31,31 @@ SERVICE_STOP_TIMEOUT = 30.0  # seconds wandb's service may take to stop after ru
 
 
 def setup_wandb() -> ModuleType:
-    """wandb, set up for this process: nothing on stderr but our own lines, no error telemetry, and
-    WANDB_INIT_TIMEOUT seconds for wandb.init (INIT_TIMEOUT unless set)."""
+    """wandb, set up for this process: nothing on stderr but our own lines, no error telemetry."""
     import wandb
 
-    # wandb's own error telemetry posts to the server from an exit hook: with the server out of reach
-    # that holds the process ~20 s after the last line; it is off unless asked for.
+    # wandb's error telemetry posts to the server from an exit hook: with the server out of reach
+    # that holds the process ~20 s after the last line
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    os.environ.setdefault("WANDB_INIT_TIMEOUT", str(INIT_TIMEOUT))
-    # wandb writes its own log file (<run>/logs/debug.log) through Python's logging, which would print
-    # a "--- Logging error ---" traceback for each line it cannot write (a full disk, from wandb.init
-    # on); it is this process's only log file, and such a disk is reported once, by WandbRun
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", str(INIT_TIMEOUT))  # an env default: the user's value wins
+    # wandb's debug.log would print a "--- Logging error ---" traceback for each line it cannot write
+    # (a full disk); such a disk is reported once, by WandbRun
     logging.raiseExceptions = False
     wandb.setup(wandb.Settings(silent=True))  # no "Loaded credentials" and alike on stderr
     return wandb
 
 
 def has_api_key() -> bool:
-    """Whether wandb finds an API key (WANDB_API_KEY, the netrc file of `wandb login`, its settings);
-    it never prompts."""
+    """Whether wandb finds an API key (WANDB_API_KEY, `wandb login`'s netrc, its settings), never prompting."""
     return setup_wandb().login(prompt=False, verify=False)
 
 
-def resolve_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"wandb.mode={mode!r} must be one of {', '.join(MODES)}")
-    if mode == "auto":
-        return os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
-    if mode == "online" and not has_api_key():
-        raise ConfigError(
-            "wandb.mode=online but no wandb API key is set: run `wandb login` or set WANDB_API_KEY, "
-            "or use wandb.mode=offline (then `wandb sync` later)"
-        )
-    return mode
-
-
-def reason(error: BaseException, timeout: float | None = None) -> str:
-    """What went wrong, in a few words: the OS reason of an OSError, else the last clause of the first
-    line of wandb's message ("...: connect: connection refused")."""
+def reason(error: BaseException) -> str:
+    """What went wrong in a few words: an OSError's reason, else the last clause of the first line of
+    wandb's message ("...: connect: connection refused")."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     first = str(error).strip().split("\n", 1)[0]
-    if timeout is not None and "deadline exceeded" in first:
-        return f"no answer in {timeout:g} s"
     return first.rsplit(": ", 1)[-1] if first not in ("", "<no message>") else type(error).__name__
 
 
@@ -119,10 +94,8 @@ class WandbRun:
         self.run_file = Path(run.settings.sync_file)  # run-<id>.wandb, written by wandb's service
         self.failure: str | None = None  # the warning, once something failed
         self.finished = False
-        # the attention report's per-head scalars (100s) stay out of the default panels: its charts
-        # show them, a line per head; the API still reads them. Named val_heads/ (they are measured
-        # on validation windows) so that tools listing metrics by name, like `wandb leet`, which
-        # ignores `hidden`, list train/ and val/ before them
+        # the report's 100s of per-head scalars stay out of the default panels (its charts show them);
+        # val_heads/ sorts after train/ and val/ in tools that ignore `hidden`, like `wandb leet`
         self.send(lambda: run.define_metric(f"{HEAD_SCALARS}/*", hidden=True))
 
     @property
@@ -132,18 +105,17 @@ class WandbRun:
 
     def fail(self, error: BaseException | str,
              outcome: str = "logging to wandb stops here, training and checkpoints go on without wandb") -> None:
-        """Warn once (error: an exception, or the reason in words) and log nothing more."""
+        """Warn once (error: an exception, or the reason a run file is incomplete) and log nothing more."""
         if self.failure is not None:
             return
-        wrote = isinstance(error, (str, OSError))  # a str is the reason a run file is incomplete
-        why = error if isinstance(error, str) else reason(error)
-        folder = self.folder
+        why, folder = error if isinstance(error, str) else reason(error), self.folder
         if isinstance(error, OSError):
             # the folder of the file it names (a copy's destination), else the fuller of the run's folder and
             # the temp folder, where wandb stages tables and HTML before it copies them into the run
             named = error.filename2 or error.filename
             folder = (min((self.folder, Path(tempfile.gettempdir())), key=free_bytes) if not named
                       else self.folder if self.folder in Path(named).parents else Path(named).parent)
+        wrote = isinstance(error, (str, OSError))
         self.failure = f"wandb: {'cannot write to' if wrote else 'cannot log to'} {folder} ({why}): {outcome}"
         print(self.failure, file=sys.stderr, flush=True)
 
@@ -157,8 +129,7 @@ class WandbRun:
             self.fail(e)
 
     def log(self, entry: dict | Callable[[], dict], step: int) -> None:
-        """run.log(entry, step=step); a callable is called here first, inside the guard (wandb.Image and
-        the like write files into the run folder)."""
+        """run.log(entry, step=step); a callable entry is built inside the guard (a wandb.Image writes a file)."""
         self.send(lambda: self.run.log(entry() if callable(entry) else entry, step=step))
 
     def summary(self, metrics: dict) -> None:
@@ -178,8 +149,7 @@ class WandbRun:
         stopping = threading.Thread(target=stop_service, daemon=True)
         stopping.start()
         stopping.join(SERVICE_STOP_TIMEOUT)
-        # the service tells no one that it could not write the run file (a full disk) but its own log:
-        # whether the file holds the run's end is read back from the file
+        # a service that could not write the run file (a full disk) tells only its own log: read the file back
         if self.failure is None and self.offline and not run_file_complete(self.run_file):
             full = free_bytes(self.folder) < 2**20
             self.fail(os.strerror(errno.ENOSPC) if full else f"{self.run_file.name} does not reach the run's end",
@@ -189,9 +159,14 @@ class WandbRun:
 
 
 def start_run(mode: str, project: str, name: str | None, config: dict, out_dir: Path) -> WandbRun | None:
-    """A WandbRun, or None when mode is disabled (then nothing is written) or when not even an offline
-    run can be started in out_dir (one warning, training goes on)."""
-    requested, mode = mode, resolve_mode(mode)
+    """A WandbRun for wandb.mode `mode` (one of MODES, checked by the setting), or None when it is disabled
+    (nothing is written) or when not even an offline run can start in out_dir (one warning)."""
+    requested = mode
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
+    elif mode == "online" and not has_api_key():
+        raise ConfigError("wandb.mode=online but no wandb API key is set: run `wandb login` or set WANDB_API_KEY, "
+                          "or use wandb.mode=offline (then `wandb sync` later)")
     if mode == "disabled":
         return None
     wandb = setup_wandb()
@@ -211,7 +186,7 @@ def start_run(mode: str, project: str, name: str | None, config: dict, out_dir: 
         except Exception as e:  # noqa: BLE001 - CommError, AuthenticationError, ...
             settings = wandb.setup().settings
             host = urlparse(settings.base_url).netloc or settings.base_url
-            why = reason(e, settings.init_timeout)
+            why = f"no answer in {settings.init_timeout:g} s" if "deadline exceeded" in str(e) else reason(e)
             for failed in set(wandb_dir.glob("run-*")) - before:  # the attempt's folder: `wandb sync` would
                 shutil.rmtree(failed, ignore_errors=True)          # make a second, empty run of it
             if requested == "online":
