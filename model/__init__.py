@@ -1,7 +1,4 @@
-"""A nanoGPT-style decoder built from explicit causal multi-head self-attention.
-
-Public API: `from model import GPT, GPTConfig`.
-"""
+"""A nanoGPT-style decoder built from explicit causal multi-head self-attention: `from model import GPT, GPTConfig`."""
 from model.config import GPTConfig
 from model.gpt import GPT
 

@@ -1,11 +1,6 @@
-"""Additive attention scores (Bahdanau et al. 2015), per head: score(q_i, k_j) = v . tanh(W_q q_i + W_k k_j).
-
-The alternative to scaled dot products that `model.attn_score=additive` puts into
-model/attention.py's `explicit_attention`; the mask, softmax, dropout and weighted sum of values
-that follow are the same. Every (query, key) pair gets its own attn_dim-wide vector, so the
-scores are computed a chunk of queries at a time with a hand-written backward pass that keeps
-training memory at one chunk.
-"""
+"""Additive attention scores (Bahdanau et al. 2015), per head: score(q_i, k_j) = v . tanh(W_q q_i + W_k k_j), the
+alternative to scaled dot products (model.attn_score=additive). Every (query, key) pair gets its own attn_dim-wide
+vector, so the scores are computed a chunk of queries at a time, with a hand-written backward pass."""
 from __future__ import annotations
 
 import math
@@ -14,26 +9,19 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-# additive scores: at most this many bytes of (query, key) pair vectors at a time. On a CPU, chunks
-# that fit in its cache run fastest; a GPU has no such cache to fit and one query row of the GPU
-# default is 24 MiB of pairs, so there the chunks are as large as memory comfortably allows: few
-# chunks, few Python-level iterations.
-ADDITIVE_CHUNK_BYTES = {"cpu": 8 * 2**20, "cuda": 512 * 2**20}
-
 
 def additive_chunk_bytes(device: torch.device) -> int:
-    """How many bytes of pair vectors one chunk of additive scores may hold on `device`."""
-    return ADDITIVE_CHUNK_BYTES.get(device.type, ADDITIVE_CHUNK_BYTES["cuda"])
+    """How many bytes of (query, key) pair vectors one chunk of additive scores may hold on `device`.
+    On a CPU, chunks that fit in its cache run fastest; a GPU has no such cache, and one query row of the
+    GPU default is 24 MiB of pairs, so there chunks are as large as memory comfortably allows (few iterations)."""
+    return 8 * 2**20 if device.type == "cpu" else 512 * 2**20
 
 
 def additive_scores(query: torch.Tensor, key: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, v: torch.Tensor,
                     causal: bool = True, chunk_bytes: int | None = None) -> torch.Tensor:
-    """Additive scores (Bahdanau et al. 2015), per head: score(q_i, k_j) = v . tanh(W_q q_i + W_k k_j).
-
-    query: (B, nh, T_q, hs); key: (B, nh, T_k, hs); W_q, W_k: (nh, hs, attn_dim); v: (nh, attn_dim).
-    Returns scores (B, nh, T_q, T_k); with causal, the pairs the mask hides are not computed (-inf).
-    chunk_bytes: the pair vectors held at a time (None: additive_chunk_bytes of the device).
-    """
+    """query: (B, nh, T_q, hs); key: (B, nh, T_k, hs); W_q, W_k: (nh, hs, attn_dim); v: (nh, attn_dim) ->
+    scores (B, nh, T_q, T_k); with causal, the pairs the mask hides are not computed (-inf).
+    chunk_bytes: the pair vectors held at a time (None: additive_chunk_bytes of the device)."""
     chunk_bytes = chunk_bytes or additive_chunk_bytes(query.device)
     # 1. project the queries and the keys into the attention space, once
     query_proj = query @ W_q  # (B, nh, T_q, attn_dim)
@@ -41,14 +29,6 @@ def additive_scores(query: torch.Tensor, key: torch.Tensor, W_q: torch.Tensor, W
     # 2. scores: v . tanh(W_q q_i + W_k k_j) of every (query, key) pair, a chunk of queries at a time
     scores = AdditivePairScores.apply(query_proj, key_proj, v, causal, chunk_bytes)  # (B, nh, T_q, T_k)
     return scores
-
-
-def query_chunks(T_q: int, T_k: int, rows: int, causal: bool) -> Iterator[tuple[slice, int]]:
-    """Chunks of `rows` queries, each with how many keys it sees: all T_k, or with causal those up
-    to its last query (the queries are the last T_q of the T_k positions)."""
-    for start in range(0, T_q, rows):
-        stop = min(start + rows, T_q)
-        yield slice(start, stop), stop + T_k - T_q if causal else T_k
 
 
 def chunk_rows(query_proj: torch.Tensor, T_k: int, chunk_bytes: int) -> int:
@@ -61,18 +41,14 @@ def chunk_rows(query_proj: torch.Tensor, T_k: int, chunk_bytes: int) -> int:
 class AdditivePairScores(torch.autograd.Function):
     """scores[b, h, i, j] = v[h] . tanh(query_proj[b, h, i] + key_proj[b, h, j]), a chunk of queries at a time.
 
-    The pair vectors x = query_proj_i + key_proj_j hold attn_dim numbers per score: all at once
-    they would be B x nh x T_q x T_k x attn_dim numbers (256 MiB per layer for the CPU preset in
-    fp32). One buffer of at most chunk_bytes holds a chunk's pairs and is reused by every chunk (a
-    fresh large tensor per chunk would be page-faulted in every time). With causal, a
-    chunk pairs its queries only with the keys up to its last query, about half the work. Autograd
-    would keep every chunk's tanh for the backward pass, so the backward is written out: it
-    recomputes each chunk from the saved projections, and training memory stays at one chunk too.
+    All at once, the pair vectors x = query_proj_i + key_proj_j would be B x nh x T_q x T_k x attn_dim numbers (256 MiB
+    per layer for the CPU preset in fp32), so one reused buffer of at most chunk_bytes holds a chunk's pairs (a fresh
+    tensor would be page-faulted in every time). With causal, a chunk pairs its queries only with the keys up to its
+    last query. The backward is written out, recomputing each chunk: autograd would keep every chunk's tanh.
 
-    tanh(x) = 2 sigmoid(2x) - 1, and PyTorch's CPU sigmoid is several times faster than its tanh
-    in float32, so with a = sigmoid(2x): v . tanh(x) = 2 v . a - sum(v), and its derivative in x
-    is 4 v a (1 - a). The pairs are in the promoted dtype of the inputs and v: float32 under
-    bf16/fp16 autocast.
+    tanh(x) = 2 sigmoid(2x) - 1, and PyTorch's CPU sigmoid is several times faster than its tanh in float32: with
+    a = sigmoid(2x), v . tanh(x) = 2 v . a - sum(v), whose derivative in x is 4 v a (1 - a). The pairs are in the
+    promoted dtype of the inputs and v: float32 under bf16/fp16 autocast.
     """
 
     @staticmethod
@@ -115,8 +91,11 @@ class AdditivePairScores(torch.autograd.Function):
         T_k = key_2x.size(2)
         rows = chunk_rows(query_2x, T_k, chunk_bytes)
         buffer = query_2x.new_empty(B * nh * rows * T_k * attn_dim)
-        for chunk, n_keys in query_chunks(T_q, T_k, rows, causal):
-            shape = (B, nh, chunk.stop - chunk.start, n_keys, attn_dim)
+        for start in range(0, T_q, rows):
+            chunk = slice(start, min(start + rows, T_q))
+            # with causal, the keys up to the chunk's last query (the queries are the last T_q of the T_k positions)
+            n_keys = chunk.stop + T_k - T_q if causal else T_k
+            shape = (B, nh, chunk.stop - start, n_keys, attn_dim)
             pairs = torch.add(query_2x[:, :, chunk, None, :], key_2x[:, :, None, :n_keys, :],
                               out=buffer[:math.prod(shape)].view(shape))  # 2 (W_q q_i + W_k k_j)
             yield chunk, n_keys, pairs.sigmoid_()
@@ -124,12 +103,10 @@ class AdditivePairScores(torch.autograd.Function):
 
 class AdditiveScore(nn.Module):
     """The learned parameters of additive scores, per head: W_q, W_k (head_dim -> attn_dim) and v (attn_dim).
-
-    W_q and W_k start with variance 1/head_dim, so W_q q has the scale of q: with GPT's 0.02 the
-    pair vectors would sit in tanh's linear range, where v . tanh(W_q q_i + W_k k_j) splits into a
-    query part that the softmax cancels plus a key part (attention blind to the query). v starts
-    at 0.02, like the other weights, so the first attention is near uniform, as with dot products.
-    """
+    W_q and W_k start with variance 1/head_dim, so W_q q has the scale of q: with GPT's 0.02 the pair vectors would
+    sit in tanh's linear range, where v . tanh(W_q q_i + W_k k_j) splits into a query part that the softmax cancels
+    plus a key part (attention blind to the query). v starts at 0.02, like the other weights, so the first
+    attention is near uniform, as with dot products."""
 
     def __init__(self, n_head: int, head_dim: int, attn_dim: int):
         super().__init__()

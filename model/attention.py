@@ -1,16 +1,9 @@
 """Multi-head attention, written step by step, and the fused kernels that must agree with it.
 
-`explicit_attention` is the whole mechanism of the seed articles on one screen: scores from
-query . key, scaled by 1/sqrt(head_dim), the causal mask, softmax into weights, dropout, and the
-context as the weighted sum of values. `MultiHeadAttention` wraps it with the learned
-projections W_Q, W_K, W_V, the split into heads, RoPE, the KV cache, the merge and W_O; it does
-self-attention (queries, keys and values from the same sequence) or cross-attention (keys and
-values from another one). The `sdpa` and `flash` backends, at the end, compute the same numbers
-with fused kernels that never materialise the T x T weights.
-
-The scores are scaled dot products (`dot_product_scores`) or, with attn_score="additive",
-Bahdanau's v . tanh(W_q q + W_k k) per head (model/additive.py); the mask, softmax, dropout and
-weighted sum of values that follow are the same. Additive scores run on the explicit path only.
+`explicit_attention` is the whole mechanism of the seed articles on one screen: scores, scale, causal mask,
+softmax weights, dropout and context. `MultiHeadAttention` wraps it with the learned projections W_Q, W_K, W_V,
+the split into heads, RoPE, the KV cache, the merge and W_O, for self- or cross-attention. The `sdpa` and `flash`
+backends, at the end, compute the same numbers with fused kernels that never materialise the T x T weights.
 """
 from __future__ import annotations
 
@@ -21,11 +14,13 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.additive import AdditiveScore
 from model.config import GPTConfig
 
 Positions = tuple[torch.Tensor, torch.Tensor]  # where the queries (T_q,) and the keys (T_k,) sit
+ScoreFunction = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (query, key, causal) -> scores
 
 
 def last_positions(T_q: int, T_k: int, device: torch.device) -> Positions:
@@ -38,15 +33,9 @@ def future_mask(query_positions: torch.Tensor, key_positions: torch.Tensor) -> t
     return key_positions[None, :] > query_positions[:, None]
 
 
-ScoreFunction = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
-
-
 def dot_product_scores(query: torch.Tensor, key: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """Scaled dot-product scores (Vaswani et al. 2017): query . key / sqrt(head_dim).
-
-    query: (B, nh, T_q, hs); key: (B, nh, T_k, hs). Returns scores (B, nh, T_q, T_k). Every pair
-    is scored, causal or not: one matmul costs less than skipping the masked half.
-    """
+    """Scaled dot-product scores (Vaswani et al. 2017): query (B, nh, T_q, hs), key (B, nh, T_k, hs) ->
+    (B, nh, T_q, T_k). Every pair is scored, causal or not: one matmul costs less than skipping the masked half."""
     head_dim = query.size(-1)
     # 1. scores: how well each query matches every key
     scores = query @ key.transpose(-2, -1)  # (B, nh, T_q, T_k)
@@ -55,21 +44,12 @@ def dot_product_scores(query: torch.Tensor, key: torch.Tensor, causal: bool = Tr
     return scores
 
 
-def explicit_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    causal: bool = True,
-    dropout_p: float = 0.0,
-    score: ScoreFunction = dot_product_scores,
-    positions: Positions | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention, one named step per line; scaled dot-product scores unless `score` says otherwise.
-
-    query: (B, nh, T_q, hs); key, value: (B, nh, T_k, hs). positions: where the queries and keys
-    sit, for the causal mask (default: the queries are the last T_q of the T_k positions).
-    Returns context (B, nh, T_q, hs) and the attention weights (B, nh, T_q, T_k).
-    """
+def explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool = True,
+                       dropout_p: float = 0.0, score: ScoreFunction = dot_product_scores,
+                       positions: Positions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention, one named step per line. query: (B, nh, T_q, hs); key, value: (B, nh, T_k, hs).
+    positions: where the queries and keys sit, for the causal mask (default: the queries are the last
+    T_q of the T_k positions). Returns context (B, nh, T_q, hs) and the weights (B, nh, T_q, T_k)."""
     # 1-2. scores: how well each query matches every key (dot_product_scores or additive_scores)
     scores = score(query, key, causal=causal)  # (B, nh, T_q, T_k)
     # 3. causal mask: a query may not see keys in its future (-inf becomes weight 0)
@@ -107,22 +87,16 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """The keys and values of the tokens already seen, per layer, kept during generation: a new
-    token's query attends to them, one row of attention, instead of recomputing the whole prefix.
-
-    Fixed-size buffers, allocated once and written in place at each token's position: every
-    decoding step sees the same shapes at the same addresses, so torch.compile can make it one
-    fixed program, replayed as a CUDA graph on a GPU (static addresses: a graph may write into
-    them). The slots not yet written lie after every query, so the causal mask hides them.
-    """
+    """The keys and values of the tokens already seen, per layer: a new token's query attends to them instead of
+    recomputing the prefix. Fixed-size buffers written in place, so every decoding step has the same shapes at the
+    same addresses and compiles to one fixed program (a CUDA graph on a GPU). Unwritten slots lie after every query."""
 
     def __init__(self, shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device):
-        """shape: (n_layer, B, nh, max_length, hs)."""
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (n_layer, B, nh, max_length, hs)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.key_positions = torch.arange(shape[3], device=device)  # (max_length,): slot j holds position j
         for buffer in (self.keys, self.values, self.key_positions):
-            torch._dynamo.mark_static_address(buffer)
+            torch._dynamo.mark_static_address(buffer)  # a CUDA graph may write into them
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,13 +108,9 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with learned projections W_Q, W_K, W_V and W_O.
-
-    Self-attention (causal by default) when only x is given; cross-attention (not causal unless
-    asked) when `context` is given: queries from x, keys and values from context. Built from the
-    model's config (its n_embd, n_head, dropout, bias, attn_impl, qk_norm, pos_encoding,
-    attn_score, attn_dim; checked there), by hand too: MultiHeadAttention(GPTConfig(n_embd=64, n_head=4)).
-    """
+    """Multi-head attention with learned projections W_Q, W_K, W_V and W_O: self-attention (causal by default) when
+    only x is given; cross-attention (not causal unless asked) when `context` is given: queries from x, keys and
+    values from context. Built from a GPTConfig, by hand too: MultiHeadAttention(GPTConfig(n_embd=64, n_head=4))."""
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
@@ -164,7 +134,7 @@ class MultiHeadAttention(nn.Module):
         self.score: ScoreFunction = dot_product_scores
         if config.attn_score == "additive":
             self.score = AdditiveScore(self.n_head, self.head_dim, config.attn_dim or self.head_dim)
-        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/metrics.py: ablate_heads), else None
+        self.head_mask: torch.Tensor | None = None  # (nh,): 0 silences a head (heads/metrics.py: ablate_heads)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -174,19 +144,12 @@ class MultiHeadAttention(nn.Module):
         B, nh, T, hs = x.size()
         return x.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C): heads concatenated
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        causal: bool | None = None,
-        kv_cache: KVCache | None = None,
-        positions: torch.Tensor | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C); context: (B, S, C) for cross-attention. positions (T,): where x's tokens
-        sit, 0..T-1 by default: RoPE's angles, and with kv_cache the slots they are written to.
-        Returns the output (B, T, C) and, with return_weights (which forces the explicit path),
-        the attention weights (B, nh, T, T_k), T_k = the cache's length with a cache."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool | None = None,
+                kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, C); context: (B, S, C) for cross-attention. positions (T,): where x's tokens sit, 0..T-1 by
+        default: RoPE's angles, and with kv_cache the slots they are written to. Returns the output (B, T, C) and,
+        with return_weights (which forces the explicit path), the weights (B, nh, T, T_k) (T_k: the cache's length)."""
         source = x if context is None else context
         causal = context is None if causal is None else causal
         query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
@@ -228,14 +191,10 @@ def sdpa_attention(query, key, value, causal: bool = True, dropout_p: float = 0.
 
 def flash_kernel_exists(device: torch.device, dtype: torch.dtype, head_dim: int, square_or_unmasked: bool,
                         capability: tuple[int, int] | None = None) -> bool:
-    """Whether PyTorch has a FlashAttention kernel for these inputs: CUDA at compute capability 8.0
-    or newer (Ampere, Ada, Hopper; V100 and T4 have none), fp16 or bf16, head_dim a multiple of 8
-    up to 256, and no mask but the square causal one. capability: the GPU's, looked up if None."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16) or not square_or_unmasked:
-        return False
-    if head_dim % 8 or head_dim > 256:
-        return False
-    return (capability or torch.cuda.get_device_capability(device)) >= (8, 0)
+    """Whether PyTorch has a FlashAttention kernel for these inputs. capability: the GPU's, looked up if None."""
+    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and square_or_unmasked
+            and head_dim % 8 == 0 and head_dim <= 256
+            and (capability or torch.cuda.get_device_capability(device)) >= (8, 0))  # Ampere or newer: not V100, T4
 
 
 _flash_notice_given = False  # flash_attention names its fallback once per process, not at every call
@@ -243,17 +202,12 @@ _flash_notice_given = False  # flash_attention names its fallback once per proce
 
 def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0.0,
                     positions: Positions | None = None) -> torch.Tensor:
-    """SDPA restricted to the FlashAttention kernel, where one exists for this device, dtype and mask.
-
-    Where none exists (flash_kernel_exists) we say once, loudly, which kernel runs instead, rather
-    than claim flash.
-    """
+    """SDPA restricted to the FlashAttention kernel where one exists for this device, dtype and mask;
+    where none exists, we say once, loudly, which kernel runs instead, rather than claim flash."""
     global _flash_notice_given
     T_q, T_k = query.size(-2), key.size(-2)
     square_or_unmasked = not causal or (positions is None and T_q == T_k)
     if flash_kernel_exists(query.device, query.dtype, query.size(-1), square_or_unmasked):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=causal)
     if not _flash_notice_given:
@@ -264,8 +218,7 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
             f"{', KV-cache mask' if positions is not None else ''}, head_dim={query.size(-1)}); using PyTorch SDPA's "
             "default kernel instead (same math, not flash). Flash needs a CUDA GPU of compute capability 8.0 or newer, "
             "bfloat16 or float16, head_dim a multiple of 8 up to 256, and no mask but the square causal one.",
-            stacklevel=2,
-        )
+            stacklevel=2)
     return sdpa_attention(query, key, value, causal, dropout_p, positions)
 
 

@@ -1,7 +1,5 @@
-"""The model's settings: GPTConfig, with every check on them, and the values each may take.
-Every module of the model is built from it (`Block(config, layer_idx)`, ...), so a setting is
-checked once, here, by the same rules as every other setting (common/settings.py), and means the
-same everywhere."""
+"""The model's settings: GPTConfig, with every check on them and the values each may take. Every module of the
+model is built from it (`Block(config, layer_idx)`, ...), so a setting is checked once, here (common/settings.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,34 +9,31 @@ from common.settings import check_fields, setting
 
 ATTN_IMPLS = ("explicit", "sdpa", "flash")
 ATTN_SCORES = ("dot", "additive")
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "relu2")
 
 
 @dataclass
 class GPTConfig:
-    """A model's settings, each with its type, range and default stated once (common/settings.py:
-    setting). The defaults are the GPU default run's; the recipe and preset groups override some."""
+    """Each setting's type, range and default, stated once. The defaults are the GPU default run's."""
 
     vocab_size: int = setting(8192, minimum=1, fix="the tokenizer's vocabulary: set data.vocab_size")
     block_size: int = setting(256, minimum=1, fix="the context length in tokens, e.g. model.block_size=256")
     n_layer: int = setting(6, minimum=1, fix="the number of blocks, e.g. model.n_layer=6")
     n_head: int = setting(6, minimum=1, fix="attention heads per block, e.g. model.n_head=6")
     n_embd: int = setting(384, minimum=1, fix="the width of the residual stream, e.g. model.n_embd=384")
-    dropout: float = setting(0.2, minimum=0, below=1, fix="on attention weights and residual branches in training, "
-                                                          "e.g. model.dropout=0.2")
+    dropout: float = setting(0.2, minimum=0, below=1,
+                             fix="on attention weights and residual branches in training, e.g. model.dropout=0.2")
     bias: bool = setting(False, fix="biases in Linear and LayerNorm layers (GPT-2 has them): true or false")
     attn_impl: str = setting("explicit", choices=ATTN_IMPLS,
                              fix="explicit shows every attention step; sdpa and flash are PyTorch's fused kernels")
-    attn_score: str = setting("dot", choices=ATTN_SCORES,
-                              fix="dot is query . key / sqrt(head_dim); additive is Bahdanau's v . tanh(W_q q + W_k k) "
-                                  "(explicit only)")
-    attn_dim: int | None = setting(None, minimum=1, fix="the additive score's hidden size per head, or null for head_dim")
-    pos_encoding: str = setting("learned", choices=POS_ENCODINGS, fix="learned, sinusoidal or rope")
-    norm: str = setting("layernorm", choices=NORMS, fix="layernorm or rmsnorm")
+    attn_score: str = setting("dot", choices=ATTN_SCORES, fix="dot is query . key / sqrt(head_dim); additive is "
+                                                              "Bahdanau's v . tanh(W_q q + W_k k) (explicit only)")
+    attn_dim: int | None = setting(None, minimum=1,
+                                   fix="the additive score's hidden size per head, or null for head_dim")
+    pos_encoding: str = setting("learned", choices=("learned", "sinusoidal", "rope"), fix="learned, sinusoidal or rope")
+    norm: str = setting("layernorm", choices=("layernorm", "rmsnorm"), fix="layernorm or rmsnorm")
     qk_norm: bool = setting(False, fix="true RMS-normalises each head's queries and keys")
-    mlp: str = setting("gelu", choices=MLPS, fix="gelu, gelu_tanh (GPT-2's tanh approximation) or relu2 (ReLU squared)")
+    mlp: str = setting("gelu", choices=("gelu", "gelu_tanh", "relu2"),
+                       fix="gelu, gelu_tanh (GPT-2's tanh approximation) or relu2 (ReLU squared)")
     tie_weights: bool = setting(True, fix="true: the LM head shares the token embedding matrix")
     zero_init_proj: bool = setting(False, fix="true starts W_O and the MLP's down projection at zero")
 

@@ -1,6 +1,5 @@
-"""Generation: turning next-token logits into tokens (temperature, top-k, top-p (nucleus) and
-greedy decoding), and the Engine that decodes with the KV cache, one token at a time, compiled on
-request into one fixed program (torch.compile; CUDA graphs on a GPU)."""
+"""Generation: next-token logits into tokens (temperature, top-k, top-p (nucleus), greedy), and the Engine that
+decodes with the KV cache, one token at a time, compiled on request (torch.compile; CUDA graphs on a GPU)."""
 from __future__ import annotations
 
 import warnings
@@ -32,13 +31,8 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits: (B, V) for the last position -> next token ids (B, 1). temperature 0 is greedy."""
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
@@ -58,9 +52,8 @@ def sample_next_token(
 
 
 class Engine:
-    """How a GPT generates (GPT.generate, sample.py): the decoding loop, the KV cache it allocates
-    once and every later generation reuses, and the one-token decoding step, which compile()
-    compiles. One per model (`model.engine`), so the cache and the compiled step outlive a generation."""
+    """How a GPT generates (GPT.generate, sample.py): the decoding loop, the KV cache and the one-token decoding
+    step that compile() compiles. One per model (`model.engine`): the cache and compiled step outlive a generation."""
 
     def __init__(self, model: GPT):
         self.model = model
@@ -71,7 +64,8 @@ class Engine:
     def kv_cache(self, batch: int, device: torch.device) -> KVCache:
         """The KV cache for a generation of `batch` sequences: allocated once and reused while batch,
         dtype and device stay the same, so a compiled decoding step always writes the same buffers."""
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.model.wte.weight.dtype
+        autocast = torch.is_autocast_enabled(device.type)  # the keys and values come in autocast's dtype
+        dtype = torch.get_autocast_dtype(device.type) if autocast else self.model.wte.weight.dtype
         c = self.model.config
         shape = (c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head)
         cache = self.cache
@@ -80,12 +74,10 @@ class Engine:
         return self.cache
 
     def compile(self) -> None:
-        """torch.compile the step that turns one new token into the next token's logits with the KV
-        cache: the step generation repeats for every token. Its shapes never change (the cache
-        has a fixed size and fixed addresses), so it compiles once: on a CPU into generated C++
-        whose matrix-vector kernels read the weights far faster than eager PyTorch; on a GPU into
-        Triton kernels replayed as one CUDA graph per token (mode max-autotune). The weights are
-        frozen into the compiled code (inference only). Costs tens of seconds up front."""
+        """torch.compile the step generation repeats for every token: one new token -> the next token's logits,
+        with the KV cache. Its shapes and addresses never change, so it compiles once: on a CPU into C++ that
+        reads the weights far faster than eager PyTorch; on a GPU into Triton kernels replayed as one CUDA graph
+        per token. The weights are frozen into the code (inference only). Costs tens of seconds up front."""
         import torch._inductor.config as inductor
 
         # freezing applies to graphs compiled without autograd only, so training is unaffected;
@@ -104,24 +96,13 @@ class Engine:
         self.decode_step = decode_step
 
     @torch.no_grad()
-    def generate_tokens(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_kv_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens next-token ids (B, 1), one at a time, continuing idx (B, T).
-
-        The model always sees the last block_size tokens at positions 0..block_size-1. With the
-        KV cache, each new token costs one row of attention while the sequence fits in
-        block_size; once it is longer, the window slides by one token per step, every position
-        changes, and the cache is refilled from the cropped window (as costly as no cache, and
-        exactly what the uncached path computes).
-        """
+    def generate_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None, use_kv_cache: bool = True,
+                        generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens next-token ids (B, 1), one at a time, continuing idx (B, T). The model sees the last
+        block_size tokens at positions 0..block_size-1. With the KV cache, a new token costs one row of attention
+        while the sequence fits; past block_size, the window slides one token per step, every position changes,
+        and the cache is refilled from the cropped window (as costly as no cache, and exactly what it computes)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
         block_size = self.model.config.block_size
@@ -129,10 +110,8 @@ class Engine:
         length = 0  # the tokens of this generation the cache holds (0: none yet)
         next_id = idx[:, -1:]  # (B, 1): the token the next cached step reads
         for _ in range(max_new_tokens):
-            if kv_cache is None:
-                logits = self.model.next_token_logits(idx[:, -block_size:])
-            elif length in (0, block_size):
-                window = idx[:, -block_size:]  # (re)fill the cache with the cropped window
+            if kv_cache is None or length in (0, block_size):  # no cache, or (re)fill it: the cropped window
+                window = idx[:, -block_size:]
                 length = window.size(1)
                 logits = self.model.next_token_logits(window, kv_cache, torch.arange(length, device=idx.device))
             else:  # only the token sampled last, at the next position

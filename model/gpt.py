@@ -1,6 +1,5 @@
-"""The GPT: token embeddings plus a positional encoding, a stack of blocks (pre-norm attention, then
-pre-norm MLP, each added to the residual stream), a final norm and a tied LM head; attention maps
-for inspection; generate, whose decoding loop is model/generation.py's Engine."""
+"""The GPT: token embeddings plus a positional encoding, a stack of pre-norm blocks (attention, then MLP, each
+added to the residual stream), a final norm and a tied LM head; attention maps; generate (model/generation.py)."""
 from __future__ import annotations
 
 import math
@@ -38,21 +37,15 @@ class ReLUSquared(nn.Module):
         return torch.relu(x).square()
 
 
-def make_activation(kind: str) -> nn.Module:
-    """gelu (exact, erf), gelu_tanh (the tanh approximation GPT-2 was trained with: its weights
-    expect it, and exact GELU shifts their logits) or relu2."""
-    if kind == "relu2":
-        return ReLUSquared()
-    return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
-
-
 class MLP(nn.Module):
     """Position-wise feed-forward network: expand 4x, GELU (or ReLU^2), project back."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = make_activation(config.mlp)
+        # gelu is exact (erf); gelu_tanh, the tanh approximation GPT-2 was trained with: its weights expect it
+        approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
+        self.act = ReLUSquared() if config.mlp == "relu2" else nn.GELU(approximate=approximate)
         self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -94,7 +87,11 @@ class GPT(nn.Module):
         self.engine = Engine(self)  # generation: the KV cache and the decoding step every generate reuses
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
-        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
         # so the stream's variance does not grow with depth; or start them at zero
         for block in self.blocks:
@@ -104,13 +101,6 @@ class GPT(nn.Module):
                 else:
                     nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; learned position embeddings excluded by default, tied token embeddings counted once."""
         n = sum(p.numel() for p in self.parameters())
@@ -118,9 +108,8 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, return_weights: bool = False,
                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """idx: (B, T) -> final hidden states (B, T, C) and, with return_weights, each layer's
-        attention weights (B, nh, T, T_k). positions (T,): where idx's tokens sit, 0..T-1 by
-        default; with a cache, the positions that continue the tokens it holds."""
+        """idx: (B, T) -> final hidden states (B, T, C) and, with return_weights, each layer's attention weights
+        (B, nh, T, T_k). positions (T,): where idx's tokens sit, 0..T-1 by default, or after those a cache holds."""
         B, T = idx.size()
         if positions is None:
             if T > self.config.block_size:
@@ -149,11 +138,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
-        """Every head's attention weights for idx (B, T) -> (n_layer, B, n_head, T, T).
-
-        Computed through explicit_attention whatever attn_impl is (fused kernels never form the
-        weights), in eval mode (no dropout), with the model's own positional encoding.
-        """
+        """Every head's attention weights for idx (B, T) -> (n_layer, B, n_head, T, T): through
+        explicit_attention whatever attn_impl is (fused kernels never form them), in eval mode (no dropout)."""
         was_training = self.training
         self.eval()
         _, weights = self.hidden_states(idx, return_weights=True)
@@ -168,25 +154,16 @@ class GPT(nn.Module):
         return self.lm_head(x[:, -1, :])
 
     def to_inference_dtype(self, dtype: torch.dtype) -> GPT:
-        """Cast the weights to `dtype` for generation (bf16 halves the memory each new token reads),
-        but not the position tables: sines, cosines and RoPE's angles keep fp32 precision, and the
-        rotation or sum is rounded to `dtype` once, after it is computed."""
+        """Cast the weights to `dtype` for generation (bf16 halves the memory each new token reads), but not the
+        position tables: sines, cosines and RoPE's angles keep fp32, and their sum or rotation is rounded once."""
         for param in self.parameters():
             param.data = param.data.to(dtype)  # in place: the tied head keeps sharing the embedding
         return self
 
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_kv_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """idx (B, T) followed by max_new_tokens generated tokens -> (B, T + max_new_tokens);
-        temperature 0 is greedy. One token at a time: see Engine.generate_tokens, also for what
-        happens past block_size."""
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_kv_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens generated tokens -> (B, T + max_new_tokens); temperature 0
+        is greedy. One token at a time: see Engine.generate_tokens, also for what happens past block_size."""
         new = self.engine.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_kv_cache, generator)
         return torch.cat([idx, *new], dim=1)
