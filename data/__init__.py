@@ -1,4 +1,1 @@
-"""The data pipeline: corpus sources -> documents and split -> BPE tokenizer -> token bins -> batches.
-
-Prepare with `python -m data.prepare` (train.py does it for you when needed).
-"""
+"""The data pipeline: sources -> documents and split -> tokenizer -> token bins (python -m data.prepare) -> batches."""

