@@ -1,13 +1,8 @@
-"""Checkpoints: one folder holds ckpt.pt (the last save), best.pt (the save with the lowest val
-loss so far) and tokenizer.json. `load_inference_model` loads such a folder's model, or a pretrained
-GPT-2 (init_from), for sample.py and python -m heads.report alike.
-
-Saves are atomic (common/folders.py: a temp file of this process in the same folder, fsync,
-rename), so a crash, a kill -9, a Ctrl-C or a full disk mid-save leaves the previous checkpoint
-loadable and the temp file is removed; weights that are not finite are never written. best.pt is a hard link to the
-ckpt.pt it was (no second copy on disk). Loads use torch.load(weights_only=True), so loading never
-runs code from the file, and are checked before anything uses them: the model settings must be
-known, every tensor present with the model's shape, and every weight finite.
+"""Checkpoints: a folder holds ckpt.pt (the last save), best.pt (a hard link to the save with the lowest val loss so
+far) and tokenizer.json. Saves are atomic (common/folders.py), so a crash, kill -9, Ctrl-C or full disk mid-save leaves
+the previous checkpoint loadable; weights that are not finite are never written. Loads never run code from the file
+(torch.load's weights_only) and are checked before anything uses them: known model settings, every tensor present
+with the model's shape, every weight finite.
 """
 from __future__ import annotations
 
@@ -25,7 +20,7 @@ import torch
 
 from common.errors import UserError
 from common.folders import atomic_write, temp_path
-from data.tokenizer import Tokenizer, TokenizerError
+from data.tokenizer import Tokenizer
 from model import GPT, GPTConfig
 
 CHECKPOINT = "ckpt.pt"
@@ -38,41 +33,20 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be written or read; the message names the file and the fix."""
 
 
-class RecordingWriter:
-    """A file for torch.save that keeps whatever stopped a write: an OSError, or the KeyboardInterrupt
-    of a second Ctrl-C landing inside it. torch.save turns either into `RuntimeError: [enforce fail
-    at inline_container.cc] unexpected pos`, which hides the cause (a full disk, the user's Ctrl-C)."""
-
-    def __init__(self, file: BinaryIO):
-        self.file, self.error = file, None
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except (OSError, KeyboardInterrupt) as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
 def save_torch(state: dict, file: BinaryIO) -> None:
-    """torch.save, raising the OSError or KeyboardInterrupt behind a failed write instead of torch's RuntimeError."""
-    writer = RecordingWriter(file)
+    """torch.save, raising the OSError or KeyboardInterrupt that stopped a write as itself: torch's zip writer then
+    fails to close with `RuntimeError: ... unexpected pos`, which holds the cause only as its __context__."""
     try:
-        torch.save(state, writer)
-    except RuntimeError:
-        if writer.error is not None:
-            raise writer.error from None
+        torch.save(state, file)
+    except RuntimeError as e:
+        if isinstance(e.__context__, (OSError, KeyboardInterrupt)):
+            raise e.__context__ from None
         raise
 
 
 def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool = False) -> Path:
-    """Write out_dir/ckpt.pt atomically (and make it best.pt too when `best`); return its path.
-
-    Raises CheckpointError, leaving the files already there untouched, when the weights are not
-    finite or the folder cannot be written (full disk, read-only, not a folder)."""
+    """Write out_dir/ckpt.pt atomically (and make it best.pt too when `best`); return its path. A CheckpointError
+    (weights not finite, a folder that cannot be written) leaves the files already there untouched."""
     out_dir = Path(out_dir)
     path = out_dir / CHECKPOINT
     broken = [name for name, tensor in state["model"].items() if not torch.isfinite(tensor).all()]
@@ -98,26 +72,20 @@ def save_checkpoint(out_dir: Path, state: dict, tokenizer: Tokenizer, best: bool
             finally:
                 with contextlib.suppress(OSError):
                     link.unlink(missing_ok=True)
-        sync_folder(out_dir)
+        fd = os.open(out_dir, os.O_RDONLY)  # fsync the folder itself, so the renames survive a power cut
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
-        raise CheckpointError(f"cannot write the checkpoint in {out_dir} ({e.strerror or e}): free disk space or choose a "
-                              f"writable out_dir; the checkpoints already there are unchanged") from None
+        raise CheckpointError(f"cannot write the checkpoint in {out_dir} ({e.strerror or e}): free disk space or "
+                              "choose a writable out_dir; the checkpoints already there are unchanged") from None
     return path
 
 
-def sync_folder(folder: Path) -> None:
-    """fsync the folder itself, so the renames above survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_checkpoint(out_dir: Path, name: str = CHECKPOINT) -> dict:
-    """The checkpoint file `name` (ckpt.pt or best.pt) of out_dir, loaded into host memory without
-    running any code. Its tensors stay on the CPU: load_state_dict moves weights and optimizer
-    state to their device, and the random states it holds must stay CPU ByteTensors."""
+    """out_dir's checkpoint `name`, loaded on the CPU without running code: load_state_dict moves weights and
+    optimizer state to their device, and the random states it holds must stay CPU ByteTensors."""
     out_dir = Path(out_dir)
     path = out_dir / name
     if not out_dir.is_dir():
@@ -132,13 +100,15 @@ def load_checkpoint(out_dir: Path, name: str = CHECKPOINT) -> dict:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
-            raise CheckpointError(f"{path} is truncated or corrupt (not a torch checkpoint): train again or restore a copy") from None
+            raise CheckpointError(f"{path} is truncated or corrupt (not a torch checkpoint): train again or restore "
+                                  "a copy") from None
         raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, which could run code "
                               "when loaded: it was not loaded and nothing in it was run; use a checkpoint written by "
                               "train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is truncated or corrupt ({first_line[:160]}): train again or restore a copy") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({first_line[:160]}): train again or restore "
+                              "a copy") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of train.py (it holds no model weights): point out_dir at "
                               "a folder train.py wrote")
@@ -162,8 +132,7 @@ def saved_model_config(checkpoint: dict, path: Path) -> GPTConfig:
 
 
 def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
-    """Load `weights` into `module` after checking that every tensor is there, with the module's
-    shape, and finite; the first problem is a CheckpointError naming the file and the tensor."""
+    """Load `weights` into `module` once every tensor is there, of the module's shape and finite."""
     expected = module.state_dict()
     missing = [name for name in expected if name not in weights]
     unexpected = [name for name in weights if name not in expected]
@@ -184,44 +153,30 @@ def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
 
 
 def load_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "last") -> tuple[GPT, Tokenizer, dict]:
-    """The trained model (in eval mode), its tokenizer and the raw checkpoint, from one folder;
-    `which` is last (ckpt.pt) or best (best.pt, the lowest val loss)."""
-    if which not in CHECKPOINTS:
-        raise CheckpointError(f"checkpoint={which!r} must be one of {', '.join(CHECKPOINTS)}")
+    """out_dir's model (in eval mode), tokenizer and checkpoint; `which` is last (ckpt.pt) or best (best.pt)."""
     path = Path(out_dir) / CHECKPOINTS[which]
     checkpoint = load_checkpoint(out_dir, CHECKPOINTS[which])
     tokenizer_path = Path(out_dir) / TOKENIZER
     if not tokenizer_path.is_file():
-        raise CheckpointError(
-            f"{tokenizer_path} is missing: a checkpoint folder needs the tokenizer it was trained with; "
-            "copy tokenizer.json from the prepared data folder (data/prepared/<name>/)"
-        )
-    try:
-        tokenizer = Tokenizer.load(tokenizer_path)
-    except TokenizerError as e:
-        raise CheckpointError(str(e)) from None
+        raise CheckpointError(f"{tokenizer_path} is missing: a checkpoint folder needs the tokenizer it was trained "
+                              "with; copy tokenizer.json from the prepared data folder (data/prepared/<name>/)")
+    tokenizer = Tokenizer.load(tokenizer_path)  # a TokenizerError is a UserError too: one line, exit 2
     if checkpoint.get("tokenizer_hash") != tokenizer.hash:
-        raise CheckpointError(
-            f"{tokenizer_path} (hash {tokenizer.hash}) is not the tokenizer {path.name} was trained with "
-            f"({checkpoint.get('tokenizer_hash')}): restore the matching tokenizer.json"
-        )
+        raise CheckpointError(f"{tokenizer_path} (hash {tokenizer.hash}) is not the tokenizer {path.name} was trained "
+                              f"with ({checkpoint.get('tokenizer_hash')}): restore the matching tokenizer.json")
     config = saved_model_config(checkpoint, path)
     if config.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(f"{path} has vocab_size {config.vocab_size} but {tokenizer_path} has "
                               f"{tokenizer.vocab_size} tokens: restore the matching tokenizer.json")
     model = GPT(config)
     load_weights(model, checkpoint["model"], path)
-    model.to(device).eval()
-    return model, tokenizer, checkpoint
+    return model.to(device).eval(), tokenizer, checkpoint
 
 
 def load_inference_model(out_dir: Path, device: torch.device | str = "cpu", which: str = "last",
                          init_from: str | None = None) -> tuple[GPT, Tokenizer, dict]:
-    """What sample.py and python -m heads.report run: the pretrained GPT-2 `init_from` (a hub name
-    or a Hugging Face folder; data.gpt2.PretrainedError when it cannot be had) with its own
-    tokenizer, or else out_dir's checkpoint `which` (load_model). The model is in eval mode on
-    `device`; the dict is the checkpoint, or for a pretrained model {"init_from": its folder,
-    "step": None} (it stores no probes and was trained on no data here)."""
+    """sample.py's and heads.report's model: the pretrained GPT-2 `init_from` with its own tokenizer, else load_model's.
+    A pretrained model's checkpoint is {"init_from": its folder, "step": None}: no probes, no training here."""
     if init_from is None:
         return load_model(out_dir, device, which)
     from data.gpt2 import check_vocab, gpt2_tokenizer, load_gpt2, resolve_gpt2

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from common.errors import ConfigError
 from common.settings import not_a_file, setting, store_defaults, typed
 from data.checkpoint import CHECKPOINTS, load_model
-from data.gpt2 import PretrainedError, export_gpt2
+from data.gpt2 import export_gpt2
 
 
 @dataclasses.dataclass
@@ -35,10 +34,7 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     settings = typed(ExportConfig, cfg, "")  # every setting typed and in range before anything is read
     folder = Path(settings.to) if settings.to is not None else Path(settings.out_dir) / "hf"
     model, tokenizer, checkpoint = load_model(settings.out_dir, "cpu", settings.checkpoint)
-    try:
-        export_gpt2(model, folder, tokenizer)
-    except PretrainedError as e:  # a user error like a bad setting: one line, exit 2
-        raise ConfigError(str(e)) from None
+    export_gpt2(model, folder, tokenizer)  # a PretrainedError is a UserError: one line, exit 2
     print(f"wrote {folder}/ ({settings.checkpoint} checkpoint, step {checkpoint.get('step')}): load it with "
           f"transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
     return folder

@@ -1,9 +1,7 @@
-"""The Hugging Face GPT-2 format: pretrained GPT-2 in (`resolve_gpt2` finds the folder, local or
-gpt2 ... gpt2-xl from the hub; `load_gpt2` builds our GPT, `gpt2_tokenizer` our Tokenizer), and
-folders out (`export_gpt2`) that transformers' GPT2LMHeadModel and AutoTokenizer load with our
-logits and token ids. GPT-2 is our recipe with bias=true, learned positions, LayerNorm, tanh-GELU
-and a tied head; its weights differ from ours in names and layout only (`weight_map`). Every
-problem is a PretrainedError: one line naming the model, file, tensor or setting, and the fix.
+"""The Hugging Face GPT-2 format without transformers: pretrained GPT-2 in (`resolve_gpt2`, `load_gpt2`,
+`gpt2_tokenizer`) and folders out that GPT2LMHeadModel and AutoTokenizer load with our logits and ids (`export_gpt2`).
+GPT-2 is our recipe with bias=true, learned positions, LayerNorm, tanh-GELU and a tied head; its weights differ from
+ours in names and layout only. Every problem is a one-line PretrainedError naming the file, setting or tensor.
 """
 from __future__ import annotations
 
@@ -75,8 +73,7 @@ def conv1d(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def to_hf(ours: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
-    """Our state dict (learned positions) -> GPT-2's tensors, fp32 and contiguous. A bias our
-    recipe leaves out (bias=false) is written as zeros: x @ W + 0 is x @ W, so the logits agree."""
+    """Our state dict -> GPT-2's tensors, fp32 and contiguous; a bias we leave out (bias=false) is written as zeros."""
     out = {name: conv1d(name, torch.cat([ours[n] for n in names]).float()).contiguous().cpu()
            for name, names in weight_map(ours, tie_weights).items()}
     for name in [n for n in out if n.startswith(("h.", "ln_f.")) and n.endswith(".weight")]:
@@ -86,8 +83,7 @@ def to_hf(ours: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.T
 
 # in: find, configure and load a pretrained GPT-2
 def resolve_gpt2(name_or_path: str | Path) -> Path:
-    """`name_or_path` when it is a folder holding config.json and weights, else gpt2 ... gpt2-xl from
-    the Hugging Face hub (its cache first; HF_HUB_OFFLINE=1 uses the cache only)."""
+    """A folder holding config.json and weights, or gpt2 ... gpt2-xl from the hub (HF_HUB_OFFLINE=1: its cache only)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -120,8 +116,7 @@ def resolve_gpt2(name_or_path: str | Path) -> Path:
 
 
 def gpt2_config(path: Path, dropout: float, attn_impl: str, block_size: int | None) -> GPTConfig:
-    """Our GPTConfig for a config.json, or the setting our GPT cannot express; a missing setting takes
-    GPT2Config's default, as in transformers."""
+    """Our GPTConfig for a config.json; a missing setting takes GPT2Config's default, as in transformers."""
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -164,9 +159,8 @@ def gpt2_config(path: Path, dropout: float, attn_impl: str, block_size: int | No
 
 
 def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """A folder's weights (model.safetensors, sharded or not, or pytorch_model.bin) without the
-    "transformer." prefix or the causal masks old transformers stored (attn.bias, attn.masked_bias),
-    and the file they came from, for messages."""
+    """A folder's tensors (model.safetensors, sharded or not, or pytorch_model.bin) and the file to name in messages,
+    without the "transformer." prefix or the causal masks old transformers stored (attn.bias, attn.masked_bias)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -196,8 +190,8 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def load_gpt2(folder: str | Path, dropout: float = 0.0, attn_impl: str = "explicit",
               block_size: int | None = None) -> tuple[GPT, GPTConfig]:
-    """The GPT-2 of resolve_gpt2's folder as our GPT in eval mode on the CPU, with fp32 logits equal to
-    GPT2LMHeadModel's; block_size cuts the context (and the position table)."""
+    """resolve_gpt2's folder as our GPT in eval mode on the CPU (fp32 logits equal to GPT2LMHeadModel's); block_size
+    cuts the context and the position table."""
     config_path = Path(folder) / "config.json"
     config = gpt2_config(config_path, dropout, attn_impl, block_size)
     theirs, source = read_weights(config_path.parent)
@@ -255,9 +249,8 @@ def hf_config(config: GPTConfig, tokenizer: Tokenizer | None) -> dict:
 
 
 def export_gpt2(model: GPT, out_dir: Path, tokenizer: Tokenizer | None = None) -> None:
-    """Write `out_dir` as a GPT2LMHeadModel folder (with the model's tokenizer, if given). It is
-    written beside it and renamed into place, so a failure never leaves a folder that looks
-    complete; an existing out_dir is replaced only when it is empty or a previous export."""
+    """Write `out_dir` as a GPT2LMHeadModel folder (and the tokenizer, if given) beside it, then rename it into place:
+    a failure never leaves a folder that looks complete. Only an empty folder or a previous export is replaced."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -336,9 +329,8 @@ def merges_of(tokenizer: Tokenizer) -> list[tuple[bytes, bytes]]:
 
 
 def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
-    """tokenizer.json that encodes as ours: our split regex, bytes as GPT-2's printable characters
-    (ByteLevel without its own regex), BPE with our ranks' merges. ignore_merges: a piece that is a
-    whole token becomes that token before any merge is tried, as in tiktoken."""
+    """tokenizer.json that encodes as ours: our split regex, then ByteLevel without its own regex, then BPE with our
+    merges; ignore_merges: a piece that is a whole token becomes that token at once, as in tiktoken."""
     chars = bytes_to_unicode()
 
     def text(token: bytes) -> str:
@@ -372,15 +364,13 @@ def tokenizer_files(folder: Path) -> list[Path]:
 
 
 def model_name(folder: Path) -> str:
-    """A GPT-2 folder's short name: gpt2 for the hub cache's models--openai-community--gpt2/snapshots/<commit>,
-    else the folder's own name."""
+    """A GPT-2 folder's short name: gpt2 for the hub cache's models--openai-community--gpt2/snapshots/<commit>."""
     folder = Path(folder).resolve()
     return folder.parent.parent.name.split("--")[-1] if folder.parent.name == "snapshots" else folder.name
 
 
 def tokenizer_label(folder: Path) -> str:
-    """What data tokenized by a folder's tokenizer is keyed by, e.g. gpt2-1f2e3d4c: cheap, as the
-    files are hashed, not parsed."""
+    """What data tokenized by a folder's tokenizer is keyed by, e.g. gpt2-1f2e3d4c: its files hashed, not parsed."""
     digest = hashlib.sha256()
     for path in tokenizer_files(folder):
         try:
@@ -390,9 +380,20 @@ def tokenizer_label(folder: Path) -> str:
     return f"{model_name(folder)}-{digest.hexdigest()[:8]}"
 
 
+def split_pattern(pre_tokenizer: dict | None, source: Path) -> str:
+    """A byte-level tokenizer.json's split regex: a Split's (our exports), or ByteLevel's built-in GPT-2 one."""
+    for step in (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer] if pre_tokenizer else []):
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return GPT2_PATTERN
+    raise PretrainedError(f"{source}'s pre_tokenizer is not byte-level BPE's (a Split regex or ByteLevel with "
+                          "use_regex): only GPT-2-style tokenizers can be imported")
+
+
 def gpt2_tokenizer(folder: Path) -> Tokenizer:
-    """Our Tokenizer from a GPT-2 folder's vocab.json + merges.txt (GPT-2's split pattern) or tokenizer.json;
-    ids are the vocab's, so GPT-2's own is tiktoken's "gpt2" encoding, hash and all."""
+    """Our Tokenizer from a GPT-2 folder's vocab.json + merges.txt or tokenizer.json: ranks are the ids, which must
+    follow the merge order (tiktoken merges by rank, HF by merge order), so GPT-2's is tiktoken's "gpt2" exactly."""
     files = tokenizer_files(folder)
     source = files[-1]  # merges.txt or tokenizer.json: what the messages name
     try:
@@ -409,23 +410,6 @@ def gpt2_tokenizer(folder: Path) -> Tokenizer:
             vocab, specials = {**spec["model"]["vocab"], **added}, list(added)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PretrainedError(f"the tokenizer files of {folder} cannot be read ({e}): download them again") from None
-    return bpe_tokenizer(vocab, merges, pattern, specials, source)
-
-
-def split_pattern(pre_tokenizer: dict | None, source: Path) -> str:
-    """A byte-level tokenizer.json's split regex: a Split's (our exports), or ByteLevel's built-in GPT-2 one."""
-    for step in (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer] if pre_tokenizer else []):
-        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
-            return step["pattern"]["Regex"]
-        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
-            return GPT2_PATTERN
-    raise PretrainedError(f"{source}'s pre_tokenizer is not byte-level BPE's (a Split regex or ByteLevel with "
-                          "use_regex): only GPT-2-style tokenizers can be imported")
-
-
-def bpe_tokenizer(vocab: dict[str, int], merges: list, pattern: str, specials: list[str], source: Path) -> Tokenizer:
-    """Our Tokenizer for a byte-level vocab (text -> id) and its merges: ranks are the ids, which
-    must follow the merge order (tiktoken merges by rank, HF by merge order; GPT-2's agree)."""
     if EOT not in specials:
         raise PretrainedError(f"{source} has no {EOT} token, which our models separate documents with")
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
