@@ -1,6 +1,5 @@
-"""The attention report's settings, one definition for both places they are set: under `wandb.` in
-config/train.yaml (trainer/config.py: WandbConfig, the reports during training) and in
-config/heads.yaml (HeadsConfig: python -m heads.report)."""
+"""The attention report's settings, defined once for wandb.* of train.py (trainer/config.py:
+WandbConfig) and for python -m heads.report (HeadsConfig, config/heads.yaml)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +11,6 @@ from data.gpt2 import pretrained_rule
 
 @dataclasses.dataclass
 class ReportSettings:
-    """The report's own settings, which trainer/config.py's WandbConfig and HeadsConfig both take."""
-
     probes: list[str] | None = setting(None, check=lambda texts: None if all(len(text) >= 2 for text in texts) else
                                        "texts of 2 characters or more (a probe needs 2 tokens to show attention)",
                                        fix='["text one", "text two"], or null for the default probes')

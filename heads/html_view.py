@@ -1,12 +1,6 @@
-"""The head view: one self-contained interactive HTML page, its data, script and font inline, so it
-works in wandb, offline, or as a local file (heads/head_view.html is the page; this fills it in).
-
-Pick a probe, a layer and a head (or all heads); hover over a token to see where it attends, click
-it to pin it. The overview draws every layer x head as a thumbnail; clicking one opens that head: a
-labelled heatmap, the weight under the mouse and its metrics against chance. Weights are stored as
-bytes (0..255); Chinese is drawn by a subset of Noto Sans CJK embedded in the page, so it shows as
-characters on a machine without a CJK font.
-"""
+"""The head view: one self-contained interactive HTML page (heads/head_view.html, filled in here),
+its data, script and font inline, so it works in wandb, offline, or as a local file. Weights are
+stored as bytes (0..255); Chinese is drawn by an embedded subset of Noto Sans CJK."""
 from __future__ import annotations
 
 import base64
@@ -36,9 +30,8 @@ VIRIDIS = np.round(colormaps["viridis"](np.linspace(0, 1, 9))[:, :3] * 255).asty
 
 @functools.cache
 def cjk_face() -> bytes:
-    """The Simplified Chinese face of the pip-installed Noto Sans CJK collection as one OpenType
-    (CFF) font, without the layout and vertical tables a subset for the page never needs. Reading
-    the 19 MB collection is the slow part, so it happens once per process."""
+    """Noto Sans CJK SC out of the pip-installed 19 MB collection (slow: once per process), without the
+    layout and vertical tables a subset for the page never needs."""
     import noto_cjk_sans_otc
     from fontTools.ttLib import TTCollection
 
@@ -52,16 +45,14 @@ def cjk_face() -> bytes:
 
 
 def embedded_font(text: str) -> str:
-    """An @font-face rule holding the glyphs of the characters of `text` that DejaVu Sans (the PNGs'
-    Latin font) lacks and Noto Sans CJK SC has, or "" when DejaVu Sans draws all of them."""
+    """An @font-face rule with the glyphs of `text` that DejaVu Sans lacks, or "" when it draws them all."""
     return font_face(frozenset(ord(ch) for ch in text) - latin_code_points())
 
 
 @functools.cache
 def font_face(code_points: frozenset[int]) -> str:
-    """embedded_font's rule for these code points. Cached on them, not on the page's text: a run's
-    probes, and so its pages' Chinese, stay the same from report to report while the title's step
-    changes, and subsetting takes about a second."""
+    """Cached on the code points, not the page's text: a run's probes keep their Chinese from report to
+    report while the title's step changes, and subsetting takes about a second."""
     if not code_points:
         return ""
     from fontTools import subset
@@ -90,12 +81,8 @@ def rounded(values: np.ndarray | float) -> list | float | None:
 def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str = "Attention head view",
                    metrics: dict[str, dict[str, np.ndarray]] | None = None,
                    baselines: dict[str, dict[str, float]] | None = None) -> str:
-    """The HTML page of the head view.
-
-    probes: (name, token labels, weights (n_layer, n_head, T, T)) per probe, all of one model.
-    metrics: metric -> group (e.g. "en", "zh", "all") -> (n_layer, n_head) values, shown for the
-    opened head; baselines: metric -> group -> the value uniform causal attention would score.
-    """
+    """probes: (name, token labels, weights (n_layer, n_head, T, T)) each; metrics: metric -> group ->
+    (n_layer, n_head); baselines: metric -> group -> chance."""
     n_layer, n_head = probes[0][2].shape[:2]
     for name, labels, weights in probes:
         if weights.shape != (n_layer, n_head, len(labels), len(labels)):
@@ -117,5 +104,6 @@ def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str =
     shown = title + "".join(name + "".join(labels) for name, labels, _ in probes) + "".join(metrics)
     shown += "".join(g for groups in metrics.values() for g in groups)
     parts = {"FONT_FACE": embedded_font("".join(sorted(set(shown)))), "FONT_NAME": FONT_NAME,
-             "GRADIENT": ", ".join(f"rgb({r},{g},{b})" for r, g, b in VIRIDIS), "VIRIDIS": json.dumps(VIRIDIS), "TITLE": html.escape(title), "DATA": payload}
+             "GRADIENT": ", ".join(f"rgb({r},{g},{b})" for r, g, b in VIRIDIS), "VIRIDIS": json.dumps(VIRIDIS),
+             "TITLE": html.escape(title), "DATA": payload}
     return re.sub(r"__([A-Z_]+)__", lambda m: parts[m.group(1)], PAGE)  # one pass: inserted text is never rescanned

@@ -1,30 +1,7 @@
-"""The attention report's numbers: per-head metrics beside the value chance gives them, over fixed
-validation windows per language group; head ablation; and their history over a run.
-
-Every metric takes attention weights (..., T, T) with causal rows and averages over rows 1..T-1
-(row 0 can only attend to itself, so it says nothing about a head):
-- entropy:    row entropy / log(row length): 1 = uniform over the visible past, 0 = one token.
-- distance:   how far back a row looks, as a fraction of how far it could: sum_j w_ij (i - j) / i;
-              0 = the token itself, 1 = the first token, whatever the window's length.
-- prev_token: mean weight on position i-1: 1 for a pure previous-token head.
-- sink:       mean weight on position 0 (the first token, often an "attention sink").
-- induction:  on a window repeated twice [w, w], the mean weight from each second-half position to
-              the token after that token's first occurrence: 1 for a perfect induction head
-              (Olsson et al. 2022, "In-context learning and induction heads").
-- en→zh, zh→en: on `中文 = English` pair lines, the weight English tokens put on their own line's
-              Chinese half, and Chinese tokens on the English of earlier lines (causal attention
-              cannot see the English after them): how bilingual a head is.
-
-Chance is what uniform causal attention (each visible key weighted 1 / (i + 1)) scores on the same
-windows. A head is *named* for a metric only when it beats chance by the metric's margin, on the
-side that makes it notable (lower entropy and distance, higher for the rest). The windows are
-`windows` full-context windows per group of the validation split (en, zh, pairs, or your own),
-seeded, the same at every report, so a metric's curve shows the model changing, not the text.
-
-Ablation zeroes one head's context vector at a time, before W_O mixes the heads (zero-ablation, the
-rest of the model unchanged), and measures every group's validation bits per byte again: the
-increase says how much English, Chinese or the pairs need that head.
-"""
+"""The attention report's numbers: per-head metrics beside chance (what uniform causal attention
+scores on the same windows) per language group, head ablation, and their history over a run.
+heads/README.md defines each metric. Every one averages over rows 1..T-1 of causal weights
+(..., T, T): row 0 can only attend to itself, so it says nothing about a head."""
 from __future__ import annotations
 
 import functools
@@ -97,17 +74,14 @@ ROW_METRICS = {"entropy": normalised_entropy, "distance": relative_distance, "pr
 
 
 def weight_on_keys(weights: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """The weight the chosen queries put on their chosen keys, summed over those queries.
-
-    weights (L, B, H, T, T); queries (B, T) bool; keys (B, T, T) bool (keys[b, i, j]: key j counts
-    for query i). -> (L, H); divide by queries.sum() for the mean per query."""
+    """weights (L, B, H, T, T), queries (B, T), keys (B, T, T): key j counts for query i -> (L, H),
+    the weight on the keys summed over the queries."""
     on_keys = (weights.double() * keys[None, :, None].double()).sum(-1)  # (L, B, H, T)
     return (on_keys * queries[None, :, None].double()).sum((1, 3))
 
 
 def standout(values: np.ndarray, chance: float, metric: str) -> dict:
-    """The head furthest past chance on the metric's notable side: its layer, head and value, whether
-    it is named (clears chance by the metric's margin), and chance."""
+    """The head furthest past chance on the metric's notable side; named when it clears the margin."""
     margin = MARGINS[metric]
     excess = math.copysign(1.0, margin) * (values - chance)  # (n_layer, n_head)
     layer, head = divmod(int(np.nan_to_num(excess, nan=-np.inf).argmax()), values.shape[1])
@@ -125,8 +99,7 @@ def report_windows(bins: TokenBins, block_size: int, n_windows: int) -> dict[str
 
 @functools.cache
 def token_classes(tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
-    """Per vocabulary id (bool, (vocab,)): `en` (ASCII letters only), `zh` (non-ASCII bytes: in this
-    corpus Chinese characters and full-width punctuation), `newline` and `equals` (the pair separator)."""
+    """Per vocabulary id, bool (vocab,): en (ASCII letters), zh (non-ASCII: here Chinese), newline, equals."""
     pieces = [tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
     return {
         "en": torch.tensor([any(chr(b).isalpha() for b in p if b < 128) and max(p, default=0) < 128 for p in pieces]),
@@ -137,9 +110,9 @@ def token_classes(tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
 
 
 def pair_masks(ids: torch.Tensor, classes: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """For `中文 = English` lines in windows ids (B, T): the queries (B, T) and keys (B, T, T) of
-    en→zh (English tokens after a line's `=`, to the Chinese before it on the same line) and
-    zh→en (Chinese tokens before a line's `=`, to English after the `=` of earlier lines)."""
+    """Queries (B, T) and keys (B, T, T) on `中文 = English` lines of ids (B, T): en→zh, English after
+    a line's `=` reading its Chinese; zh→en, Chinese reading the English of earlier lines (causal
+    attention cannot see the English after it)."""
     newline, equals = classes["newline"][ids], classes["equals"][ids]  # (B, T)
     line = torch.cumsum(newline.long(), 1) - newline.long()  # a newline token ends its line
     # after the separator on its line: the count of `=` seen on this line so far, before this token
@@ -166,9 +139,8 @@ class Evidence:
     windows: dict[str, int]  # group -> windows scored
 
     def standouts(self) -> dict[str, dict[str, dict]]:
-        """metric -> group -> the head furthest past chance (standout)."""
-        return {metric: {group: standout(values, self.chance[metric][group], metric) for group, values in groups.items()}
-                for metric, groups in self.values.items()}
+        return {metric: {group: standout(values, self.chance[metric][group], metric)
+                         for group, values in groups.items()} for metric, groups in self.values.items()}
 
 
 @torch.no_grad()
@@ -207,8 +179,8 @@ def head_evidence(model: GPT, group_ids: dict[str, torch.Tensor], tokenizer: Tok
 @torch.no_grad()
 def ablate_heads(model: GPT, bins: TokenBins, n_windows: int, batch_size: int, device: torch.device,
                  dtype: torch.dtype) -> Ablation:
-    """The intact model's bits per byte per group ('all' too), and group -> (n_layer, n_head) the
-    increase in bits per byte when that one head is zero-ablated."""
+    """Bits per byte per group ('all' too), and group -> (n_layer, n_head) its increase when that head's
+    context vector is zeroed before W_O mixes the heads (zero-ablation, the rest unchanged)."""
     def bpb() -> dict[str, float]:  # the evaluation train.py prints, on fewer windows
         scores = evaluate(model, bins, model.config.block_size, n_windows, batch_size, device, dtype)
         return {"all" if key == "val/bpb" else key.split("/")[1]: value  # val/bpb, val/<group>/bpb
@@ -230,11 +202,9 @@ def ablate_heads(model: GPT, bins: TokenBins, n_windows: int, batch_size: int, d
 
 
 class ReportHistory:
-    """Every report's metrics of one run: for wandb's charts (one per metric and group, a line per
-    head), and for the checkpoint, so a resumed run's charts go on from its first report."""
+    """Every report's metrics of a run, kept in the checkpoint so a resumed run's charts go on."""
 
-    def __init__(self, state: dict | None = None) -> None:
-        """state: a checkpoint's `report_history` (state())."""
+    def __init__(self, state: dict | None = None) -> None:  # state: a checkpoint's report_history
         self.steps: list[int] = list(state["steps"]) if state else []
         self.values = [each(values, np.array) for values in (state["values"] if state else [])]
 

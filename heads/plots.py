@@ -1,19 +1,7 @@
-"""The report's pictures: every head's heatmap for one layer and probe, an L x H heatmap per metric,
-their token labels, and drawing them into PNG files, here or in worker processes.
-
-A token that holds part of a UTF-8 character (a CJK character is three bytes, often split) is
-labelled with its neighbours' whole text and its part: '中文(1/2)', '中文(2/2)'. Whitespace gets
-visible stand-ins and characters no bundled font draws become U+XXXX, so a plot never shows U+FFFD
-or an empty box; Chinese is drawn with the Noto Sans CJK font of the `noto-cjk-sans-otc` package,
-the fallback after DejaVu Sans. wandb shows the PNGs 500-800 px wide, so every size is set in points
-for DPI (labels 9 pt: 11 px), and figures are laid out by hand in inches (constrained layout would
-measure every label before drawing).
-
-Drawing a report's dozens of heatmaps takes seconds of host time; on a GPU, which would sit idle
-meanwhile, a worker process draws them while training goes on and the PNGs are logged when ready
-(at a later step, captioned with the report's own); the final report's, which the run waits for,
-are split over up to FINAL_WORKERS. On a CPU a worker would take a core from training, so they are
-drawn in place (wandb.pictures, report.TrainingReports).
+"""The report's pictures: each layer's heads as heatmaps per probe, an L x H heatmap per metric,
+their token labels, and drawing them into PNGs, here or in worker processes (heads/README.md).
+wandb shows the PNGs 500-800 px wide, so every size is in points for DPI (labels 9 pt: 11 px),
+and figures are laid out by hand in inches (constrained layout would measure every label first).
 """
 from __future__ import annotations
 
@@ -56,7 +44,8 @@ VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
 def token_texts(token_bytes: list[bytes]) -> list[str]:
-    """One label per token: its text, or the text of the smallest run of tokens that decodes, with i/n."""
+    """One label per token: its text, or the smallest run of tokens that decodes with i/n: '中文(1/2)'.
+    A CJK character is three bytes, often split over tokens; a label never shows U+FFFD."""
     labels: list[str] = []
     start = 0
     while start < len(token_bytes):
@@ -84,15 +73,14 @@ def visible(text: str, drawable: Callable[[str], bool] = lambda ch: True) -> str
 
 @functools.cache
 def latin_code_points() -> frozenset[int]:
-    """Every code point DejaVu Sans, the Latin font matplotlib bundles, can draw; the head view
-    (heads/html_view.py) embeds no font for a page made of these."""
+    """What DejaVu Sans, matplotlib's bundled font, draws; the head view embeds a font for the rest."""
     return frozenset(FT2Font(font_manager.findfont(LATIN_FONT, fallback_to_default=False)).get_charmap())
 
 
 @functools.cache
 def setup_fonts() -> frozenset[int]:
-    """Register the CJK font, make matplotlib fall back to it, and return every code point the two
-    fonts can draw (labels use U+XXXX for the rest, so no missing-glyph warning is ever raised)."""
+    """Make matplotlib fall back to Noto Sans CJK; every code point the two fonts draw (labels write
+    the rest as U+XXXX, so no missing-glyph warning is raised)."""
     import noto_cjk_sans_otc
 
     cjk_path = str(noto_cjk_sans_otc.FONT_PATH)
@@ -111,14 +99,12 @@ def is_wide(ch: str) -> bool:
 
 
 def text_width(text: str) -> float:
-    """Width in inches of one line at FONT pt, estimated (1 em per CJK character, DejaVu Sans'
-    ~0.62 em for the rest) so the layout needs no renderer."""
+    """Inches at FONT pt, estimated (1 em per CJK character, ~0.62 em for DejaVu Sans) without a renderer."""
     return sum(1.0 if is_wide(ch) else 0.62 for ch in text) * FONT / 72
 
 
 def stacked(label: str) -> str:
-    """A label with CJK characters written top to bottom, one per line, as vertical Chinese is:
-    upright and one character wide. Runs of Latin characters such as '(1/2)' stay on one line."""
+    """CJK characters one per line, as vertical Chinese is written; Latin runs such as '(1/2)' stay whole."""
     lines: list[str] = []
     for ch in label:
         if is_wide(ch) or not lines or is_wide(lines[-1][-1]):
@@ -129,14 +115,9 @@ def stacked(label: str) -> str:
 
 
 def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]], bool, float]:
-    """How each key label (x axis, `slot` inches per label) is written: (text, rotation) per label,
-    whether they alternate between two rows, and how far in inches they reach below the axes.
-
-    When every label fits in two slots (a Chinese probe: tokens of one or two characters) all are
-    horizontal and staggered over two rows, so each has two slots of room and none overlaps.
-    Otherwise (an English probe: words) the labels that fit in one slot stay horizontal, ones with
-    CJK are stacked upright, and the rest are turned 90 degrees: CJK lies on its side only in the
-    label of a character split across tokens, whose '(1/2)' is too wide to stack."""
+    """(text, rotation) per key label of `slot` inches, whether they alternate over two rows, and their
+    depth in inches. Labels that all fit in two slots (Chinese) are staggered flat; else a label too
+    wide for its slot is stacked upright when it holds CJK, turned 90 degrees when not (or too wide)."""
     if all(text_width(label) <= 2 * slot for label in labels):
         return [(label, 0.0) for label in labels], True, 2 * LINE
     styled = []
@@ -151,8 +132,7 @@ def key_labels(labels: list[str], slot: float) -> tuple[list[tuple[str, float]],
 
 
 def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
-    """weights (n_head, T, T) of one layer -> a grid of heatmaps, queries down, keys across, with
-    token labels on the left column (queries) and the bottom row (keys) and one colour bar."""
+    """weights (n_head, T, T) of one layer -> a grid of heatmaps, queries down, keys across, one colour bar."""
     n_head, T, _ = weights.shape
     labels = drawable_labels(labels)
     cols = min(n_head, MAX_COLS, math.ceil(math.sqrt(n_head)))
@@ -163,8 +143,7 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
     side = min(max(T, 12), MAX_TOKENS_SHOWN) * PITCH  # inches per heatmap; 12 tokens' worth at least for the titles
     styled, staggered, depth = key_labels([labels[i] for i in shown], side / T * every)
 
-    # the layout in inches: margins sized from the labels, heatmaps side by side, the colour bar
-    # right next to the grid
+    # the layout in inches: margins sized from the labels, then the heatmaps, then the colour bar
     left, bottom = 0.3 + max(text_width(labels[i]) for i in shown) + 0.1, 0.3 + depth + 0.1
     top, head_title, col_gap, bar_gap, bar_width, right = 0.45, 0.25, 0.1, 0.1, 0.15, 0.75
     grid_w, grid_h = cols * side + (cols - 1) * col_gap, rows * side + (rows - 1) * head_title
@@ -176,12 +155,12 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
     def box(x: float, y: float, w: float, h: float) -> list[float]:  # inches from the bottom left -> figure fraction
         return [x / width, y / height, w / width, h / height]
 
-    # token labels are plain texts placed at their rows and columns, not tick labels: a tick is a
-    # handful of artists whose label boxes matplotlib measures on every draw, and ticks were most
-    # of the drawing time
+    # token labels are plain texts, not ticks: matplotlib measures a tick's label boxes on every
+    # draw, and ticks were most of the drawing time
     for h in range(n_head):
         row, col = divmod(h, cols)
-        ax = fig.add_axes(box(left + col * (side + col_gap), bottom + (rows - 1 - row) * (side + head_title), side, side))
+        x, y = left + col * (side + col_gap), bottom + (rows - 1 - row) * (side + head_title)
+        ax = fig.add_axes(box(x, y, side, side))
         image = ax.imshow(weights[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
         ax.set(xticks=[], yticks=[])
         # y=1.0 fixes the title's place: left to itself matplotlib measures the axes' labels to find it
@@ -191,7 +170,8 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
             for i in shown:
                 ax.text(0, i, labels[i], transform=beside, ha="right", va="center", fontsize=FONT, gid="query label")
         if h + cols >= n_head:  # the lowest heatmap in its column
-            below = [offset_copy(ax.get_xaxis_transform(), fig, y=-3 - lower * LINE * 72, units="points") for lower in (0, 1)]
+            below = [offset_copy(ax.get_xaxis_transform(), fig, y=-3 - lower * LINE * 72, units="points")
+                     for lower in (0, 1)]  # the upper and lower of staggered rows
             for n, (i, (text, rotation)) in enumerate(zip(shown, styled)):
                 ax.text(i, 0, text, transform=below[staggered and n % 2], rotation=rotation, ha="center", va="top",
                         fontsize=FONT, linespacing=1.0, gid="key label")
@@ -207,14 +187,9 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
 def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vmax: float | None = None,
                   baseline: float | None = None, title: str | None = None, baseline_name: str | None = "chance",
                   number: str = "{:.3g}") -> Figure:
-    """values (n_layer, n_head) -> one annotated heatmap.
-
-    vmin/vmax fix the colour scale (else it spans the values), so a metric that only moves within
-    0.006-0.017 does not look hot and cold. `baseline` is what uniform causal attention scores: it
-    goes into the title, as a line on the colour bar, and cells within CHANCE_MARGIN of the scale
-    of it are dimmed with their number in grey, so the heads that clear chance (in either
-    direction: entropy below it, induction above it) are the ones in full colour. baseline_name:
-    how the title names the baseline (None: not at all); number: each cell's format."""
+    """values (n_layer, n_head) -> one annotated heatmap. A fixed vmin/vmax keeps a metric moving within
+    0.006-0.017 from looking hot and cold; cells near `baseline` (chance, also in the title and on
+    the colour bar) are dimmed, so the heads that clear it are the ones in full colour."""
     n_layer, n_head = values.shape
     norm = Normalize(vmin=float(values.min()) if vmin is None else vmin,
                      vmax=float(values.max()) if vmax is None else vmax)
@@ -250,10 +225,9 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
 
 
 def paint(pictures: dict[str, Picture], folder: Path, in_worker: bool = False) -> dict[str, Path]:
-    """Draw each picture into folder as a PNG, whole or not at all (a full disk leaves no empty
-    file); key -> file (a key's '/' becomes '_'). in_worker: Ctrl-C reaches the whole process group,
-    and the trainer, not the worker, decides what it means; set per task, once its pictures are
-    unpickled: importing what they need may install a handler of its own."""
+    """Each picture as a whole PNG in folder: key -> file, '/' in a key turned '_'. in_worker: Ctrl-C
+    reaches the whole process group and the trainer decides what it means; ignored per task, after
+    unpickling, whose imports may install a handler of their own."""
     if in_worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,7 +241,8 @@ def paint(pictures: dict[str, Picture], folder: Path, in_worker: bool = False) -
 
 
 class Painter:
-    """Pictures in, PNG files out: `submit` a report's pictures, collect them with `ready`."""
+    """Pictures in, PNG files out: `submit` a report's pictures, collect them with `ready`. On a GPU a
+    worker draws while training goes on; on a CPU a worker would take a core from training."""
 
     def __init__(self, background: bool):
         self.folder = Path(tempfile.gettempdir()) / f"attention-pictures-{os.getpid()}-{id(self):x}"
@@ -278,12 +253,12 @@ class Painter:
         self.pending: list[tuple[int, list[Future]]] = []
 
     def submit(self, step: int, pictures: dict[str, Picture], spread: bool = False) -> None:
-        """Draw a report's pictures, in the background or here. spread (the final report, which the
-        run waits for): split them over the pool's workers instead of one."""
+        """spread (the final report, which the run waits for): split them over the workers."""
         folder = self.folder / str(step)
         if self.pool is not None:
+            n_parts = min(self.workers, len(pictures)) if spread else 1
             items = list(pictures.items())
-            parts = [dict(items[i::self.workers]) for i in range(min(self.workers, len(items)))] if spread else [pictures]
+            parts = [dict(items[i::n_parts]) for i in range(n_parts)]
             try:
                 self.pending.append((step, [self.pool.submit(paint, part, folder, True) for part in parts]))
                 return
@@ -299,9 +274,8 @@ class Painter:
         self.pending.append((step, [done]))
 
     def ready(self, wait: bool = False, limit: int | None = None) -> list[tuple[int, dict[str, Path] | BaseException]]:
-        """(report step, its key -> PNG file, or why they could not be drawn) of the reports whose
-        pictures are drawn, oldest first, at most `limit`; with wait, of every report submitted. Their
-        files stay until `release`d (the caller logs them first)."""
+        """(step, key -> PNG, or the error) of the drawn reports, oldest first, at most `limit`; with wait,
+        of every report. Their files stay until `release`d."""
         taken = []
         while (self.pending and (limit is None or len(taken) < limit)
                and (wait or all(future.done() for future in self.pending[0][1]))):
@@ -313,11 +287,10 @@ class Painter:
         return taken
 
     def release(self, step: int) -> None:
-        """Delete the files of the report at `step` (logged, or skipped)."""
         shutil.rmtree(self.folder / str(step), ignore_errors=True)
 
     def close(self) -> None:
-        """Stop the workers (pictures not yet drawn are dropped) and delete the files."""
+        """Stop the workers, dropping pictures not yet drawn, and delete the files."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()

@@ -1,10 +1,5 @@
-"""Probe texts: the fixed inputs whose attention is pictured during a whole run, stored in the
-checkpoint so that pictures of any checkpoint show the same text.
-
-By default one probe per group of the held-out split (English, Chinese, the bilingual pairs, or
-your own text): the longest of the first SCAN_LINES lines of the group's first document (real
-text, not a title or a cast list), continued with the lines after it, cut at `max_tokens` tokens.
-"""
+"""Probes: the fixed texts whose attention is pictured during a whole run, stored in the checkpoint
+so that pictures of any checkpoint show the same text."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +29,8 @@ class Probe:
 
 
 def passage(text: str, tokenizer: Tokenizer, max_tokens: int) -> str | None:
-    """From the longest of the first SCAN_LINES lines to max_tokens tokens later (None for empty text)."""
+    """From the longest of the first SCAN_LINES lines (real text, not a title or a cast list) on, cut at
+    max_tokens tokens; None for empty text."""
     lines = text.split("\n")
     scanned = [len(line.strip()) for line in lines[:SCAN_LINES]]
     if max(scanned, default=0) == 0:
@@ -57,8 +53,7 @@ def default_probes(bins: TokenBins, max_tokens: int, scan_tokens: int = 20000) -
 
 
 def script_name(text: str) -> str:
-    """A probe's name from what it is written in: en (Latin letters), zh (Chinese), pairs (both),
-    or text; the default probes' group names, so their charts and maps line up."""
+    """en, zh, pairs (both) or text: the default probes' group names, so their charts and maps line up."""
     latin = any(ch.isascii() and ch.isalpha() for ch in text)
     chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
     return "pairs" if latin and chinese else "zh" if chinese else "en" if latin else "text"

@@ -1,9 +1,6 @@
-"""The attention report of a model: per-layer heatmaps for every probe; per-head metrics for each
-language group over many validation windows, beside chance, as L x H heatmaps and a line per head
-across the run's reports; head ablation per group (all in heads/metrics.py); the interactive head
-view (heads/html_view.py); a table of the probes' strongest weights.
-
-train.py logs it to wandb every `wandb.attn_every` steps. For any checkpoint, without training:
+"""The attention report of a model (heads/README.md): heatmaps per probe and layer, the metrics and
+ablation of heads/metrics.py, the head view, a table of the probes' strongest weights. train.py
+logs it every `wandb.attn_every` steps; for any checkpoint, without training:
 
     python -m heads.report out_dir=out                # PNGs, head_view.html, metrics.json -> out/heads/
     python -m heads.report out_dir=out wandb=true     # ... and log them to a new wandb run
@@ -81,10 +78,8 @@ def ablation_pictures(deltas: dict[str, np.ndarray]) -> dict[str, Picture]:
 def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_tokens: int, table_rows: int,
                  group_ids: dict[str, torch.Tensor] | None = None, ablation: Ablation | None = None,
                  title: str = "Attention head view", metric_maps: bool = True) -> HeadReport:
-    """The report. group_ids: group -> (B, T) validation windows for the metrics (report_windows);
-    without them the probes are the windows, one group each. ablation: ablate_heads' result, or
-    None. metric_maps: an L x H heatmap per metric and group (training draws them in its final
-    report only: the charts show the metrics over the run)."""
+    """group_ids: group -> (B, T) windows for the metrics, else each probe is a group. metric_maps: an
+    L x H heatmap per metric and group (training's final report only: its charts show the rest)."""
     device = next(model.parameters()).device
     views, per_probe, probe_info, probe_ids = [], [], [], {}
     pictures: dict[str, Picture] = {}
@@ -99,7 +94,8 @@ def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_toke
         views.append((probe.name, drawable_labels(labels), maps))
         top = maps.argmax(-1)  # (L, H, T): the key each query attends to most
         per_probe.append([[probe.name, layer, head, query, labels[query], int(key), labels[key],
-                           round(float(maps[layer, head, query, key]), 4)] for (layer, head, query), key in np.ndenumerate(top)])
+                           round(float(maps[layer, head, query, key]), 4)]
+                          for (layer, head, query), key in np.ndenumerate(top)])
         probe_info.append({"name": probe.name, "text": probe.text, "tokens": labels})
     evidence = head_evidence(model, group_ids or probe_ids, tokenizer)
     for metric, groups in evidence.values.items() if metric_maps else ():
@@ -113,21 +109,9 @@ def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_toke
     return HeadReport(evidence, ablation, pictures, html, sample_rows(per_probe, table_rows), probe_info)
 
 
-def ablation_table(deltas: dict[str, np.ndarray]) -> tuple[list[str], list[list]]:
-    """One row per head: the bpb increase per group when it is silenced (and en - zh where both exist)."""
-    columns = {f"delta_bpb_{group}": d for group, d in deltas.items()}
-    if "en" in deltas and "zh" in deltas:
-        columns["en_minus_zh"] = deltas["en"] - deltas["zh"]
-    rows = [[layer, head, *(round(float(d[layer, head]), 4) for d in columns.values())]
-            for layer, head in np.ndindex(next(iter(deltas.values())).shape)]
-    return ["layer", "head", *columns], rows
-
-
 def log_report(run, report: HeadReport, step: int, history: ReportHistory | None = None) -> None:
-    """The head view, a chart per metric and group (a line per head), the attention and ablation
-    tables and the per-head scalars, at `step`, to a common.wandb_run.WandbRun (the pictures follow
-    with log_pictures). The entry is built inside the run's guard: wandb.Html writes a file, so a
-    full disk there is one warning, not the end of training."""
+    """Everything but the pictures to a common.wandb_run.WandbRun; the entry is built inside its guard:
+    wandb.Html writes a file, and a full disk there is one warning, not the end of training."""
     def entry() -> dict:
         import wandb
 
@@ -140,17 +124,21 @@ def log_report(run, report: HeadReport, step: int, history: ReportHistory | None
         if history is not None:
             history.add(step, report.evidence)
             entry.update(history.charts(report.evidence))
-        if report.ablation is not None:
-            columns, rows = ablation_table(report.ablation[1])
-            entry["attn_ablation_table"] = wandb.Table(columns=columns, data=rows)
+        if report.ablation is not None:  # a row per head: the bpb increase per group, and en - zh
+            deltas = report.ablation[1]
+            columns = {f"delta_bpb_{group}": d for group, d in deltas.items()}
+            if "en" in deltas and "zh" in deltas:
+                columns["en_minus_zh"] = deltas["en"] - deltas["zh"]
+            rows = [[layer, head, *(round(float(d[layer, head]), 4) for d in columns.values())]
+                    for layer, head in np.ndindex(next(iter(deltas.values())).shape)]
+            entry["attn_ablation_table"] = wandb.Table(columns=["layer", "head", *columns], data=rows)
         return entry
 
     run.log(entry, step=step)
 
 
 def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> None:
-    """A report's PNGs (heads.plots.paint) as wandb images at `step`, each captioned with the step
-    of the report they show (later than it when they were drawn in the background)."""
+    """A report's PNGs at `step`, captioned with the report's own (earlier when drawn in the background)."""
     def entry() -> dict:
         import wandb
 
@@ -160,12 +148,12 @@ def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> No
 
 
 def write_report(report: HeadReport, folder: Path, step: int | None = None) -> dict[str, Path]:
-    """PNGs (one per picture), head_view.html and metrics.json (every number: metrics, chance,
-    standouts, ablation) into folder; what went where (the pictures under their wandb keys)."""
+    """The PNGs, head_view.html and metrics.json (every number) into folder: key -> file."""
     written = paint(report.pictures, folder)
     ev = report.evidence
     summary = {"step": step, "windows": ev.windows, "metrics": each(ev.values, lambda v: np.round(v, 4).tolist()),
-               "chance": each(ev.chance, lambda c: round(c, 4)), "standouts": ev.standouts(), "attn_table": report.table[1]}
+               "chance": each(ev.chance, lambda c: round(c, 4)), "standouts": ev.standouts(),
+               "attn_table": report.table[1]}
     if report.ablation is not None:
         intact, deltas = report.ablation
         summary["ablation"] = {"method": "zero each head's context vector", "intact_bpb": intact,
@@ -177,8 +165,7 @@ def write_report(report: HeadReport, folder: Path, step: int | None = None) -> d
 
 
 def check_report_dir(folder: Path) -> None:
-    """Fail before the checkpoint is read, not after the report is built, when `folder` cannot be
-    made or written: its nearest existing ancestor must be a folder this process may write."""
+    """Fail before the checkpoint is read, not after the report is built, when `folder` cannot be made."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = f"{existing} is not a folder" if not existing.is_dir() else f"{existing} is read-only"
@@ -187,10 +174,10 @@ def check_report_dir(folder: Path) -> None:
 
 
 def print_top_heads(report: HeadReport) -> None:
-    """The heads that clear chance by their metric's margin, per group, on one line; the metrics
-    where none does on another; then the costliest head to silence per group."""
+    """The heads past chance by their margin, the metrics with none, the costliest head to silence."""
     hits = {metric: [f"{g} L{t['layer']}H{t['head']} {t['value']:.2f} (chance {t['chance']:.3f})"
-                     for g, t in groups.items() if t["named"]] for metric, groups in report.evidence.standouts().items()}
+                     for g, t in groups.items() if t["named"]]
+            for metric, groups in report.evidence.standouts().items()}
     print("attention heads past chance by their margin: "
           + ("; ".join(f"{metric}: {', '.join(named)}" for metric, named in hits.items() if named) or "none"))
     if unnamed := [metric for metric, named in hits.items() if not named]:
@@ -198,14 +185,14 @@ def print_top_heads(report: HeadReport) -> None:
     if report.ablation is not None:
         intact, deltas = report.ablation
         worst = {group: np.unravel_index(np.argmax(d), d.shape) for group, d in deltas.items()}  # (layer, head)
-        print("silencing one head costs the most bits per byte: " + ", ".join(
-            f"{g} L{layer}H{head} +{deltas[g][layer, head]:.3f} (of {intact[g]:.3f})" for g, (layer, head) in worst.items()))
+        costs = [f"{g} L{layer}H{head} +{deltas[g][layer, head]:.3f} (of {intact[g]:.3f})"
+                 for g, (layer, head) in worst.items()]
+        print("silencing one head costs the most bits per byte: " + ", ".join(costs))
 
 
 def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, device: torch.device,
                   dtype: torch.dtype, ablate: bool, batch_size: int = 16) -> tuple[dict | None, Ablation | None]:
-    """The validation windows per group (None without prepared data) and the ablation (None when
-    not asked for, or without data) of a report."""
+    """The validation windows per group and the ablation; None for either without prepared data."""
     if bins is None:
         return None, None
     group_ids = report_windows(bins, model.config.block_size, settings.windows)
@@ -215,9 +202,8 @@ def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, 
 
 
 class TrainingReports:
-    """The attention reports of a training run, logged to its wandb run: train.py calls report() on
-    schedule, log_pictures() at log time and close() at the end. Pictures are drawn here, by a worker
-    process, or only for the final report (wandb.pictures), and logged at the first step after."""
+    """A training run's reports: train.py calls report() on schedule, log_pictures() at log time and
+    close() at the end. Pictures are logged at the first step after they are drawn."""
 
     def __init__(self, run, model: GPT, bins, probes: list[Probe], settings, device: torch.device,
                  dtype: torch.dtype, title: str, history: ReportHistory):
@@ -230,8 +216,6 @@ class TrainingReports:
         self.painter = Painter(background=self.pictures == "background")
 
     def report(self, step: int, final: bool) -> None:
-        """Report every head at `step`; the head ablation runs in the final report, or in every one
-        (wandb.ablation)."""
         if not self.run.active:
             return  # wandb failed earlier (warned once): nothing would receive the report
         started, ws = time.time(), self.settings
@@ -252,10 +236,8 @@ class TrainingReports:
         print_top_heads(report)
 
     def log_pictures(self, step: int, wait: bool = False) -> None:
-        """Log at `step` the pictures of the oldest report whose pictures are drawn. One report's per
-        step: a second one's at the same step would replace it in wandb. With wait (the final report)
-        every report's are waited for and the last one's logged; older ones that could not be logged
-        before it are skipped, said in one line."""
+        """The oldest drawn report's pictures: one report's per step, as a second would replace them in
+        wandb. With wait (the final report) the last report's; older ones still pending are skipped."""
         ready = self.painter.ready(wait, limit=None if wait else 1)
         for report_step, files in ready:
             if isinstance(files, BaseException):
@@ -276,8 +258,7 @@ class TrainingReports:
 
 
 def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer) -> TokenBins | None:
-    """The prepared data the checkpoint was trained on, or None, said in one line, when it is not
-    there or holds another tokenizer: the metrics then use the probes."""
+    """The prepared data the checkpoint was trained on, or None (said why) when it is not there."""
     if "init_from" in checkpoint:
         print("a pretrained model as it is has no validation data here; the metrics use the probes alone")
         return None
@@ -294,8 +275,7 @@ def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer) -> TokenBins | None:
 
 
 def report_checkpoint(cfg) -> None:
-    """python -m heads.report: the report of one checkpoint, or of a pretrained GPT-2 (init_from),
-    written to files (and to wandb)."""
+    """python -m heads.report: a checkpoint's, or a pretrained GPT-2's (init_from), report to files."""
     cfg = typed(HeadsConfig, cfg, "")  # every setting typed and in range before anything is read
     # a pretrained model has no out_dir: its report goes to heads-<its name> in the working folder
     default = Path(f"heads-{model_name(Path(cfg.init_from))}") if cfg.init_from else Path(cfg.out_dir) / "heads"
