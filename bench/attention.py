@@ -1,11 +1,8 @@
-"""Forward + backward time and peak memory of the attention backends, for growing context T.
+"""Forward + backward time and peak memory of one attention call per backend, for growing context T.
 
-    python bench/attention.py [--heads 6 --head-dim 64 --batch 4 --dtype float32 --repeats 5]
-
-The explicit path keeps the T x T scores and weights per head for the backward pass, so its memory
-grows as T^2; the fused kernels work in tiles and stay close to linear in T. `additive` is the
-explicit path with additive scores (attn_dim = head_dim), computed in chunks of queries: the
-explicit path's memory, but time that grows as T^2 x attn_dim.
+The explicit path keeps the T x T scores and weights for the backward pass, so its memory grows as
+T^2; the fused kernels work in tiles. `additive` is the explicit path with additive scores
+(attn_dim = head_dim): its memory, but time that grows as T^2 x attn_dim.
 """
 from __future__ import annotations
 
@@ -27,6 +24,13 @@ from model.additive import additive_chunk_bytes, additive_scores
 from model.attention import explicit_attention, flash_attention, flash_kernel_exists, sdpa_attention
 
 ADDITIVE_MAX_LENGTH = 512  # at T = 1024 one additive point took 13 s on a 2-core CPU (6 x 1.9 s)
+# the table's columns: one attention call on q, k, v (B, H, T, head_dim), given the additive score's function
+BACKENDS = {
+    "explicit": lambda q, k, v, score: explicit_attention(q, k, v)[0],
+    "additive": lambda q, k, v, score: explicit_attention(q, k, v, score=score)[0],
+    "sdpa": lambda q, k, v, score: sdpa_attention(q, k, v),
+    "flash": lambda q, k, v, score: flash_attention(q, k, v),  # only where a flash kernel exists
+}
 
 
 def measure(backend: str, T: int, args: argparse.Namespace) -> tuple[str, str]:
@@ -41,15 +45,12 @@ def measure(backend: str, T: int, args: argparse.Namespace) -> tuple[str, str]:
     W_q, W_k = (leaf(args.heads, args.head_dim, args.head_dim, scale=args.head_dim**-0.5) for _ in range(2))
     v_score = leaf(args.heads, args.head_dim, scale=0.02)
     score = partial(additive_scores, W_q=W_q, W_k=W_k, v=v_score)
-    attention = {"explicit": lambda: explicit_attention(q, k, v)[0], "sdpa": lambda: sdpa_attention(q, k, v),
-                 "additive": lambda: explicit_attention(q, k, v, score=score)[0],
-                 "flash": lambda: flash_attention(q, k, v)}[backend]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
     def forward_backward() -> None:  # the gradients are returned and dropped: no call starts with the last one's
-        torch.autograd.grad(attention().sum(), [q, k, v, W_q, W_k, v_score], allow_unused=True)
+        torch.autograd.grad(BACKENDS[backend](q, k, v, score).sum(), [q, k, v, W_q, W_k, v_score], allow_unused=True)
 
     times = [timed(forward_backward, device) for _ in range(args.repeats + 1)][1:]  # the first warms up
     if device.type == "cuda":
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     flash = flash_kernel_exists(device, dtype, args.head_dim, square_or_unmasked=True)
-    backends = ["explicit", "additive", "sdpa"] + ["flash"] * flash
+    backends = [backend for backend in BACKENDS if backend != "flash" or flash]
     print(f"attention forward+backward: batch {args.batch}, {args.heads} heads x {args.head_dim} dims, {args.dtype}, "
           f"{machine(device)}")
     header("T", *(f"{backend} {what}" for backend in backends for what in ("ms", "peak MiB")))

@@ -1,14 +1,9 @@
-"""What the attention report costs a training run: the real train.py twice from scratch, the same
-steps and seed, once with its reports (`wandb.attn_every`) and once without (`wandb.attn_every=0`).
-The difference in wall time is the overhead, wherever it comes from: the report's numbers, the
-pictures drawn in place or by worker processes (which share the host with training), the wait for
-the final report's pictures.
+"""What the attention reports cost a training run: the real train.py twice from scratch, the same
+steps and seed, with its reports and with `wandb.attn_every=0`; the difference in wall time is the
+overhead, wherever it comes from (the numbers, the pictures, the wait for the final report's).
 
-    python bench/report_overhead.py                                    # the GPU default, on a GPU
-    python bench/report_overhead.py preset=cpu train.max_iters=460     # the CPU main job's steps
-
-Arguments are train.py overrides for both runs; `train.max_seconds=0` makes both run the same
-steps (a time budget would let the run with reports stop earlier); wandb runs offline.
+Arguments are train.py overrides for both runs. `train.max_seconds=0` makes both run the same steps
+(a time budget would let the run with reports stop earlier); wandb runs offline.
 """
 from __future__ import annotations
 

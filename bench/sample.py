@@ -1,12 +1,9 @@
 """Generation speed with and without the KV cache.
 
-    python bench/sample.py [--dtype float32|bfloat16] [--repeats 2] [--no-compile]
-
-The CPU preset and the GPU default architectures with random weights (speed does not depend on
-them), greedy from a 16-token prompt, for one sequence and a batch of 8 (`sample.py num_samples=8`):
-as many new tokens as fit in the context (at most 240), and 512, past it, where the window slides
-and the cache is rebuilt every step. Eager, and with the cached one-token step compiled
-(`sample.py compile=true`; the compile time is printed below the table, not counted in it).
+Random weights (speed does not depend on them) of the CPU preset and the GPU default, greedy from a
+16-token prompt, one sequence and a batch of 8: as many new tokens as fit in the context (at most
+240), and 512, past it, where the window slides and the cache is rebuilt every step. Eager, and
+with the cached one-token step compiled (`sample.py compile=true`; its compile time is not counted).
 """
 from __future__ import annotations
 
@@ -33,7 +30,8 @@ def tokens_per_second(model: GPT, batch: int, new_tokens: int, use_kv_cache: boo
                       ) -> tuple[float, torch.Tensor]:
     """Generated tokens per second over the whole batch (best of `repeats`, after a warm-up that
     compiles what needs compiling), and the output (batch, PROMPT_TOKENS + new_tokens)."""
-    prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT_TOKENS), generator=generator)
     model.generate(prompt, 2, temperature=0, use_kv_cache=use_kv_cache)
     best = float("inf")
     for _ in range(repeats):
@@ -60,7 +58,8 @@ def main() -> None:
         model.to_inference_dtype(getattr(torch, args.dtype))  # as sample.py
         inside = min(240, arch["block_size"] - PROMPT_TOKENS)
         cases = [(1, inside), (1, 512), (8, inside)]  # (batch, new tokens)
-        runs = {case: [tokens_per_second(model, *case, cache, args.repeats) for cache in (False, True)] for case in cases}
+        runs = {case: [tokens_per_second(model, *case, use_kv_cache, args.repeats) for use_kv_cache in (False, True)]
+                for case in cases}
         if compiled:
             model.engine.compile()
             for batch, new_tokens in cases:

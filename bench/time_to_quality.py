@@ -1,11 +1,8 @@
 """Validation bits per byte against wall-clock time: the nanoGPT-style baseline and the faster
-recipe, same model size, on the default corpus, the same time budget each.
+recipe, the CPU preset's size, on the default corpus, the same time budget each.
 
-    python bench/time_to_quality.py [--minutes 10] [--out bench/results]
-
-Runs the real train.py twice from scratch (preset=cpu with recipe=baseline, then recipe=fast),
-evaluating every 50 steps; prints the curves as a table and the time the faster recipe needs to
-reach the baseline's final bpb, and saves a PNG plot.
+Runs the real train.py twice from scratch, evaluating every 50 steps; prints the curves and the time
+the faster recipe needs to reach the baseline's final bpb, and saves a PNG plot.
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""What the benchmarks share: a timer that synchronises the device, train.py's training step timed
-(train.py: train_step: host-to-device copy, forward under autocast, backward, loss scaling, the
-gradient norm and its non-finite check, clipping, every optimizer's update), train.py run from
-scratch, and the lines of the tables they print."""
+"""What the benchmarks share: a timer that waits for the device, train.py's own training step timed,
+train.py run from scratch, and the rows of the markdown tables they print."""
 from __future__ import annotations
 
 import platform
@@ -29,24 +27,21 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def step_timer(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], dtype: torch.dtype,
-               device: torch.device, tc: TrainConfig, step_model: torch.nn.Module | None = None
+def step_timer(model: torch.nn.Module, step_model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+               dtype: torch.dtype, device: torch.device, tc: TrainConfig
                ) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """train.py's training step of `model` (its forward through step_model: the model compiled, or
-    the model), as a function of a host batch x, y (B, T) that returns the step's seconds. tc gives
-    grad_clip and grad_accum; the loss scaler lives across steps, as in train.py."""
+    """Seconds of train.py's train_step on a host batch x, y (B, T), as a function of x, y: step_model
+    (the model or it compiled) runs the forward; the loss scaler lives across steps, as in train.py."""
     scaler = loss_scaler(device, dtype)
-    forward = model if step_model is None else step_model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        return timed(lambda: train_step(model, forward, optimizers, scaler, x, y, tc, dtype), device)
+        return timed(lambda: train_step(model, step_model, optimizers, scaler, x, y, tc, dtype), device)
 
     return step
 
 
 def run_train(name: str, overrides: list[str], out_dir: Path) -> tuple[str, float]:
-    """train.py with `overrides`, from scratch (a run left in out_dir starts over): its stdout and
-    wall seconds. A failed run ends the benchmark with the end of its stderr."""
+    """train.py with `overrides`, from scratch: its stdout and wall seconds; a failed run ends the benchmark."""
     cmd = [sys.executable, str(REPO / "train.py"), *overrides, "train.resume=false", f"out_dir={out_dir}"]
     print(f"running {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()

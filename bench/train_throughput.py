@@ -1,18 +1,13 @@
 """Training-step throughput on this machine (CPU or CUDA GPU), ours beside karpathy/nanoGPT's model.py.
 
-    python bench/train_throughput.py --nanogpt /path/to/nanoGPT [--device cuda] [--batch 8 --steps 15]
-
-Both models at the GPU default architecture and the same batch (8 sequences on a CPU, 64 on a GPU):
-ours with each attn_impl, nanoGPT's (read from your clone, never part of this project) with its own
-configure_optimizers; in fp32 (TF32 on a GPU, as train.py sets it) and in the dtype train.py's
-dtype=auto picks (bf16; fp16 on GPUs without it; on a CPU without native bf16, where it is emulated
-~100x slower, fp32 alone); torch.compile off and on. Each runs train.py's own training step
-(bench/timing.py): warm-up steps (which compile), then timed steps. Rates come from the best step,
-against the peak: on a CPU the best of 2 s of matmuls (a CPU's speed drifts by 5-10 % over seconds,
-so like is compared with like), on a GPU trainer/mfu.py's dense peak (MFU). The last row is a floor:
-the step's matrix multiplies alone, which no implementation of this architecture and batch can beat.
-glibc's malloc reuses freed memory, as train.py sets it on a CPU, for nanoGPT's rows too (it is
-process-wide); --malloc-defaults keeps glibc's defaults, as nanoGPT's own train.py runs.
+Both at the GPU default architecture and the same batch: ours with each attn_impl, nanoGPT's (read
+from your clone, never copied here) with its own configure_optimizers; in fp32 and in the dtype
+train.py's dtype=auto picks (not on a CPU without native bf16: emulated, it runs ~100x slower);
+torch.compile off and on; each through train.py's own step. Rates come from the best step, against
+the best of 2 s of matmuls on a CPU (its speed drifts from second to second) or trainer/mfu.py's
+dense peak on a GPU (MFU). The last row is a floor: the step's matrix multiplies alone. train.py
+reuses freed host memory on a CPU, and so does this process, for nanoGPT's rows too;
+--malloc-defaults keeps glibc's defaults instead.
 """
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ import itertools
 import runpy
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
@@ -41,27 +37,23 @@ TC = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3, beta1=
 
 
 def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: int = 10) -> list[float]:
-    """Seconds per step of the step's matrix multiplies alone (in `dtype`, `repeats` times): per layer
-    the four weight matrices (Q, K and V fused into one; W_O; the MLP's two), each forward and its
-    two backward products; the attention's two batched products forward and four backward; the
-    LM head's three. The attention products run over the full T x T and count half, the most a
+    """Seconds per step (`repeats` times) of the step's matrix multiplies alone, each forward product
+    with its backward ones; the attention's run over the full T x T and count half, the most a
     causal kernel can skip."""
     n_layer, n_head, C, T, V = (ARCH[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
     M = batch * T  # tokens per step
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, dtype=dtype, device=device)
-
-    # (input (M, k), weight (n, k), output gradient (M, n)) of each k -> n matrix
-    block = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))]
-    head = [(r(M, C), r(V, C), r(M, V))]
+    r = partial(torch.randn, dtype=dtype, device=device)
+    # (input (M, k), weight (n, k), output gradient (M, n)) of each layer's k -> n matrices (Q, K and V
+    # fused into one; W_O; the MLP's two), then of the LM head's
+    linears = [(r(M, k), r(n, k), r(M, n)) for k, n in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))] * n_layer
+    linears.append((r(M, C), r(V, C), r(M, V)))
     q, k, w = r(batch * n_head, T, C // n_head), r(batch * n_head, T, C // n_head), r(batch * n_head, T, T)
 
-    def linears() -> None:
-        for x, weight, grad_out in block * n_layer + head:
+    def linear_products() -> None:
+        for x, weight, grad_out in linears:
             x @ weight.t(), grad_out @ weight, grad_out.t() @ x  # forward, input grad, weight grad
 
-    def attention() -> None:
+    def attention_products() -> None:
         for _ in range(n_layer):
             q @ k.transpose(1, 2), w @ k  # scores, context
             w @ k, w.transpose(1, 2) @ q, q @ k.transpose(1, 2), w.transpose(1, 2) @ q  # their backward
@@ -70,7 +62,7 @@ def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: 
         fn()  # warm-up
         return [timed(fn, device) for _ in range(repeats)]
 
-    return [full + half / 2 for full, half in zip(seconds(linears), seconds(attention))]
+    return [full + half / 2 for full, half in zip(seconds(linear_products), seconds(attention_products))]
 
 
 def build(who: str, attn_impl: str, nanogpt: dict, device: torch.device):
@@ -90,7 +82,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="sequences per step (default: 8 on a CPU, 64 on a GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults (see above)")
+    parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults, as nanoGPT runs")
     args = parser.parse_args()
     device = resolve_device(args.device)  # on CUDA also train.py's TF32 setting for fp32 matmuls
     args.batch = args.batch or (64 if device.type == "cuda" else 8)
@@ -128,7 +120,7 @@ def main() -> None:
     best = {}
     for (who, attention), dtype, compile_ in itertools.product(settings, dtypes, (False, True)):
         model, optimizers = build(who, attention, nanogpt, device)
-        step = step_timer(model, optimizers, dtype, device, TC, torch.compile(model) if compile_ else model)
+        step = step_timer(model, torch.compile(model) if compile_ else model, optimizers, dtype, device, TC)
         times = [step(x, y) for _ in range(args.warmup + args.steps)][args.warmup:]  # warm-up steps compile
         best[who] = max(best.get(who, 0.0), report(who, attention, dtype, "on" if compile_ else "off", times))
         torch._dynamo.reset()
