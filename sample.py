@@ -45,13 +45,8 @@ def read_prompts(cfg: SampleConfig) -> list[str]:
     return prompts
 
 
-def check_settings(cfg: DictConfig) -> SampleConfig:
-    """Every setting typed and in range (trainer/config.py: SampleConfig), before the model is loaded."""
-    return typed(SampleConfig, cfg, "")
-
-
-def main_sample(cfg: DictConfig) -> None:
-    cfg = check_settings(cfg)  # from here on a SampleConfig: typed, in range, paths with ~ expanded
+def main_sample(raw: DictConfig) -> None:
+    cfg = typed(SampleConfig, raw, "")  # every setting typed and in range, paths with ~ expanded, before loading
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -8,9 +8,8 @@ attention report of every head.
     python train.py init_from=gpt2 model.block_size=256   # fine-tune GPT-2 (or init_from=/path/to/hf-folder)
     torchrun --standalone --nproc_per_node=8 train.py     # data parallel on 8 GPUs
 
-Read it top to bottom: the settings, the set-up, one optimizer step, then the loop. What guards the
-run (the out_dir lock, resuming, non-finite steps, Ctrl-C) is in trainer/guards.py, the wandb run
-in common/wandb_run.py; a first reading can skip both.
+Read it top to bottom: the set-up, one optimizer step, then the loop. A first reading can skip what
+guards the run (out_dir, resuming, non-finite steps, Ctrl-C: trainer/guards.py) and common/wandb_run.py.
 """
 from __future__ import annotations
 
@@ -29,22 +28,19 @@ from common.device import autocast, resolve_device, resolve_dtype, to_device
 from common.errors import ConfigError
 from common.settings import typed
 from common.sweeps import separate_sweep_jobs
+from common.wandb_run import start_run
 from data.batches import TokenBins, TrainSampler, evaluate
-from data.gpt2 import check_vocab, load_gpt2, resolve_gpt2
+from data.checkpoint import CHECKPOINT, save_checkpoint
+from data.gpt2 import SCRATCH, check_vocab, load_gpt2, resolve_gpt2
 from data.prepare import prepare
 from heads.metrics import ReportHistory
 from heads.probes import configured_probes
 from model import GPT
-from trainer import distributed
-from data.checkpoint import CHECKPOINT, save_checkpoint
-from data.gpt2 import SCRATCH
+from trainer import distributed, guards
 from trainer.config import RunConfig, TrainConfig
-from trainer.guards import (GracefulStop, LastSave, NonFiniteError, NonFiniteGuard, claim_out_dir, resume,
-                            skips_on_device, step_unless, unrecoverable)
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.optim import make_optimizers
 from trainer.runtime import reuse_host_memory, rng_state, seed_everything
-from common.wandb_run import start_run
 
 # the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
 APPLIED = ("block_size", "dropout", "attn_impl")
@@ -99,10 +95,9 @@ def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.o
                scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig,
                dtype: torch.dtype, ddp: torch.nn.parallel.DistributedDataParallel | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on this rank's batch x, y (B, T). step_model runs the forward pass (the
-    model, compiled or DDP-wrapped); model owns the parameters. Returns the step's mean loss, its
-    gradient norm and whether it counts as non-finite, all still on the device: nothing here waits
-    for the device to finish (train.py reads them at log time)."""
+    """One optimizer step on this rank's batch x, y (B, T); step_model is the model compiled or DDP-wrapped.
+    Returns the mean loss, the gradient norm and whether the step counts as non-finite, all on the
+    device: nothing here waits for the device to finish (the loop reads them at log time)."""
     device = model.lm_head.weight.device
     step_loss = torch.zeros((), device=device)
     for micro, (micro_x, micro_y) in enumerate(zip(x.chunk(tc.grad_accum), y.chunk(tc.grad_accum))):
@@ -111,17 +106,17 @@ def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.o
         with autocast(device, dtype):
             _, loss = step_model(to_device(micro_x, device), to_device(micro_y, device))
         loss = loss / tc.grad_accum
-        scaler.scale(loss).backward()  # fp16 scales the loss so small gradients do not underflow
+        scaler.scale(loss).backward()
         step_loss += loss.detach()
     for optimizer in optimizers:
         scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # NaN or inf when the loss or any gradient is
     nonfinite = ~torch.isfinite(grad_norm)
-    counted = unrecoverable(step_loss, nonfinite, scaler)
+    counted = guards.unrecoverable(step_loss, nonfinite, scaler)
     if tc.grad_clip > 0:  # scale every gradient by min(1, grad_clip / grad_norm)
         torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
-    step_unless(nonfinite, optimizers, scaler)  # a NaN or inf never reaches the weights
+    guards.step_unless(nonfinite, optimizers, scaler)  # a NaN or inf never reaches the weights
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     scaler.update()
@@ -131,9 +126,9 @@ def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.o
 # ---------------------------------------------------------------------------------------------
 # the run
 
-def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: LastSave) -> dict:
-    """Set up (device, data, model settings: every check before out_dir is claimed, so a bad one
-    writes nothing), then fit while holding out_dir."""
+def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: guards.LastSave) -> dict:
+    """Set up device, data and model settings (every check before out_dir is claimed, so a bad one writes
+    nothing), then fit while holding out_dir."""
     tc = cfg.train
     if tc.batch_size % (ranks.world_size * tc.grad_accum):
         raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by processes x train.grad_accum = "
@@ -145,7 +140,7 @@ def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: Las
     pretrained = pretrained_model(cfg, ranks.is_main) if cfg.init_from != SCRATCH else None
     if ranks.local_rank == 0:  # nodes need not share a file system
         prepare(cfg.data)
-    distributed.wait_for_data(ranks)  # the other ranks wait for their node's bins
+    distributed.barrier(ranks)  # the other ranks wait for their node's bins
     bins = TokenBins(cfg.data.dir)
     if pretrained is None:
         model_cfg = cfg.gpt_config(bins.tokenizer.vocab_size)  # the vocabulary is the tokenizer's
@@ -157,16 +152,14 @@ def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: Las
     for probe in probes:
         probe.ids(bins.tokenizer, min(cfg.wandb.probe_tokens, model_cfg.block_size))  # a DataError below 2 tokens
     out_dir = Path(cfg.out_dir)
-    with claim_out_dir(cfg, out_dir, ranks):
+    with guards.claim_out_dir(cfg, out_dir, ranks):
         return fit(cfg, ranks, device, dtype, out_dir, saved, bins, model_cfg, probes, pretrained)
 
 
 def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: torch.dtype, out_dir: Path,
-        saved: LastSave, bins: TokenBins, model_cfg, probes: list, pretrained: GPT | None) -> dict:
-    """Build the model, optimizers and sampler (continuing out_dir's run if asked); then, step by
-    step: evaluate, save and report on schedule, set the learning rate, take an optimizer step, log.
-    Stop at the step or time budget (whichever ends first), at Ctrl-C or SIGTERM (saving), or after
-    too many non-finite steps in a row."""
+        saved: guards.LastSave, bins: TokenBins, model_cfg, probes: list, pretrained: GPT | None) -> dict:
+    """Build the model, optimizers and sampler (continuing out_dir's run if asked), then train until the
+    step or time budget ends, a stop signal comes (saving) or too many steps in a row are non-finite."""
     tc, wc = cfg.train, cfg.wandb
 
     # ---- model, optimizers, batches
@@ -180,7 +173,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of one rank sees
 
     # ---- resume, then the wandb run (a checkpoint that cannot be continued leaves no empty run)
-    resumed = resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash, ranks)
+    resumed = guards.resume(cfg, out_dir, device, model, model_cfg, optimizers, sampler, bins.tokenizer.hash, ranks)
     history = ReportHistory(resumed.report_history)  # the attention charts so far
     run = (start_run(wc.mode, wc.project, wc.name, dataclasses.asdict(cfg), out_dir) if ranks.is_main else None)
     attn_every = wc.attn_every if wc.mode != "disabled" else 0  # disabled computes nothing
@@ -188,7 +181,8 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     if run is not None and attn_every:
         from heads.report import TrainingReports  # matplotlib: only runs that report pay for it
 
-        reports = TrainingReports(run, model, bins, probes, wc, device, dtype, f"{wc.project} · {out_dir.name}", history)
+        reports = TrainingReports(run, model, bins, probes, wc, device, dtype, f"{wc.project} · {out_dir.name}",
+                                  history)
     flops_per_step = flops_per_token(model) * tc.batch_size * model_cfg.block_size
     peak, peak_source = peak_flops(device, dtype) if ranks.is_main else (None, "")
     if ranks.is_main:
@@ -202,7 +196,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     best_val_loss = resumed.best_val_loss
 
     def save(step: int, metrics: dict, rngs: list[dict], best: bool = False) -> None:
-        """Everything needed to continue exactly: weights, optimizers, step, every rank's RNG, the sampler."""
+        # everything needed to continue exactly: weights, optimizers, step, every rank's RNG, the sampler
         state = {"model": model.state_dict(), "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                  "step": step, "model_config": model_cfg.to_dict(), "config": dataclasses.asdict(cfg),
                  "val_metrics": metrics, "best_val_loss": best_val_loss, "elapsed": time.time() - started,
@@ -216,9 +210,9 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     start_step = resumed.step
     if start_step:
         saved.step = start_step  # ckpt.pt already holds it
-    guard = NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
-    sync_every_step = not skips_on_device(optimizers)  # unfused AdamW (MPS) must know on the host whether to step
-    stop = GracefulStop()  # Ctrl-C, SIGTERM, SIGHUP: finish the step, save, exit 0
+    guard = guards.NonFiniteGuard(tc.max_nonfinite, verbose=ranks.is_main)
+    sync_every_step = not guards.skips_on_device(optimizers)  # unfused AdamW (MPS) steps after a host sync
+    stop = guards.GracefulStop()  # Ctrl-C, SIGTERM, SIGHUP: finish the step, save, exit 0
     last_log = time.time()
     metrics: dict = {}
     last_step, interrupted = tc.max_iters, False
@@ -329,7 +323,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
 @hydra.main(config_path="config", config_name="train", version_base=None)
 def main(raw: DictConfig) -> None:
     ranks, device_name = distributed.setup(str(raw.device))
-    saved = LastSave(Path("."))
+    saved = guards.LastSave(Path("."))
 
     def job() -> None:
         separate_sweep_jobs(raw)
@@ -337,7 +331,7 @@ def main(raw: DictConfig) -> None:
         saved.out_dir = Path(cfg.out_dir)
         try:
             train(cfg, ranks, device_name, saved)
-        except NonFiniteError as e:
+        except guards.NonFiniteError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
 

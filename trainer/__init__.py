@@ -1,2 +1,1 @@
-"""The training machinery behind train.py: runtime (device, precision), schedule, evaluation,
-checkpoints and the wandb run."""
+"""The training machinery behind train.py: settings, optimizers, the guards of the loop, DDP, MFU."""

@@ -1,11 +1,7 @@
-"""The settings of train.py (RunConfig: TrainConfig, WandbConfig, data.config.DataConfig, the model
-dict) and sample.py (SampleConfig) as typed dataclasses, mirroring config/*.yaml field by field;
-each layer below keeps its own (data/config.py, heads/config.py, data/export.py).
-
-Each entry point converts its hydra config once, first thing: `typed(RunConfig, cfg, "")` (see
-common/settings.py). After that every value has its type and range, so the code below never
-meets a string where it wants a number, and nothing has been read or written for a bad setting.
-"""
+"""The settings of train.py (RunConfig) and sample.py (SampleConfig) as typed dataclasses mirroring
+config/*.yaml field by field. Each entry point converts its hydra config once, first thing
+(`typed(RunConfig, cfg, "")`, common/settings.py): from then on every value has its type and range,
+and nothing has been read or written for a bad setting."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,18 +18,15 @@ from heads.config import ReportSettings
 from model import GPTConfig
 from trainer.optim import OPTIMIZERS
 
-FORMATS = ("text", "jsonl")  # sample.py's output formats
 RESUME = ("auto", "true", "false")
-# Sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf
-# and the probabilities turn NaN. 1e-30 keeps logits up to 3e8 finite, far beyond any trained
-# model's, and is already greedy in practice (so is anything below ~1e-3)
+# sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf and
+# the probabilities turn NaN; 1e-30 keeps logits up to 3e8 finite and is already greedy in practice
 MIN_TEMPERATURE = 1e-30
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """The `train` group of config/train.yaml: optimisation and the loop's rhythm."""
-
     batch_size: int = setting(64, minimum=1, fix="sequences per optimizer step, e.g. train.batch_size=64")
     grad_accum: int = setting(1, minimum=1, fix="micro-batches per step, e.g. train.grad_accum=1")
     max_iters: int = setting(5000, minimum=1, fix="optimizer steps, e.g. train.max_iters=5000")
@@ -60,20 +53,17 @@ class TrainConfig:
         check_fields(self, "train.")  # built by hand (tests, benches) it meets hydra's rules too
 
 
-ABLATION = ("final", "every", "off")
-PICTURES = ("auto", "inline", "background", "final")  # which reports draw PNGs, and where (heads/plots.py: Painter)
-
-
 @dataclasses.dataclass
 class WandbConfig(ReportSettings):
     """The `wandb` group of config/train.yaml: the run, and its attention report (ReportSettings)."""
-
     mode: str = setting("auto", choices=MODES, fix="auto is online with an API key, else offline")
     project: str = setting("gpt-attention", check=not_blank, fix="e.g. wandb.project=gpt-attention")
     name: str | None = setting(None, fix="a run name, or null for wandb's own")
     attn_every: int = setting(1000, minimum=0, fix="steps between attention reports, or wandb.attn_every=0 for none")
-    ablation: str = setting("final", choices=ABLATION, fix="final ablates the heads in the last report only, every in each")
-    pictures: str = setting("auto", choices=PICTURES,
+    ablation: str = setting("final", choices=("final", "every", "off"),
+                            fix="final ablates the heads in the last report only, every in each")
+    # which reports draw PNGs, and where (heads/plots.py: Painter)
+    pictures: str = setting("auto", choices=("auto", "inline", "background", "final"),
                             fix="auto is background on a GPU and final on a CPU; inline draws every report's in "
                                 "place, background in a worker process, final the last report's only")
 
@@ -81,7 +71,6 @@ class WandbConfig(ReportSettings):
 @dataclasses.dataclass
 class RunConfig:
     """train.py's whole config (config/train.yaml with its groups)."""
-
     out_dir: str = setting("out", path=True, fix="the folder for the checkpoints, e.g. out_dir=out")
     init_from: str = setting(SCRATCH, path=True, check=pretrained_rule,
                              fix="scratch trains a new model; a GPT-2 is fine-tuned with its own architecture and "
@@ -114,7 +103,6 @@ class RunConfig:
 @dataclasses.dataclass
 class SampleConfig:
     """sample.py's config (config/sample.yaml)."""
-
     out_dir: str = setting("out", path=True, fix="the folder holding ckpt.pt, best.pt and tokenizer.json")
     checkpoint: str = setting("best", choices=tuple(CHECKPOINTS),
                               fix="best (lowest val loss) or last (the latest save)")
@@ -138,7 +126,7 @@ class SampleConfig:
     use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
     compile: bool = setting(False, fix="compile=true or compile=false")
     stream: bool | None = setting(None, fix="null streams for num_samples=1 in text format")
-    format: str = setting("text", choices=FORMATS, fix="text for reading, jsonl for scripts")
+    format: str = setting("text", choices=("text", "jsonl"), fix="text for reading, jsonl for scripts")
 
     def __post_init__(self):
         if self.compile and not self.use_kv_cache:

@@ -1,11 +1,7 @@
-"""Data parallel training across processes with PyTorch's DDP, launched by torchrun.
-
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process. NCCL
-connects GPUs, gloo connects CPU processes (and carries the host-side flags of GPU runs). Every
-rank draws the same global batch and trains on its own slice of it, so N processes take exactly
-the optimizer steps one process would take with the whole batch. Only rank 0 writes
-checkpoints, samples and wandb; every node's local rank 0 prepares the data (nodes need not
-share a file system), and the other ranks wait for it for up to DATA_TIMEOUT.
+"""Data parallel training with PyTorch's DDP, launched by torchrun (which sets RANK, LOCAL_RANK and
+WORLD_SIZE; without them this is one process). Every rank draws the same global batch and trains on
+its own slice, so N processes take exactly the steps one would take with the whole batch. Only rank 0
+writes checkpoints and wandb; each node's local rank 0 prepares the data (nodes need not share a disk).
 """
 from __future__ import annotations
 
@@ -33,14 +29,9 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def setup(device_name: str) -> tuple[Ranks, str]:
-    """Join the process group when launched by torchrun; return the ranks and the device to use
-    (each GPU process takes the GPU of its local rank)."""
+    """Join the process group when launched by torchrun; each GPU process takes its local rank's GPU."""
     if "RANK" not in os.environ:
         return Ranks(), device_name
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
@@ -57,29 +48,27 @@ def setup(device_name: str) -> tuple[Ranks, str]:
 
 def wrap_model(model: torch.nn.Module, compile_: bool, ranks: Ranks,
                device: torch.device) -> tuple[torch.nn.Module, DistributedDataParallel | None]:
-    """The module the training step calls, and the DDP wrapper (None on one process).
+    """The module the training step calls, and the DDP wrapper (None on one process), whose
+    require_backward_grad_sync holds the all-reduce back until the last micro-batch.
 
-    DDP wraps the model first and torch.compile compiles the wrapper: then the compiler splits
-    the graph at DDP's gradient buckets and each bucket's all-reduce overlaps the rest of the
-    backward pass. (Compiled first and wrapped after, DDP sees one opaque backward and can only
-    all-reduce when it is over.) The wrapper is returned too: its require_backward_grad_sync
-    holds the all-reduce back until the last micro-batch."""
+    DDP wraps first and torch.compile compiles the wrapper: the compiler then splits the graph at
+    DDP's gradient buckets, so each bucket's all-reduce overlaps the rest of the backward pass."""
     ddp = None
-    if ranks.distributed:
+    if ranks.world_size > 1:
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = ddp or model
     return (torch.compile(step_model) if compile_ else step_model), ddp
 
 
-def wait_for_data(ranks: Ranks) -> None:
-    """Hold every rank until each node's local rank 0 has prepared the data (up to DATA_TIMEOUT)."""
-    if ranks.distributed:
+def barrier(ranks: Ranks) -> None:
+    """Hold every rank until all get here (up to DATA_TIMEOUT: a node may be preparing its data)."""
+    if ranks.world_size > 1:
         dist.barrier(group=_host_group)
 
 
 def gather_to_main(value: object, ranks: Ranks) -> list[object] | None:
     """Every rank's `value`, in rank order, on rank 0 (None on the others); [value] on one process."""
-    if not ranks.distributed:
+    if ranks.world_size == 1:
         return [value]
     gathered = [None] * ranks.world_size if ranks.is_main else None
     dist.gather_object(value, gathered, dst=0, group=_host_group)
@@ -88,7 +77,7 @@ def gather_to_main(value: object, ranks: Ranks) -> list[object] | None:
 
 def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> float:
     """The mean of a scalar over all ranks (a host sync: use at log time only)."""
-    if ranks.distributed:
+    if ranks.world_size > 1:
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= ranks.world_size
@@ -96,18 +85,13 @@ def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> float:
 
 
 def any_rank(flag: bool, ranks: Ranks) -> bool:
-    """True on every rank when it is true on at least one, so all ranks take the same branch. The
-    flag goes through host memory (gloo), so the host never waits for a GPU to finish its work."""
-    if not ranks.distributed:
+    """True on every rank when it is true on one, so all take the same branch; through host memory
+    (gloo), so the host never waits for a GPU to finish its work."""
+    if ranks.world_size == 1:
         return flag
     value = torch.tensor([float(flag)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def barrier(ranks: Ranks) -> None:
-    if ranks.distributed:
-        dist.barrier()
 
 
 def teardown(ranks: Ranks) -> None:

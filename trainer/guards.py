@@ -1,27 +1,7 @@
 """What can go wrong around the training loop, caught here so train.py reads like nanoGPT: a second
-run on the same out_dir, a trained run replaced silently, a checkpoint that cannot continue this
-run, a NaN or inf step reaching the weights, a Ctrl-C, SIGTERM or SIGHUP losing the steps since
-the last save. A first reading can skip this module; each class of fault has one mechanism here.
-
-**out_dir** (claim_out_dir): the main process holds the folder's lock for the whole run; a folder
-holding ckpt.pt or best.pt is continued (train.resume) or replaced only with train.overwrite=true.
-
-**Resuming** (resume): weights, optimizers, step, every rank's random state and the sampler, so a
-resumed run takes the very steps an uninterrupted one would; a checkpoint that does not fit is one
-line naming what differs.
-
-**Stopping** (GracefulStop): the first stop signal finishes the step, saves and exits 0; a second
-stops at once (saves are atomic, so the last checkpoint stays loadable). LastSave says where it is.
-
-**Non-finite steps** (NonFiniteGuard, step_unless, unrecoverable): a NaN or inf loss or gradient
-never reaches the weights, and watching for one does not make the host wait for the device every
-step. Every step's gradient norm (over all parameters, after DDP averaged the gradients, so every
-rank decides alike) is tested on the device and a non-finite one skips the update: fused AdamW and
-Muon skip on the device (they take GradScaler's `found_inf` flag); an optimizer that cannot (AdamW
-without its fused kernel, on MPS) needs the flag on the host, one sync per step. The guard reads
-the norms at log time: it prints the skipped steps, and after `train.max_nonfinite` in a row stops
-training with an error naming them (the last checkpoint keeps the last finite weights). An fp16
-overflow that GradScaler recovers from by itself (it halves its scale) is skipped but not counted.
+run on the same out_dir, a trained run replaced silently, a checkpoint that cannot continue this run,
+a NaN or inf step reaching the weights, a Ctrl-C, SIGTERM or SIGHUP losing the steps since the last
+save. A first reading can skip this module; trainer/README.md tells the whole story.
 """
 from __future__ import annotations
 
@@ -54,29 +34,24 @@ from trainer.runtime import set_rng_state
 @contextlib.contextmanager
 def claim_out_dir(cfg: RunConfig, out_dir: Path, ranks: distributed.Ranks) -> Iterator[None]:
     """The main process holds out_dir's lock for the whole run, so a second run on the same folder
-    stops at once instead of resuming from (and saving over) a live run's checkpoints."""
+    stops at once instead of resuming from (and saving over) a live run's checkpoints. A folder holding
+    ckpt.pt or best.pt is continued (train.resume), or replaced only with train.overwrite=true."""
     if not ranks.is_main:
         yield
         return
     check_writable(out_dir)  # now, not after an hour of training
     with folder_lock(out_dir, "out_dir"):
-        check_existing_run(cfg, out_dir)
+        present = [name for name in (CHECKPOINT, BEST) if (out_dir / name).is_file()]
+        mode = cfg.train.resume
+        if present and (mode == "false" or CHECKPOINT not in present):
+            if not cfg.train.overwrite:
+                how = "continue it with train.resume=auto, " if CHECKPOINT in present else ""
+                raise ConfigError(f"out_dir={out_dir} holds a trained run ({' and '.join(present)}) that "
+                                  f"train.resume={mode} would replace at its first evaluation: {how}"
+                                  "choose a new out_dir, or replace it with train.overwrite=true")
+            print(f"train.overwrite=true: this run replaces {' and '.join(present)} in {out_dir} at its first "
+                  "evaluation")
         yield
-
-
-def check_existing_run(cfg: RunConfig, out_dir: Path) -> None:
-    """Never replace a trained run silently: a folder holding ckpt.pt or best.pt is continued
-    (train.resume=auto/true), or replaced only with train.overwrite=true."""
-    present = [name for name in (CHECKPOINT, BEST) if (out_dir / name).is_file()]
-    mode = cfg.train.resume
-    if not present or (mode != "false" and CHECKPOINT in present):
-        return
-    if not cfg.train.overwrite:
-        how = "continue it with train.resume=auto, " if CHECKPOINT in present else ""
-        raise ConfigError(f"out_dir={out_dir} holds a trained run ({' and '.join(present)}) that "
-                          f"train.resume={mode} would replace at its first evaluation: {how}"
-                          "choose a new out_dir, or replace it with train.overwrite=true")
-    print(f"train.overwrite=true: this run replaces {' and '.join(present)} in {out_dir} at its first evaluation")
 
 
 # what a checkpoint must hold to continue exactly where it stopped
@@ -103,36 +78,33 @@ class Resumed(NamedTuple):
     step: int  # the step to start from
     best_val_loss: float
     elapsed: float  # training seconds already spent (the LR schedule of a time budget)
-    report_history: dict | None  # heads.report.ReportHistory.state(): the attention charts so far
+    report_history: dict | None  # heads.metrics.ReportHistory.state(): the attention charts so far
 
 
 def resume(cfg: RunConfig, out_dir: Path, device: torch.device, model: GPT, model_cfg: GPTConfig,
            optimizers: list, sampler: TrainSampler, tokenizer_hash: str,
            ranks: distributed.Ranks = distributed.Ranks()) -> Resumed:
-    """Continue from out_dir/ckpt.pt when train.resume says so; where to start, and what the run
-    had reached (a fresh start when there is nothing to continue).
-
-    The checkpoint is read into host memory and only the weights and optimizer state move to
-    `device` (by load_state_dict): the random states must stay CPU ByteTensors."""
-    mode = cfg.train.resume  # auto | true | false (typed: hydra's bools are strings here)
-    if mode == "false" or (mode == "auto" and not (out_dir / CHECKPOINT).is_file()):
-        return Resumed(0, math.inf, 0.0, None)
+    """Continue from out_dir/ckpt.pt when train.resume says so: weights, optimizers, step, this rank's
+    random state and the sampler, so the resumed run takes the very steps an uninterrupted one would.
+    Only weights and optimizer state move to `device`: the random states must stay CPU ByteTensors."""
     path = out_dir / CHECKPOINT
+    if cfg.train.resume == "false" or (cfg.train.resume == "auto" and not path.is_file()):
+        return Resumed(0, math.inf, 0.0, None)
     checkpoint = load_checkpoint(out_dir)
     saved = {**saved_model_config(checkpoint, path).to_dict(), "tokenizer_hash": checkpoint.get("tokenizer_hash")}
     wanted = {**model_cfg.to_dict(), "tokenizer_hash": tokenizer_hash}
-    differing = [f"{k} (checkpoint {saved.get(k)!r}, config {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k]]
+    differing = [f"{k} (checkpoint {saved.get(k)!r}, config {v!r})" for k, v in wanted.items() if saved.get(k) != v]
     lacking = [key for key in RESUME_KEYS if key not in checkpoint]
     if differing or lacking:
-        raise ConfigError(
-            f"cannot resume from {path}: " + ("it differs in " + ", ".join(differing) if differing
-                                              else f"it was saved without {lacking[0]}, needed to continue exactly")
-            + "; use the checkpoint's settings, another out_dir, or train.resume=false train.overwrite=true to start over"
-        )
+        why = ("it differs in " + ", ".join(differing) if differing
+               else f"it was saved without {lacking[0]}, needed to continue exactly")
+        raise ConfigError(f"cannot resume from {path}: {why}; use the checkpoint's settings, another out_dir, or "
+                          "train.resume=false train.overwrite=true to start over")
     load_weights(model, checkpoint["model"], path)
     if len(checkpoint["optimizers"]) != len(optimizers):
         raise ConfigError(f"cannot resume from {path}: it holds {len(checkpoint['optimizers'])} optimizer states, "
-                          f"train.optimizer={cfg.train.optimizer} uses {len(optimizers)}; use the checkpoint's optimizer")
+                          f"train.optimizer={cfg.train.optimizer} uses {len(optimizers)}; use the checkpoint's "
+                          "optimizer")
     for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
         try:
             optimizer.load_state_dict(state)
@@ -202,7 +174,8 @@ class LastSave:
 
 
 # ---------------------------------------------------------------------------------------------
-# non-finite steps
+# non-finite steps: a NaN or inf loss or gradient never reaches the weights, and watching for one
+# does not make the host wait for the device every step
 
 
 class NonFiniteError(Exception):
@@ -222,23 +195,35 @@ def step_unless(nonfinite: torch.Tensor, optimizers: list[torch.optim.Optimizer]
             # (with fp16, GradScaler puts its own inf/NaN check in its place)
             optimizer.found_inf = nonfinite.float()
             scaler.step(optimizer)
-    elif not nonfinite.item():  # the host sync
+    elif not nonfinite.item():  # the host sync (unfused AdamW, on MPS)
         for optimizer in optimizers:
             scaler.step(optimizer)
 
 
+def unrecoverable(loss: torch.Tensor, nonfinite: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The flag the guard counts: a non-finite gradient norm, except an fp16 overflow the scaler
+    recovers from by itself (it skips the step and halves its scale). That leaves a non-finite loss,
+    which no scale explains, and an overflow at a scale of 1 or less, where the gradients overflow unscaled."""
+    if not scaler.is_enabled():
+        return nonfinite
+    scale = scaler._get_scale_async()  # the scale this step's loss was multiplied by, still on the device
+    return ~torch.isfinite(loss) | (nonfinite & (scale <= 1))
+
+
 class NonFiniteGuard:
+    """Keeps each step's gradient norm on the device and reads them at log time: it prints the skipped
+    steps, and after `max_in_row` in a row holds the error that stops training."""
+
     def __init__(self, max_in_row: int, verbose: bool = True):
         self.max_in_row = max_in_row
         self.verbose = verbose
-        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, norm, counted) on the device, not yet read
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, norm, counted), not yet read
         self.in_row = 0
         self.skipped = 0  # over the whole run, as of the last read
         self.failed: NonFiniteError | None = None
 
     def check(self, step: int, grad_norm: torch.Tensor, counted: torch.Tensor | None = None) -> None:
-        """Remember `step`'s (1-based) gradient norm and whether it counts as non-finite (default: the
-        norm is NaN or inf). No host sync."""
+        """Remember `step`'s (1-based) gradient norm and whether it counts (default: it is NaN or inf). No host sync."""
         counted = ~torch.isfinite(grad_norm) if counted is None else counted
         self.pending.append((step, grad_norm.detach(), counted))
 
@@ -249,36 +234,22 @@ class NonFiniteGuard:
         norms = torch.stack([norm for _, norm, _ in self.pending]).tolist()
         counted = torch.stack([flag for _, _, flag in self.pending]).tolist()
         for (step, _, _), norm, count in zip(self.pending, norms, counted):
-            self._count(norm, step, count)
+            if not count:
+                self.in_row = 0
+                continue
+            self.in_row += 1
+            self.skipped += 1
+            if self.verbose:
+                print(f"step {step}: gradient norm is {norm}, update skipped ({self.in_row} in a row, "
+                      f"{self.skipped} in this run)", file=sys.stderr, flush=True)
+            if self.in_row == self.max_in_row and self.failed is None:
+                self.failed = NonFiniteError(
+                    f"non-finite loss or gradients at {self.in_row} steps in a row (steps {step - self.in_row + 1} "
+                    f"to {step}): training stopped and the last checkpoint keeps the last finite weights; lower "
+                    "train.learning_rate, raise train.warmup_iters, or use dtype=float32"
+                )
         self.pending.clear()
-
-    def _count(self, norm: float, step: int, counted: bool) -> None:
-        if not counted:
-            self.in_row = 0
-            return
-        self.in_row += 1
-        self.skipped += 1
-        if self.verbose:
-            print(f"step {step}: gradient norm is {norm}, update skipped ({self.in_row} in a row, "
-                  f"{self.skipped} in this run)", file=sys.stderr, flush=True)
-        if self.in_row == self.max_in_row and self.failed is None:
-            self.failed = NonFiniteError(
-                f"non-finite loss or gradients at {self.in_row} steps in a row (steps {step - self.in_row + 1} to "
-                f"{step}): training stopped and the last checkpoint keeps the last finite weights; lower "
-                "train.learning_rate, raise train.warmup_iters, or use dtype=float32"
-            )
 
     def failure(self) -> NonFiniteError | None:
         """The error to stop with once max_in_row steps in a row were skipped (as of the last read), else None."""
         return self.failed
-
-
-def unrecoverable(loss: torch.Tensor, nonfinite: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
-    """The flag the non-finite guard counts: a non-finite gradient norm (`nonfinite`), except, with
-    fp16 loss scaling, an overflow the scaler recovers from by itself (it skips the step and halves
-    its scale). That leaves a non-finite loss, which no scale explains, and an overflow at a scale
-    of 1 or less, where the gradients overflow unscaled."""
-    if not scaler.is_enabled():
-        return nonfinite
-    scale = scaler._get_scale_async()  # the scale this step's loss was multiplied by, still on the device
-    return ~torch.isfinite(loss) | (nonfinite & (scale <= 1))

@@ -1,15 +1,14 @@
 """Model FLOPs and MFU: how much of the hardware's peak the training step uses.
 
-FLOPs per token follow the PaLM appendix: 6 N for the matrix multiplies of the forward and
-backward passes (N = parameters without the embedding lookups, with the LM head), plus, for
-attention, 3 n_layer n_head T (score + 2 head_dim): forward and backward over T keys per head, a
-score costing 2 head_dim for a dot product (12 n_layer n_embd T in all, as PaLM) or 3 attn_dim
-for an additive one (the add, then the multiply-add with v), and the weighted sum of values
-2 head_dim. The peak is a table for known GPUs (dense bf16/fp16
-tensor cores); on a CPU it is measured once, with a short matmul calibration cached on disk.
+FLOPs per token follow the PaLM appendix: 6 N for the forward and backward matrix multiplies (N =
+parameters without the embedding lookups, with the LM head), plus attention's 3 n_layer n_head T
+(score + 2 head_dim): a score costs 2 head_dim for a dot product (12 n_layer n_embd T in all, as
+PaLM) or 3 attn_dim for an additive one, the weighted sum of values 2 head_dim. The peak is a table
+for known GPUs (dense bf16/fp16 tensor cores); on a CPU a short matmul measures it once (cached on disk).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -62,22 +61,20 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, 
         return None, f"{name}: not in the peak table"
     if device.type != "cpu":
         return None, f"no peak known for {device.type}"
-    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|{dtype}|{torch.__version__}"
+    machine = platform.processor() or platform.machine()
+    key = f"{machine}|{os.cpu_count()}|{torch.get_num_threads()}|{dtype}|{torch.__version__}"
     try:
         cached = json.loads(CACHE.read_text())
     except (OSError, ValueError):
         cached = {}
     if key not in cached:
         cached[key] = measure_cpu_peak(dtype)
-        try:
+        with contextlib.suppress(OSError):  # an unwritable cache only costs a second next time
             CACHE.parent.mkdir(parents=True, exist_ok=True)
             CACHE.write_text(json.dumps(cached))
-        except OSError:
-            pass  # an unwritable cache only costs a second next time
     return cached[key], "measured matmul peak"
 
 
 def mfu(flops_per_second: float, peak: float, world_size: int) -> float:
-    """Model FLOPs utilisation: the FLOP/s of the global batch (every process's tokens) over the
-    peak of all the processes' devices together, `world_size` times one device's `peak`."""
+    """The FLOP/s of the global batch (every process's tokens) over the peak of all `world_size` devices."""
     return flops_per_second / (peak * world_size)

@@ -1,15 +1,12 @@
-"""Muon: momentum, then each 2-D update orthogonalised by Newton-Schulz iterations (Keller
-Jordan's Muon, as in modded-nanogpt and nanochat), for the hidden matrices.
+"""Muon (Keller Jordan's, as in modded-nanogpt and nanochat): momentum, then each 2-D update
+orthogonalised by Newton-Schulz iterations, its size matched to AdamW's (Moonshot's "match_rms_adamw",
+0.2 * sqrt(max(A, B))) so one learning rate and one schedule serve both optimizers.
 
-Ours rather than torch.optim.Muon for two reasons:
-- torch's always orthogonalises in bf16. Where bf16 is only emulated (CPUs without AVX-512 BF16
-  or AMX, GPUs older than Ampere) that is ~100x slower than fp32 and made every step take
-  seconds; here the iterations run in `ns_dtype`, which `newton_schulz_dtype` picks per device.
-- torch's cannot skip a step from a flag on the device, so a non-finite gradient cost a host sync
-  every step; this one takes GradScaler's `found_inf` like fused AdamW (trainer/guards.py).
-
-The update's size matches AdamW's (Moonshot's "match_rms_adamw" scaling, 0.2 * sqrt(max(A, B))),
-so one learning rate and one schedule serve both optimizers.
+Ours rather than torch.optim.Muon: torch's always orthogonalises in bf16, ~100x slower than fp32 where
+bf16 is only emulated (CPUs without AVX-512 BF16 or AMX, GPUs older than Ampere: every step took
+seconds), while ours runs in the `ns_dtype` newton_schulz_dtype picks per device; and torch's cannot
+skip a step from a flag on the device, so a non-finite gradient cost a host sync every step, while
+ours takes GradScaler's `found_inf` like fused AdamW (trainer/guards.py).
 """
 from __future__ import annotations
 
@@ -26,8 +23,7 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware multiplies in it natively (fast, and precise enough for an
-    approximate orthogonalisation), else fp32."""
+    """bf16 where the hardware multiplies in it natively (precise enough to orthogonalise roughly), else fp32."""
     return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
@@ -48,13 +44,12 @@ def orthogonalise(update: torch.Tensor, steps: int, dtype: torch.dtype) -> torch
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D parameters. `found_inf` (a 0-dim tensor set on the optimizer, as GradScaler
-    and trainer.guards.step_unless do) skips the whole step on the device when nonzero."""
+    """Muon for 2-D parameters; `found_inf`, set on it as GradScaler does, skips the step on the device when nonzero."""
 
     _step_supports_amp_scaling = True  # GradScaler hands the flag over instead of syncing
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.95,
-                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                 momentum: float = 0.95, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "ns_steps": ns_steps})
         for group in self.param_groups:
             for p in group["params"]:

@@ -9,18 +9,10 @@ import torch
 
 
 def reuse_host_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    A CPU training step allocates and frees the same large tensors every time (at the GPU default
-    architecture the bf16 logits alone are 32 MiB). By default glibc serves such blocks with fresh
-    mmap pages and unmaps them on free, so every step the kernel faults in and zeroes them again
-    (trainer/README.md, "Host memory on a CPU", has the figures). With mmap and trimming off,
-    blocks come from the heap and, after a few steps, every page is reused, for a little more
-    peak memory.
-    Large requests from other threads still fall back to mmap, so nothing can fail for it. CUDA
-    tensors have PyTorch's caching allocator and are unaffected. Returns False (and changes
-    nothing) where the C library is not glibc.
-    """
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel: a
+    CPU step allocates and frees the same large tensors every time, and by default glibc maps them
+    as fresh pages the kernel faults in and zeroes again each step (trainer/README.md, "Host memory
+    on a CPU"). Returns False, changing nothing, where the C library is not glibc."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -36,11 +28,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(device: torch.device) -> dict:
-    """Every random stream a training step of this process reads, as tensors and plain values
-    (weights_only-safe): Python's, NumPy's, torch's CPU generator and, on CUDA, the generator of
-    this process's own GPU (not every visible GPU's: each rank saves its own)."""
+    """Every random stream a training step of this process reads, as weights_only-safe values; on
+    CUDA, the generator of this process's own GPU (each rank saves its own)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [keys.tolist(), pos, has_gauss, gauss], "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": [keys.tolist(), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)  # a CPU ByteTensor
     return state
