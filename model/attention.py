@@ -2,8 +2,9 @@
 
 `explicit_attention` is the whole mechanism of the seed articles on one screen: scores, scale, causal mask,
 softmax weights, dropout and context. `MultiHeadAttention` wraps it with the learned projections W_Q, W_K, W_V,
-the split into heads, RoPE, the KV cache, the merge and W_O, for self- or cross-attention. The `sdpa` and `flash`
-backends, at the end, compute the same numbers with fused kernels that never materialise the T x T weights.
+the split into heads, RoPE, the KV cache, the merge and W_O, for self- or cross-attention. `tiled_attention`
+(model/tiled.py) computes the same numbers in tiles, as flash does, in plain PyTorch; the `sdpa` and `flash`
+backends, at the end, with fused kernels. None of the three materialises the T x T weights.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                        positions: Positions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention, one named step per line. query: (B, nh, T_q, hs); key, value: (B, nh, T_k, hs).
     positions: where the queries and keys sit, for the causal mask (default: the queries are the last
-    T_q of the T_k positions). Returns context (B, nh, T_q, hs) and the weights (B, nh, T_q, T_k)."""
+    T_q of the T_k positions). Returns context (B, nh, T_q, hs) and the weights (B, nh, T_q, T_k).
+    The same steps a tile of queries and keys at a time, never forming the T_q x T_k weights: model/tiled.py."""
     # 1-2. scores: how well each query matches every key (dot_product_scores or additive_scores)
     scores = score(query, key, causal=causal)  # (B, nh, T_q, T_k)
     # 3. causal mask: a query may not see keys in its future (-inf becomes weight 0)
@@ -118,6 +120,7 @@ class MultiHeadAttention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = n_embd // config.n_head
         self.attn_impl = config.attn_impl
+        self.attn_tile = config.attn_tile  # queries and keys per tile of attn_impl=tiled
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
         self.dropout = config.dropout
         self.W_Q = nn.Linear(n_embd, n_embd, bias=config.bias)
@@ -169,6 +172,9 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if self.attn_impl == "explicit" or return_weights:
             attended, weights = explicit_attention(query, key, value, causal, dropout_p, self.score, attend_positions)
+        elif self.attn_impl == "tiled":  # the flash algorithm in plain PyTorch: explicit's steps, tile by tile
+            attended = tiled_attention(query, key, value, causal, dropout_p, attend_positions, tile=self.attn_tile)
+            weights = None
         else:  # the fused kernels never form the weights
             attended, weights = FUSED[self.attn_impl](query, key, value, causal, dropout_p, attend_positions), None
         if self.head_mask is not None:  # ablation: a silenced head contributes nothing to W_O's input
@@ -223,3 +229,6 @@ def flash_attention(query, key, value, causal: bool = True, dropout_p: float = 0
 
 
 FUSED = {"sdpa": sdpa_attention, "flash": flash_attention}
+
+# last, because model/tiled.py builds on the steps defined above (dot_product_scores, future_mask, last_positions)
+from model.tiled import tiled_attention  # noqa: E402

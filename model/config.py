@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from common.errors import ConfigError
 from common.settings import check_fields, setting
 
-ATTN_IMPLS = ("explicit", "sdpa", "flash")
+ATTN_IMPLS = ("explicit", "tiled", "sdpa", "flash")
 ATTN_SCORES = ("dot", "additive")
 
 
@@ -24,7 +24,9 @@ class GPTConfig:
                              fix="on attention weights and residual branches in training, e.g. model.dropout=0.2")
     bias: bool = setting(False, fix="biases in Linear and LayerNorm layers (GPT-2 has them): true or false")
     attn_impl: str = setting("explicit", choices=ATTN_IMPLS,
-                             fix="explicit shows every attention step; sdpa and flash are PyTorch's fused kernels")
+                             fix="explicit shows every attention step; tiled runs them in tiles as flash does, in "
+                                 "plain PyTorch (model/tiled.py); sdpa and flash are PyTorch's fused kernels")
+    attn_tile: int = setting(64, minimum=1, fix="queries and keys per tile of attn_impl=tiled, e.g. model.attn_tile=64")
     attn_score: str = setting("dot", choices=ATTN_SCORES, fix="dot is query . key / sqrt(head_dim); additive is "
                                                               "Bahdanau's v . tanh(W_q q + W_k k) (explicit only)")
     attn_dim: int | None = setting(None, minimum=1,
@@ -43,8 +45,9 @@ class GPTConfig:
             raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                               "pick n_embd as a multiple of n_head (head_dim = n_embd / n_head)")
         if self.attn_score == "additive" and self.attn_impl != "explicit":
-            raise ConfigError(f"model.attn_score=additive cannot run with model.attn_impl={self.attn_impl}: the fused "
-                              "kernels only compute dot-product scores; use model.attn_impl=explicit")
+            raise ConfigError(f"model.attn_score=additive cannot run with model.attn_impl={self.attn_impl}: only the "
+                              "explicit path computes additive scores, the others dot products; use "
+                              "model.attn_impl=explicit")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"model.pos_encoding=rope needs an even head_dim; n_embd / n_head = "
                               f"{self.n_embd // self.n_head}")

@@ -57,7 +57,7 @@ def test_loss_falls_when_overfitting_one_batch():
 @pytest.mark.parametrize("field,value,message", [
     ("n_embd", 30, "n_embd=30 is not divisible by model.n_head=4"),
     ("n_layer", 0, "n_layer=0 must be a positive integer"),
-    ("attn_impl", "fast", "attn_impl='fast' must be one of explicit, sdpa, flash"),
+    ("attn_impl", "fast", "attn_impl='fast' must be one of explicit, tiled, sdpa, flash"),
     ("dropout", 1.5, r"dropout=1.5 must be a number in \[0, 1\)"),
 ])
 def test_bad_config_is_rejected_with_the_key_named(field, value, message):
