@@ -226,6 +226,10 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
             report_now = fresh and attn_every > 0 and (step % attn_every == 0 or step == last_step)  # step 0 too
             if report_now and reports is not None:  # before the save: the checkpoint's report history holds it
                 reports.report(step, final=step == last_step)
+            elif reports is not None and step % tc.log_interval == 0:
+                # pictures drawn since, at the step of the progress line just printed: here, where it is known
+                # that no report (not even the time budget's final one) takes this step with pictures of its own
+                reports.log_pictures(step)
             if evaluate_now:
                 rngs = distributed.gather_to_main(rng_state(device), ranks)  # every rank's, to rank 0
                 if ranks.is_main:
@@ -273,8 +277,6 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                           + (f", MFU {100 * utilisation:.1f}%" if peak else "")
                           + f" | {format_seconds(elapsed)} elapsed | ETA {format_seconds(eta)}"
                           + (f" | {guard.skipped} non-finite steps skipped" if guard.skipped else ""))
-                if reports is not None:
-                    reports.log_pictures(step + 1)
                 if run is not None:
                     entry = {"train/loss": loss, "train/lr": lr, "train/tokens_per_second": tokens_per_second,
                              "train/flops_per_second": flops_per_second, "train/skipped_steps": guard.skipped}

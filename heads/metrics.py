@@ -217,7 +217,8 @@ class ReportHistory:
         return {"steps": list(self.steps), "values": [each(values, np.ndarray.tolist) for values in self.values]}
 
     def charts(self, evidence: Evidence) -> dict:
-        """attn_chart/<metric>/<group> -> a wandb line chart over the steps so far, a line per head."""
+        """attn_chart/<metric>/<group> -> a wandb line chart over the steps so far, a line per head and a
+        flat one at chance (the windows are fixed for the run, so chance is too), to read each head against."""
         import wandb
 
         charts = {}
@@ -226,7 +227,9 @@ class ReportHistory:
                 heads = list(np.ndindex(latest.shape))
                 ys = [[float(v[metric][group][layer, head]) if group in v.get(metric, {}) else float("nan")
                        for v in self.values] for layer, head in heads]
+                chance = evidence.chance[metric][group]
                 charts[f"attn_chart/{metric}/{group}"] = wandb.plot.line_series(
-                    xs=self.steps, ys=ys, keys=[f"L{layer}H{head}" for layer, head in heads], xname="step",
-                    title=f"{metric} ({group}) · chance {evidence.chance[metric][group]:.3f}")
+                    xs=self.steps, ys=[*ys, [chance] * len(self.steps)],
+                    keys=[*(f"L{layer}H{head}" for layer, head in heads), "chance"], xname="step",
+                    title=f"{metric} ({group}) · chance {chance:.3f}")
         return charts

@@ -184,18 +184,27 @@ def layer_figure(weights: np.ndarray, labels: list[str], title: str) -> Figure:
     return fig
 
 
+def cell_text(value: float, signed: bool = False) -> str:
+    """Every number a heatmap draws, on one format: three decimals, and a value that would print as
+    0.000 without being 0 as <0.001 (>-0.001), so 8.56e-08 and 0.000569 never sit side by side."""
+    if 0 < abs(value) < 0.0005:
+        return "<0.001" if value > 0 else ">-0.001"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
 def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vmax: float | None = None,
                   baseline: float | None = None, title: str | None = None, baseline_name: str | None = "chance",
-                  number: str = "{:.3g}") -> Figure:
+                  signed: bool = False) -> Figure:
     """values (n_layer, n_head) -> one annotated heatmap. A fixed vmin/vmax keeps a metric moving within
     0.006-0.017 from looking hot and cold; cells near `baseline` (chance, also in the title and on
-    the colour bar) are dimmed, so the heads that clear it are the ones in full colour."""
+    the colour bar) are dimmed, so the heads that clear it are the ones in full colour. signed: a + on
+    positive cells (changes)."""
     n_layer, n_head = values.shape
     norm = Normalize(vmin=float(values.min()) if vmin is None else vmin,
                      vmax=float(values.max()) if vmax is None else vmax)
     shown = title or metric
     if baseline is not None and baseline_name:
-        shown = f"{shown} · {baseline_name} {baseline:.3g}"
+        shown = f"{shown} · {baseline_name} {cell_text(baseline)}"
     grid = 0.7 * n_head
     width, height = max(1.4 + grid, 0.5 + text_width(shown) * (FONT + 1) / FONT + 0.2), 0.9 + 0.45 * n_layer
     fig = Figure(figsize=(width, height))
@@ -211,7 +220,8 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
     luminance = image.cmap(norm(values))[..., :3] @ [0.299, 0.587, 0.114]  # (n_layer, n_head)
     for layer, head in np.ndindex(n_layer, n_head):
         colour = "0.45" if at_chance[layer, head] else ("black" if luminance[layer, head] > 0.5 else "white")
-        ax.text(head, layer, number.format(values[layer, head]), ha="center", va="center", fontsize=FONT, color=colour)
+        ax.text(head, layer, cell_text(float(values[layer, head]), signed), ha="center", va="center", fontsize=FONT,
+                color=colour)
     ax.set_xticks(range(n_head), [f"H{h}" for h in range(n_head)])
     ax.set_yticks(range(n_layer), [f"L{layer}" for layer in range(n_layer)])
     ax.tick_params(length=0, labelsize=FONT)

@@ -37,6 +37,7 @@ from heads.plots import Painter, Picture, drawable_labels, layer_figure, metric_
 from heads.probes import FALLBACK_TEXTS, Probe, configured_probes
 from model import GPT
 
+REPORT_STEP = "attn_report_step"  # logged beside a report's pictures: the step they show, their x-axis in wandb
 ABLATION_SCALE = 0.05  # bits per byte: the ablation heatmaps' colour scale spans at least +-this
 TABLE_COLUMNS = ["probe", "layer", "head", "query_pos", "query_token", "top_key_pos", "top_key_token", "weight"]
 
@@ -70,7 +71,7 @@ def ablation_pictures(deltas: dict[str, np.ndarray]) -> dict[str, Picture]:
     scale = max(ABLATION_SCALE, *(float(np.abs(d).max()) for d in deltas.values()))
     return {f"attn_ablation/{group}": partial(metric_figure, d, "ablation", vmin=-scale, vmax=scale, baseline=0.0,
                                               title=f"val bpb change when the head is silenced ({group})",
-                                              baseline_name=None, number="{:+.3f}")
+                                              baseline_name=None, signed=True)
             for group, d in deltas.items()}
 
 
@@ -138,12 +139,20 @@ def log_report(run, report: HeadReport, step: int, history: ReportHistory | None
 
 
 def log_pictures(run, files: dict[str, Path], step: int, report_step: int) -> None:
-    """A report's PNGs at `step`, captioned with the report's own (earlier when drawn in the background)."""
+    """A report's PNGs at `step`, which is later than the report's own when they were drawn in the
+    background: wandb.log cannot go back a step, so the report's step is their caption, and REPORT_STEP
+    beside them, which wandb's media panels step by (define_metric)."""
+    def define() -> None:
+        for prefix in {key.split("/")[0] for key in files}:  # attn_maps, attn_metrics, attn_ablation
+            run.run.define_metric(f"{prefix}/*", step_metric=REPORT_STEP)
+
     def entry() -> dict:
         import wandb
 
-        return {key: wandb.Image(str(path), caption=f"report of step {report_step}") for key, path in files.items()}
+        return {REPORT_STEP: report_step, **{key: wandb.Image(str(path), caption=f"report of step {report_step}")
+                                             for key, path in files.items()}}
 
+    run.send(define)
     run.log(entry, step=step)
 
 
@@ -190,6 +199,14 @@ def print_top_heads(report: HeadReport) -> None:
         print("silencing one head costs the most bits per byte: " + ", ".join(costs))
 
 
+def note_explicit_maps(model: GPT) -> None:
+    """Once per run: a fused kernel never forms the weights, so model.attention_maps runs explicit_attention
+    on the same weights, and the maps are those of the explicit path."""
+    if model.config.attn_impl != "explicit":
+        print(f"note: attention maps are computed with the explicit path (model.attn_impl={model.config.attn_impl} "
+              "cannot return weights)")
+
+
 def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, device: torch.device,
                   dtype: torch.dtype, ablate: bool, batch_size: int = 16) -> tuple[dict | None, Ablation | None]:
     """The validation windows per group and the ablation; None for either without prepared data."""
@@ -202,8 +219,9 @@ def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, 
 
 
 class TrainingReports:
-    """A training run's reports: train.py calls report() on schedule, log_pictures() at log time and
-    close() at the end. Pictures are logged at the first step after they are drawn."""
+    """A training run's reports: train.py calls report() on schedule, log_pictures() at progress lines
+    in between and close() at the end; one of the two at most per step, so that no report's pictures
+    replace another's. Pictures are logged at the first of those steps after they are drawn."""
 
     def __init__(self, run, model: GPT, bins, probes: list[Probe], settings, device: torch.device,
                  dtype: torch.dtype, title: str, history: ReportHistory):
@@ -214,6 +232,7 @@ class TrainingReports:
         pictures = settings.pictures
         self.pictures = pictures if pictures != "auto" else ("final" if device.type == "cpu" else "background")
         self.painter = Painter(background=self.pictures == "background")
+        note_explicit_maps(model)
 
     def report(self, step: int, final: bool) -> None:
         if not self.run.active:
@@ -288,6 +307,7 @@ def report_checkpoint(cfg) -> None:
     if not probes:
         print("no probe texts in the model or in probes=[...]: using an English, a Chinese and a pair line")
         probes = configured_probes(FALLBACK_TEXTS, None, cfg.probe_tokens)
+    note_explicit_maps(model)
     device, step = next(model.parameters()).device, checkpoint.get("step")
     group_ids, ablation = report_inputs(model, checkpoint_bins(checkpoint, tokenizer), cfg, device, torch.float32,
                                         ablate=True)

@@ -159,7 +159,8 @@ def test_pair_lines_split_into_english_queries_reading_their_chinese_half():
         read = [text[j] for j in torch.nonzero(keys[0, i]).flatten().tolist()]
         assert read and all(max(piece) >= 128 for piece in read)  # only Chinese bytes ...
         line_of_query = b"".join(text[:i]).count(b"\n")
-        assert all(b"".join(text[:j]).count(b"\n") == line_of_query for j in torch.nonzero(keys[0, i]).flatten().tolist())
+        assert all(b"".join(text[:j]).count(b"\n") == line_of_query
+                   for j in torch.nonzero(keys[0, i]).flatten().tolist())
     zh_queries, zh_keys = masks["zh→en"]
     first_line = [i for i in range(len(text)) if b"".join(text[:i]).count(b"\n") == 0]
     assert not zh_keys[0, first_line].any()  # nothing English comes before the first line's Chinese

@@ -1,6 +1,6 @@
 """heads/plots.py's Painter and heads/metrics.py's ReportHistory: the report's pictures drawn in
 place or in a worker process (same PNGs, Ctrl-C-proof, failures reported, files cleaned up), and the
-report history a checkpoint carries."""
+report history a checkpoint carries and charts against chance."""
 from __future__ import annotations
 
 import errno
@@ -24,7 +24,8 @@ from heads.plots import Painter, layer_figure, metric_figure
 
 def pictures() -> dict:
     weights = np.random.default_rng(0).dirichlet(np.ones(6), size=(2, 6))  # (n_head, T, T)
-    return {"attn_maps/en/L0": partial(layer_figure, weights, ["The", " cat", " 中", "国", " sat", "."], "en · layer 0"),
+    labels = ["The", " cat", " 中", "国", " sat", "."]
+    return {"attn_maps/en/L0": partial(layer_figure, weights, labels, "en · layer 0"),
             "attn_metrics/entropy/zh": partial(metric_figure, np.full((2, 2), 0.5), "entropy", vmin=0.0, vmax=1.0,
                                                baseline=1.0)}
 
@@ -186,3 +187,16 @@ def test_report_history_survives_a_checkpoint_round_trip(tmp_path):
     restored.add(500, evidence(0.2))
     assert restored.steps == [0, 250, 500]
     assert [float(v["entropy"]["zh"][1, 1]) for v in restored.values] == pytest.approx([0.45, 0.2, 0.1])
+
+
+def test_each_metric_chart_draws_chance_as_a_flat_line_beside_the_heads():
+    history = ReportHistory()
+    for step, value in ((0, 0.9), (250, 0.4)):
+        history.add(step, evidence(value))
+    chart = history.charts(evidence(0.4))["attn_chart/entropy/zh"]
+    lines: dict[str, list] = {}
+    for step, line, value in chart.table.data:  # what wandb draws: a line per lineKey, step across
+        lines.setdefault(line, []).append((step, value))
+    assert list(lines) == ["L0H0", "L0H1", "L1H0", "L1H1", "chance"]
+    assert lines["chance"] == [(0, 1.0), (250, 1.0)]
+    assert lines["L1H1"] == [(0, pytest.approx(0.45)), (250, pytest.approx(0.2))]

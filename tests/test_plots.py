@@ -13,7 +13,8 @@ from heads.plots import DPI, layer_figure, metric_figure  # DPI: what the report
 EN = ["␣The", "␣quick", "␣brown", "␣fox", "␣jumps", "␣over", "␣the", "␣lazy", "␣dog", ".", "␣It", "␣was", "␣the",
       "␣best", "␣of", "␣times", ",", "␣it", "␣was", "␣the", "␣worst", "␣of", "␣times", ";", "␣the", "␣age", "␣of",
       "␣wisdom", ",", "␣and", "␣the", "↵"]
-ZH = list("话说天下大势") + ["，分"] + list("久必合，合久必分。周末七国分争") + ["，并"] + list("入于秦。及秦灭") + ["之后", "，"]
+ZH = (list("话说天下大势") + ["，分"] + list("久必合，合久必分。周末七国分争") + ["，并"] + list("入于秦。及秦灭")
+      + ["之后", "，"])
 
 
 def causal_weights(n_head: int, T: int) -> np.ndarray:
@@ -50,7 +51,8 @@ def test_chinese_key_labels_are_upright_and_english_words_do_not_overlap():
     english.set_dpi(DPI)
     renderer = english.canvas.get_renderer()
     bottom = heatmap_axes(english)[-1]
-    boxes = sorted((t.get_window_extent(renderer) for t in bottom.texts if t.get_gid() == "key label"), key=lambda b: b.x0)
+    boxes = sorted((t.get_window_extent(renderer) for t in bottom.texts if t.get_gid() == "key label"),
+                   key=lambda b: b.x0)
     assert all(a.x1 <= b.x0 + 0.5 for a, b in pairwise(boxes))
 
 
@@ -87,6 +89,13 @@ def test_metric_figure_titles_the_baseline_and_dims_cells_at_chance():
     assert metric_figure(values, "sink").axes[0].get_title(loc="left") == "sink"
 
 
+def test_every_cell_prints_three_decimals_and_values_that_would_print_as_zero_as_below_0_001():
+    values = np.array([[8.56e-08, 0.000569, 0.0], [0.25, 1.0, 0.0123]])  # what one H200 report held side by side
+    ax = metric_figure(values, "sink", vmin=0.0, vmax=1.0, baseline=0.0196, title="sink (en)").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["<0.001", "0.001", "0.000", "0.250", "1.000", "0.012"]
+    assert ax.get_title(loc="left") == "sink (en) · chance 0.020"  # chance on the cells' format too
+
+
 def test_ablation_heatmap_fits_its_title_names_no_chance_and_signs_its_numbers():
     from heads.report import ablation_pictures
 
@@ -94,7 +103,7 @@ def test_ablation_heatmap_fits_its_title_names_no_chance_and_signs_its_numbers()
     fig = ablation_pictures({"pairs": deltas})["attn_ablation/pairs"]()
     ax = fig.axes[0]
     assert ax.get_title(loc="left") == "val bpb change when the head is silenced (pairs)"  # no "chance 0"
-    assert [t.get_text() for t in ax.texts] == ["+0.012", "-0.000", "+0.000", "+0.002"]
+    assert [t.get_text() for t in ax.texts] == ["+0.012", ">-0.001", "+0.000", "+0.002"]
     fig.canvas.draw()
     title = ax.title if ax.title.get_text() else ax._left_title  # noqa: SLF001 - where loc="left" puts it
     box = title.get_window_extent()

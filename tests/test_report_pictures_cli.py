@@ -1,17 +1,14 @@
 """The attention report's pictures drawn in a worker process while train.py trains on
-(wandb.pictures=background), and its charts carried through a resume: train.py in a child process,
-on the tiny corpus and model."""
+(wandb.pictures=background), its charts carried through a resume, and the note that a fused
+kernel's maps come from the explicit path: train.py and heads.report in child processes, on the
+tiny corpus and model."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from conftest import (
-    fresh_machine_env,
-    make_tiny_corpus,
-    run_entry,
-    run_history,
-    tiny_args,
-)
+from conftest import fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
 
 
 def chart_steps(run_dir, key: str) -> list[int]:
@@ -32,13 +29,16 @@ def test_background_pictures_land_later_captioned_and_a_resumed_run_keeps_its_ch
     assert first.returncode == 0, first.stderr[-3000:]
     assert "attention report at step 10 in" in first.stdout and "(pictures drawn in the background)" in first.stdout
     (run_dir,) = (out / "wandb").glob("offline-run-*")
-    images = [(row["_step"], row["attn_maps/text/L0.caption"]) for row in run_history(run_dir)  # data=custom: one
-              if "attn_maps/text/L0.caption" in row]                                               # probe, "text"
-    assert (20, "report of step 20") in images  # the final report's at the final step
-    assert len({step for step, _ in images}) == len(images)  # one report's per step: none replaced another
-    for report in (0, 10):  # logged at a later step, or (drawing slower than the tiny steps) said to be skipped
-        logged = [step for step, caption in images if caption == f"report of step {report}"]
-        assert (logged and logged[0] > report) or f"the attention pictures of step {report} were still" in first.stdout
+    images = [(row["_step"], row["attn_maps/text/L0.caption"], row["attn_report_step"])  # data=custom: one
+              for row in run_history(run_dir) if "attn_maps/text/L0.caption" in row]    # probe, "text"
+    assert (20, "report of step 20", 20) in images  # the final report's at the final step
+    assert all(caption == f"report of step {shown}" for _, caption, shown in images)  # the step wandb steps them by
+    # whenever drawing ends, each earlier report's pictures are logged at a later step or said to be
+    # skipped, never both, never neither (logged at the final step, the final report's replaced them)
+    for report in (0, 10):
+        logged = [step for step, _, shown in images if shown == report]
+        skipped = f"the attention pictures of step {report} were still" in first.stdout
+        assert (len(logged) == 1 and logged[0] > report) != skipped, (report, images, first.stdout[-3000:])
     assert not list(tmp_path.glob("attention-pictures-*"))
 
     resumed = run_entry("train.py", *args, "train.max_iters=30", cwd=tmp_path, env=env)
@@ -46,3 +46,19 @@ def test_background_pictures_land_later_captioned_and_a_resumed_run_keeps_its_ch
     assert "resuming from" in resumed.stdout
     (second,) = set((out / "wandb").glob("offline-run-*")) - {run_dir}
     assert chart_steps(second, "attn_chart/entropy/text") == [0, 10, 20, 30]  # the first run's reports, then its own
+
+
+def test_a_fused_attention_run_says_once_that_its_maps_come_from_the_explicit_path(tmp_path):
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    env = fresh_machine_env(tmp_path)
+    out = tmp_path / "out"
+    note = "note: attention maps are computed with the explicit path (model.attn_impl=sdpa cannot return weights)"
+    trained = run_entry("train.py", *tiny_args(corpus, tmp_path / "prepared"), f"out_dir={out}", "model.attn_impl=sdpa",
+                        "train.max_iters=10", "wandb.attn_every=5", "wandb.ablation=off", cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stdout.count("attention report at step") == 3 and trained.stdout.count(note) == 1
+    report = subprocess.run([sys.executable, "-m", "heads.report", f"out_dir={out}", "ablation_windows=0", "windows=1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert report.stdout.count(note) == 1
