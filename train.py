@@ -43,18 +43,18 @@ from trainer.optim import make_optimizers
 from trainer.runtime import reuse_host_memory, rng_state, seed_everything
 
 # the model settings a fine-tuned GPT-2 takes from the model group; the others come from its checkpoint
-APPLIED = ("block_size", "dropout", "attn_impl")
+APPLIED = ("block_size", "dropout", "attn_impl", "attn_tile")
 
 
 def pretrained_model(cfg: RunConfig, verbose: bool) -> GPT:
-    """init_from's GPT-2 (downloaded when a hub name) with the model group's block_size, dropout and
-    attn_impl; its folder becomes data.tokenizer_kind, so the data is tokenized by its tokenizer."""
+    """init_from's GPT-2 (downloaded when a hub name) with the model group's APPLIED settings; its folder
+    becomes data.tokenizer_kind, so the data is tokenized by its tokenizer."""
     if cfg.data.tokenizer_kind != "bpe":
         raise ConfigError(f"data.tokenizer_kind={cfg.data.tokenizer_kind} and init_from={cfg.init_from} both choose "
                           "the tokenizer: leave data.tokenizer_kind out, the model's own tokenizes the data")
     folder = resolve_gpt2(cfg.init_from)
     given = cfg.gpt_config()
-    model, config = load_gpt2(folder, given.dropout, given.attn_impl, given.block_size)
+    model, config = load_gpt2(folder, **{key: getattr(given, key) for key in APPLIED})
     cfg.data.tokenizer_kind = str(folder)
     if verbose:
         taken = ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"

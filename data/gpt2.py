@@ -115,8 +115,9 @@ def resolve_gpt2(name_or_path: str | Path) -> Path:
         ) from None
 
 
-def gpt2_config(path: Path, dropout: float, attn_impl: str, block_size: int | None) -> GPTConfig:
-    """Our GPTConfig for a config.json; a missing setting takes GPT2Config's default, as in transformers."""
+def gpt2_config(path: Path, block_size: int | None, applied: dict) -> GPTConfig:
+    """Our GPTConfig for a config.json; a missing setting takes GPT2Config's default, as in transformers. applied:
+    the settings of ours that a checkpoint does not fix (dropout, attn_impl, attn_tile)."""
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -150,9 +151,9 @@ def gpt2_config(path: Path, dropout: float, attn_impl: str, block_size: int | No
     try:  # GPTConfig's own checks (n_embd divisible by n_head, ...), naming this file rather than model.*
         return GPTConfig(
             vocab_size=settings.get("vocab_size", 50257), block_size=block_size or n_positions,
-            n_layer=settings.get("n_layer", 12), n_head=settings.get("n_head", 12), n_embd=n_embd, dropout=dropout,
-            bias=True, attn_impl=attn_impl, pos_encoding="learned", norm="layernorm", mlp=ACTIVATIONS[activation],
-            tie_weights=bool(settings.get("tie_word_embeddings", True)),
+            n_layer=settings.get("n_layer", 12), n_head=settings.get("n_head", 12), n_embd=n_embd, bias=True,
+            pos_encoding="learned", norm="layernorm", mlp=ACTIVATIONS[activation],
+            tie_weights=bool(settings.get("tie_word_embeddings", True)), **applied,
         )
     except ValueError as e:
         raise PretrainedError(f"{path}: {e}") from None
@@ -188,12 +189,11 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return tensors, files[0] if len(files) == 1 else index
 
 
-def load_gpt2(folder: str | Path, dropout: float = 0.0, attn_impl: str = "explicit",
-              block_size: int | None = None) -> tuple[GPT, GPTConfig]:
+def load_gpt2(folder: str | Path, block_size: int | None = None, **applied) -> tuple[GPT, GPTConfig]:
     """resolve_gpt2's folder as our GPT in eval mode on the CPU (fp32 logits equal to GPT2LMHeadModel's); block_size
-    cuts the context and the position table."""
+    cuts the context and the position table; applied: GPTConfig settings a checkpoint does not fix (dropout, ...)."""
     config_path = Path(folder) / "config.json"
-    config = gpt2_config(config_path, dropout, attn_impl, block_size)
+    config = gpt2_config(config_path, block_size, applied)
     theirs, source = read_weights(config_path.parent)
     if "wpe.weight" in theirs:
         theirs["wpe.weight"] = theirs["wpe.weight"][: config.block_size]  # (block_size, C)

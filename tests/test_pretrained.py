@@ -2,7 +2,7 @@
 is keyed by tokenizer (a model folder's tokenizer gets a folder of its own, the BPE keeps its own,
 neither rebuilds the other); the shared loader of sample.py and heads.report gives a pretrained
 GPT-2 with its tokenizer; train.py's pretrained_model takes the architecture from the checkpoint
-and block_size, dropout and attn_impl from the model group; every refusal is one line. The tiny
+and block_size, dropout, attn_impl and attn_tile from the model group; every refusal is one line. The tiny
 GPT-2 folders are tests/conftest.py's make_tiny_gpt2: a BPE of the tiny corpus as vocab.json +
 merges.txt and a GPT2LMHeadModel of its vocabulary, saved by transformers.
 """
@@ -93,22 +93,26 @@ def test_init_from_is_a_hub_name_or_a_folder(tmp_path, cls):
 
 def run_config(tiny_corpus: Path, root: Path, init_from: str, **model) -> RunConfig:
     return typed(RunConfig, {"init_from": init_from, "model": {"n_layer": 6, "block_size": 32, "dropout": 0.1,
-                                                               "attn_impl": "sdpa", "mlp": "relu2", **model},
+                                                               "attn_impl": "sdpa", "attn_tile": 16, "mlp": "relu2",
+                                                               **model},
                              "data": dataclasses.asdict(data_config(tiny_corpus, root))}, "")
 
 
-def test_pretrained_model_takes_the_checkpoints_architecture_and_three_model_settings(tmp_path, tiny_corpus,
+def test_pretrained_model_takes_the_checkpoints_architecture_and_four_model_settings(tmp_path, tiny_corpus,
                                                                                      tiny_gpt2, capsys):
     cfg = run_config(tiny_corpus, tmp_path / "prepared", str(tiny_gpt2))
     model = pretrained_model(cfg, verbose=True)
     config = model.config
     assert (config.n_layer, config.mlp, config.bias, config.vocab_size) == (2, "gelu_tanh", True, 300)  # the checkpoint's
-    assert (config.block_size, config.dropout, config.attn_impl) == (32, 0.1, "sdpa")  # the model group's
+    given = (config.block_size, config.dropout, config.attn_impl, config.attn_tile)
+    assert given == (32, 0.1, "sdpa", 16)  # the model group's
+    assert all(block.attn.attn_tile == 16 for block in model.blocks)
     assert cfg.data.tokenizer_kind == str(tiny_gpt2)  # the data is prepared with the model's tokenizer
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and line.startswith(f"init_from={tiny_gpt2} ")
     assert "from the checkpoint vocab_size=300, n_layer=2, n_head=2, n_embd=32, bias=true" in line
-    assert "of the model group only model.block_size=32, model.dropout=0.1, model.attn_impl=sdpa apply" in line
+    assert ("of the model group only model.block_size=32, model.dropout=0.1, model.attn_impl=sdpa, "
+            "model.attn_tile=16 apply") in line
     reference, _ = load_gpt2(tiny_gpt2, block_size=32)
     idx = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -55,7 +55,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_its_run_samples_repo
     args = [*tiny_args(tiny["corpus"], tmp / "prepared"), *STEPS, f"init_from={folder}", f"out_dir={run}"]
     out = ok(run_entry("train.py", *args, cwd=tmp, env=tiny["env"]))
     assert f"init_from={folder} ({folder}): from the checkpoint vocab_size=300, n_layer=2" in out
-    assert f"of the model group only model.block_size={BLOCK}, model.dropout=0.0, model.attn_impl=explicit apply" in out
+    assert f"of the model group only model.block_size={BLOCK}, model.dropout=0.0, model.attn_impl=explicit, model.attn_tile=64 apply" in out
     # the data was tokenized with the model's tokenizer, into a folder of its own
     data = typed(DataConfig, {"name": "custom", "root": str(tmp / "prepared"), "text_paths": [str(tiny["corpus"])],
                               "tokenizer_kind": str(folder)}, "data.")
