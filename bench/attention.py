@@ -2,7 +2,7 @@
 the forward's peak memory without autograd (inference) and the peak of forward + backward (training).
 
 The explicit path holds the T x T scores and weights, and autograd keeps them for the backward pass, so its
-memory grows as T^2. The tiled path (model/tiled.py, the flash algorithm in plain PyTorch) holds one tile x T
+memory grows as T^2. The tiled path (tiled_attention, the flash algorithm in plain PyTorch) holds one tile x T
 block of scores at a time and recomputes them in the backward pass: memory that grows as T. sdpa and flash are
 PyTorch's fused kernels. `additive` is the explicit path with additive scores (attn_dim = head_dim): its memory,
 but time that grows as T^2 x attn_dim.
@@ -31,9 +31,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.timing import REPO, header, machine, row, timed
 from model.additive import additive_chunk_bytes, additive_scores
-from model.attention import explicit_attention, flash_attention, flash_kernel_exists, sdpa_attention
+from model.attention import explicit_attention, flash_attention, flash_kernel_exists, sdpa_attention, tiled_attention
 from model.config import GPTConfig
-from model.tiled import tiled_attention
 
 ADDITIVE_MAX_LENGTH = 512  # at T = 1024 one additive point took 13 s on a 2-core CPU (6 x 1.9 s)
 # the table's rows: one attention call on q, k, v (B, H, T, head_dim), given the additive score's function and the tile

@@ -25,7 +25,7 @@ class GPTConfig:
     bias: bool = setting(False, fix="biases in Linear and LayerNorm layers (GPT-2 has them): true or false")
     attn_impl: str = setting("explicit", choices=ATTN_IMPLS,
                              fix="explicit shows every attention step; tiled runs them in tiles as flash does, in "
-                                 "plain PyTorch (model/tiled.py); sdpa and flash are PyTorch's fused kernels")
+                                 "plain PyTorch (model/attention.py); sdpa and flash are PyTorch's fused kernels")
     attn_tile: int = setting(64, minimum=1, fix="queries and keys per tile of attn_impl=tiled, e.g. model.attn_tile=64")
     attn_score: str = setting("dot", choices=ATTN_SCORES, fix="dot is query . key / sqrt(head_dim); additive is "
                                                               "Bahdanau's v . tanh(W_q q + W_k k) (explicit only)")

@@ -1,4 +1,4 @@
-"""Tiled attention (model.attn_impl=tiled, model/tiled.py) against the explicit path: outputs and gradients,
+"""Tiled attention (model.attn_impl=tiled, tiled_attention in model/attention.py) against the explicit path: outputs,
 causal and not, with cached keys and cross-attention, under bf16 autocast and with dropout; its tile setting;
 a whole GPT; and bench/attention.py's smallest run, in this process."""
 from __future__ import annotations
@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model.tiled as tiled
+import model.attention as attention
 from bench import attention as bench_attention
 from common.errors import ConfigError
 from common.settings import typed
 from model import GPT, GPTConfig
-from model.attention import explicit_attention
-from model.tiled import tiled_attention
+from model.attention import explicit_attention, tiled_attention
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,13 +74,13 @@ def test_tiled_equals_explicit_under_bf16_autocast(case):
 
 
 def test_key_tiles_in_a_query_tiles_future_are_not_computed(monkeypatch):
-    shapes, scores = [], tiled.dot_product_scores
+    shapes, scores = [], attention.dot_product_scores
 
     def recording(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:  # notes each tile of scores computed
         shapes.append((query.size(-2), key.size(-2)))
         return scores(query, key)
 
-    monkeypatch.setattr(tiled, "dot_product_scores", recording)
+    monkeypatch.setattr(attention, "dot_product_scores", recording)
     query, key, value = inputs(40, 40, torch.float32)
     with torch.no_grad():
         tiled_attention(query, key, value, causal=True, tile=16)
