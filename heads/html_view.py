@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 
-from heads.metrics import each
+from heads.metrics import each, standout
 from heads.plots import CJK_FONT, latin_code_points
 
 FONT_NAME = "Head view CJK"  # the CSS family of the embedded subset
@@ -78,11 +78,25 @@ def rounded(values: np.ndarray | float) -> list | float | None:
     return [rounded(v) for v in values] if values.ndim else (round(float(values), 4) if math.isfinite(values) else None)
 
 
+def named_heads(metrics: dict[str, dict[str, np.ndarray]], baselines: dict[str, dict[str, float]]) -> list[dict]:
+    """The heads the report names (heads.metrics.standout), for the overview to mark: where and for what."""
+    named = []
+    for metric, groups in metrics.items():
+        for group, values in groups.items():
+            if group in baselines.get(metric, {}):
+                best = standout(values, baselines[metric][group], metric)
+                if best["named"]:
+                    named.append({"layer": best["layer"], "head": best["head"], "metric": metric, "group": group,
+                                  "value": rounded(best["value"])})
+    return named
+
+
 def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str = "Attention head view",
                    metrics: dict[str, dict[str, np.ndarray]] | None = None,
-                   baselines: dict[str, dict[str, float]] | None = None) -> str:
+                   baselines: dict[str, dict[str, float]] | None = None, metrics_note: str = "") -> str:
     """probes: (name, token labels, weights (n_layer, n_head, T, T)) each; metrics: metric -> group ->
-    (n_layer, n_head); baselines: metric -> group -> chance."""
+    (n_layer, n_head); baselines: metric -> group -> chance; metrics_note: what the metrics were measured
+    on, shown above them."""
     n_layer, n_head = probes[0][2].shape[:2]
     for name, labels, weights in probes:
         if weights.shape != (n_layer, n_head, len(labels), len(labels)):
@@ -98,10 +112,11 @@ def head_view_html(probes: list[tuple[str, list[str], np.ndarray]], title: str =
     data = {"title": title, "n_layer": n_layer, "n_head": n_head,
             "probes": [{"name": name, "labels": list(labels), "weights": base64.b64encode(stored).decode("ascii")}
                        for (name, labels, _), stored in zip(probes, as_bytes)],
-            "metrics": each(metrics, rounded), "baselines": each(baselines or {}, rounded)}
+            "metrics": each(metrics, rounded), "baselines": each(baselines or {}, rounded),
+            "named": named_heads(metrics, baselines or {}), "metrics_note": metrics_note}
     # every "<" escaped: no text (a probe called "</script>") can end the script or open a comment
     payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
-    shown = title + "".join(name + "".join(labels) for name, labels, _ in probes) + "".join(metrics)
+    shown = title + metrics_note + "".join(name + "".join(labels) for name, labels, _ in probes) + "".join(metrics)
     shown += "".join(g for groups in metrics.values() for g in groups)
     parts = {"FONT_FACE": embedded_font("".join(sorted(set(shown)))), "FONT_NAME": FONT_NAME,
              "GRADIENT": ", ".join(f"rgb({r},{g},{b})" for r, g, b in VIRIDIS), "VIRIDIS": json.dumps(VIRIDIS),

@@ -69,6 +69,13 @@ def induction_score(weights: torch.Tensor) -> torch.Tensor:
     return weights.double()[..., n + t, t + 1].mean(-1)
 
 
+def induction_gain(on_repeat: torch.Tensor, on_text: torch.Tensor) -> torch.Tensor:
+    """(..., 2n, 2n) weights on [w, w] and on the window itself (its second half not w) -> (...): what
+    the repeat adds to induction_score. A head that attends by position alone (a model trained on runs
+    repeated at one distance learns that) scores the same on both: 0, as uniform attention does."""
+    return induction_score(on_repeat) - induction_score(on_text)
+
+
 ROW_METRICS = {"entropy": normalised_entropy, "distance": relative_distance, "prev_token": previous_token_score,
                "sink": sink_score}
 
@@ -155,14 +162,14 @@ def head_evidence(model: GPT, group_ids: dict[str, torch.Tensor], tokenizer: Tok
         # metric -> [(L, H) summed over the windows, chance, windows]; pairs: [(L, H) summed over the
         # pair queries, uniform attention's sum, queries]
         found = {metric: [0, float(fn(uniform)), len(ids)] for metric, fn in ROW_METRICS.items()}
-        found["induction"] = [0, float(induction_score(uniform_causal(2 * n))), len(ids)]
+        found["induction"] = [0, 0.0, len(ids)]  # uniform attention is the same on both texts
         pairs: dict[str, list] = {}
         for chunk in ids.split(batch):  # the maps stay on the model's device: only (L, H) sums come back
             maps = model.attention_maps(chunk.to(device))  # (L, b, H, T, T)
             for metric, fn in ROW_METRICS.items():
                 found[metric][0] += fn(maps).sum(1).cpu()
             repeated = torch.cat([chunk[:, :n], chunk[:, :n]], 1)  # (b, 2n): the first half twice
-            found["induction"][0] += induction_score(model.attention_maps(repeated.to(device))).sum(1).cpu()
+            found["induction"][0] += induction_gain(model.attention_maps(repeated.to(device)), maps).sum(1).cpu()
             for metric, (queries, keys) in pair_masks(chunk, classes).items():
                 sums = pairs.setdefault(metric, [0, 0.0, 0])
                 sums[0] += weight_on_keys(maps, queries.to(device), keys.to(device)).cpu()

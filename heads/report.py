@@ -106,7 +106,11 @@ def build_report(model: GPT, tokenizer: Tokenizer, probes: list[Probe], max_toke
                 title=f"{metric} ({group}, {evidence.windows[group]} windows)")
     if ablation is not None:
         pictures.update(ablation_pictures(ablation[1]))
-    html = head_view_html(views, title, evidence.values, evidence.chance)
+    # the metrics are the validation windows', not the probe's on screen: the page says so beside them
+    measured_on = (f"{', '.join(f'{n} {g}' for g, n in evidence.windows.items())} validation windows"
+                   if group_ids else "the probes, each its own group (no validation data)")
+    html = head_view_html(views, title, evidence.values, evidence.chance,
+                          f"Measured on {measured_on}, not on the probe shown; chance: uniform causal attention there.")
     return HeadReport(evidence, ablation, pictures, html, sample_rows(per_probe, table_rows), probe_info)
 
 

@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from heads.html_view import head_view_html
+from heads.html_view import head_view_html, named_heads
+from heads.plots import cell_text
 
 pytestmark = pytest.mark.browser
 
@@ -23,9 +24,9 @@ CHINESE = list("中文注意力机制很有意思。")
 PROBES = [("english", ["␣" + w for w in ENGLISH]), ("中文", CHINESE)]
 
 
-def causal_weights(T: int, seed: int) -> np.ndarray:
-    """(N_LAYER, N_HEAD, T, T) softmax rows over the past, different for every layer and head."""
-    logits = np.random.default_rng(seed).normal(scale=3.0, size=(N_LAYER, N_HEAD, T, T))
+def causal_weights(T: int, seed: int, n_layer: int = N_LAYER, n_head: int = N_HEAD) -> np.ndarray:
+    """(n_layer, n_head, T, T) softmax rows over the past, different for every layer and head."""
+    logits = np.random.default_rng(seed).normal(scale=3.0, size=(n_layer, n_head, T, T))
     logits[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] = -np.inf
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     return weights / weights.sum(-1, keepdims=True)
@@ -48,12 +49,25 @@ def driver():
         pytest.skip("chromedriver is not installed (apt-get install chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--force-device-scale-factor=1"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--force-device-scale-factor=1"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(service=webdriver.ChromeService(chromedriver), options=options)
     yield chrome
     chrome.quit()
+
+
+@pytest.fixture(scope="module")
+def real_size_url(tmp_path_factory) -> str:
+    """A run's size: 6 layers of 6 heads, 32-token probes, Chinese labels of three tokens' character."""
+    labels = ["中共中央(1/3)", "中共中央(2/3)", "中共中央(3/3)", *CHINESE, *("␣" + w for w in ENGLISH[:17])]
+    values = {"prev_token": {"en": np.full((6, 6), 0.1), "zh": np.full((6, 6), 0.1)}}
+    path = tmp_path_factory.mktemp("real_size") / "head_view.html"
+    path.write_text(head_view_html([("mixed", labels, causal_weights(32, 5, 6, 6))], "run · step 9", values,
+                                   {"prev_token": {"en": 0.00540, "zh": 0.00540}}, "Measured on 8 validation windows"),
+                    encoding="utf-8")
+    return path.as_uri()
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +81,10 @@ def page_url(tmp_path_factory) -> str:
 def open_page(driver, url: str, width: int = 1000):
     driver.set_window_size(width, 900)
     driver.get(url)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # the page fills in once its font has loaded: wait for its menus
+    WebDriverWait(driver, 5).until(lambda d: d.execute_script("return document.getElementById('probe').length"))
     driver.get_log("browser")  # start each test with an empty log
     return driver
 
@@ -180,7 +198,7 @@ def test_overview_has_a_thumbnail_per_head_and_one_opens_a_labelled_heatmap_with
     rows = page.execute_script("return [...document.querySelectorAll('#metrics tr')].map((r) => "
                                "[...r.children].map((c) => c.textContent))")
     assert rows[0] == ["metric", "en", "zh"] and [r[0] for r in rows[1:]] == ["entropy", "prev_token"]
-    assert rows[2][2] == f"{METRICS['prev_token']['zh'][1, 2]:.3g} (chance 0.300)"
+    assert rows[2][2] == f"{cell_text(METRICS['prev_token']['zh'][1, 2])} (chance 0.300)"
     canvas, cell = by_id(page, "map"), int(by_id(page, "map").get_attribute("data-cell"))
     from selenium.webdriver import ActionChains
 
@@ -212,8 +230,8 @@ def test_chinese_is_drawn_with_the_embedded_font(page):
     from PIL import Image
 
     choose(page, "probe", "1")
-    loaded = page.execute_async_script("const done = arguments[0];"
-                                       "document.fonts.load('16px \"Head view CJK\"', '中文').then((f) => done(f.length))")
+    loaded = page.execute_async_script("const done = arguments[0]; document.fonts.load("
+                                       "'16px \"Head view CJK\"', '中文').then((f) => done(f.length))")
     assert loaded == 1
     page.execute_cdp_cmd("DOM.enable", {})
     page.execute_cdp_cmd("CSS.enable", {})
@@ -229,3 +247,69 @@ def test_chinese_is_drawn_with_the_embedded_font(page):
                 for glyph in page.execute_script("return document.querySelectorAll('.glyph')")]
     assert all((p < 128).sum() > 50 for p in pictures)
     assert pictures[0].shape == pictures[1].shape and np.abs(pictures[0].astype(int) - pictures[1]).sum() > 0
+
+
+def test_the_first_chinese_text_shown_is_drawn_with_glyphs_not_boxes(driver, tmp_path):
+    """Chromium draws text laid out before the embedded font has loaded as boxes, and never redraws it:
+    here the status line, the first Chinese on the page once a probe with an ASCII name is chosen."""
+    from PIL import Image
+
+    probes = [("english", PROBES[0][1], WEIGHTS[0]), ("zh", CHINESE, WEIGHTS[1])]
+    path = tmp_path / "head_view.html"
+    path.write_text(head_view_html(probes, "run · step 7"), encoding="utf-8")
+    page = open_page(driver, path.as_uri(), width=700)
+    choose(page, "probe", "1")
+    page.execute_async_script("document.fonts.ready.then(arguments[0])")
+
+    def pictures() -> list[np.ndarray]:  # the status line and the first token, as drawn
+        return [np.asarray(Image.open(io.BytesIO(e.screenshot_as_png)).convert("L")).astype(int)
+                for e in (by_id(page, "status"), token(page, 0))]
+
+    shown = pictures()
+    page.execute_script("for (const e of [document.getElementById('status'), document.querySelector('#tokens .tok')])"
+                        " e.textContent = e.textContent")  # laid out again, now with the font loaded
+    assert by_id(page, "status").text == "query 11 '。'" and token(page, 0).text == "中"
+    changed = [int((now != before).sum()) if now.shape == before.shape else f"{before.shape} -> {now.shape}"
+               for now, before in zip(pictures(), shown)]
+    assert changed == [0, 0]  # pixels that differ: none, the glyphs were there from the start
+
+
+def test_the_overview_marks_each_named_head_with_its_metric_group_and_value(page):
+    named = named_heads(METRICS, BASELINES)
+    assert named  # the page's random metrics clear chance by the margin somewhere
+    marks = page.execute_script("return [...document.querySelectorAll('#grid .thumb')].map((t) => "
+                                "[...t.querySelectorAll('.named')].map((n) => n.textContent))")
+    expected = [[] for _ in range(N_LAYER * N_HEAD)]
+    for n in named:
+        expected[n["layer"] * N_HEAD + n["head"]].append(f"{n['metric']} {n['group']} {cell_text(n['value'])}")
+    assert marks == expected
+
+
+def grid_box(page) -> dict:
+    return page.execute_script("const r = document.getElementById('grid').getBoundingClientRect();"
+                               "return {top: r.top, width: r.width, height: innerHeight, room: innerWidth}")
+
+
+def test_at_1400_px_the_overview_sits_beside_all_heads_and_uses_the_width(driver, real_size_url):
+    box = grid_box(open_page(driver, real_size_url, width=1400))
+    assert box["top"] < box["height"] / 2 and box["width"] > 0.4 * box["room"]
+
+
+def test_at_700_px_the_overview_starts_on_the_first_screen_below_all_heads(driver, real_size_url):
+    page = open_page(driver, real_size_url, width=700)
+    box = grid_box(page)
+    assert box["top"] + box["width"] / 7 < box["height"]  # the first layer's thumbnails begin in view
+    assert page.execute_script("return document.querySelectorAll('#tokens .row').length") == 6
+
+
+def test_at_700_px_heatmap_labels_are_whole_and_metric_cells_one_line_beside_what_they_measure(driver, real_size_url):
+    page = open_page(driver, real_size_url, width=700)
+    page.execute_script("document.querySelectorAll('#grid canvas')[7].click()")
+    cut = page.execute_script("return [...document.querySelectorAll('#keys div, #queries div')].filter((d) => "
+                              "d.scrollHeight > d.clientHeight || d.scrollWidth > d.clientWidth).map((d) => d.title)")
+    assert cut == []
+    lines = page.execute_script("return [...document.querySelectorAll('#metrics td')].map((td) => {"
+                                "const r = document.createRange(); r.selectNodeContents(td);"
+                                "return [td.textContent, new Set([...r.getClientRects()].map((b) => b.top)).size]; })")
+    assert lines == [["0.100 (chance 0.005)", 1]] * 2
+    assert by_id(page, "metrics").find_element("tag name", "caption").text == "Measured on 8 validation windows"
