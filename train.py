@@ -167,7 +167,8 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     model = (GPT(model_cfg) if pretrained is None else pretrained.train()).to(device)  # load_gpt2's is in eval mode
     optimizers = make_optimizers(model, tc, device)
     scaler = loss_scaler(device, dtype)
-    step_model, ddp = distributed.wrap_model(model, cfg.compile, ranks, device)
+    compiled = cfg.compiles(device.type)
+    step_model, ddp = distributed.wrap_model(model, compiled, ranks, device)
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
                            ranks.world_size)
     micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of one rank sees
@@ -189,7 +190,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
         print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} "
               f"heads x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, "
               f"attn_impl={model_cfg.attn_impl}, pos_encoding={model_cfg.pos_encoding} | {device}, "
-              f"{str(dtype).removeprefix('torch.')}, compile={cfg.compile}, {ranks.world_size} process(es), "
+              f"{str(dtype).removeprefix('torch.')}, compile={str(compiled).lower()}, {ranks.world_size} process(es), "
               f"grad_accum {tc.grad_accum}" + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
     started = time.time() - resumed.elapsed  # wall clock of step 0: a resumed time budget goes on where it stopped
@@ -255,7 +256,10 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
                     group["lr"] = lr
 
             x, y = sampler.next_batch()  # this rank's share of the global batch
+            step_started = time.time()
             step_loss, grad_norm, counted = train_step(model, step_model, optimizers, scaler, x, y, tc, dtype, ddp)
+            if compiled and step == start_step and ranks.is_main:  # the compiler works on the host, in the first call
+                print(f"compiled the training step in {time.time() - step_started:.0f}s")
             guard.check(step + 1, grad_norm, counted)
 
             if (step + 1) % tc.log_interval == 0:  # the only host sync of the loop

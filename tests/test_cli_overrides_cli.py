@@ -52,7 +52,7 @@ def test_heads_report_takes_unquoted_utf8_paths_and_probes(trained: dict) -> Non
 @pytest.mark.parametrize(("args", "expected"), [
     (["model.n_layr=3"], ("error: model.n_layr is not a setting: did you mean model.n_layer? "
                           "(python train.py --cfg job lists them all)")),
-    (["preset=gpu"], "error: preset=gpu is not an option: preset is one of cpu (config/preset/), or none: leave preset= out"),
+    (["preset=gpu"], "error: preset=gpu is not an option: preset is one of cpu, gpt2 (config/preset/), or none: leave preset= out"),
     (["preset=null"], "error: preset=null is not an option: preset is one of cpu"),  # hydra's own: a traceback
     (["preset=cpu", "recipe=null"], "error: recipe=null is not an option: recipe is one of baseline, fast (config/recipe/)"),
     (["data=custm"], "data is one of bilingual, custom"),

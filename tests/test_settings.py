@@ -8,6 +8,7 @@ import dataclasses
 import os
 
 import pytest
+import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -15,9 +16,10 @@ from omegaconf import OmegaConf
 from common.errors import ConfigError
 from common.settings import setting, typed
 from data.config import DataConfig
-from model import GPTConfig
 from heads.config import HeadsConfig
+from model import GPT, GPTConfig
 from trainer.config import MIN_TEMPERATURE, RunConfig, SampleConfig, TrainConfig, WandbConfig
+from trainer.mfu import flops_per_token
 
 # --- the converter ----------------------------------------------------------------------------
 
@@ -150,6 +152,21 @@ def test_presets_recipes_and_the_custom_data_group_convert(tmp_path):
     assert baseline.train.optimizer == "adamw" and baseline.gpt_config(320).pos_encoding == "learned"
     assert baseline.gpt_config(320).n_embd == run.gpt_config(320).n_embd == 256  # the preset's size either way
     assert typed(RunConfig, composed("train"), "").train.optimizer == "adamw"  # no preset: nanoGPT-style
+
+
+def test_the_gpt2_preset_is_nanogpts_gpt2_small_in_shapes_parameters_and_flops():
+    run = typed(RunConfig, composed("train", "preset=gpt2"), "")
+    with torch.device("meta"):  # shapes without 500 MB of weights
+        model = GPT(run.gpt_config(run.data.vocab_size))
+    c = model.config
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.attn_impl) == (12, 12, 768, 1024, "flash")
+    assert model.wte.weight.shape == (50304, 768) and model.lm_head.weight is model.wte.weight  # tied, as GPT-2
+    assert model.blocks[0].mlp.up.weight.shape == (3072, 768)
+    assert model.num_params() == 123_587_328  # nanoGPT prints "123.59M" for its train_gpt2.py model
+    # nanoGPT's estimate_mfu counts 6 N + 12 n_layer n_head head_dim T: the two MFUs compare
+    assert flops_per_token(model) == 6 * 123_587_328 + 12 * 12 * 12 * 64 * 1024
+    assert run.compiles("cuda") and not run.compiles("cpu")
+    assert run.train.optimizer == "adamw" and run.data.dir.name == "bilingual-50k"  # preset=cpu's bins stay
 
 
 def test_paths_expand_the_home_folder(monkeypatch, tmp_path):

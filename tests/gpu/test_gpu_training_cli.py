@@ -52,8 +52,9 @@ def test_gpu_default_architecture_trains_with_bf16_and_compile_and_reports_mfu(g
         "wandb.attn_every=15")], cwd=gpu_workspace.tmp, env=gpu_workspace.env, timeout=420)
     assert result.returncode == 0, result.stderr[-3000:]
     line = model_line(result.stdout)
-    for word in (GPU_DEVICE, "bfloat16", "compile=True"):
+    for word in (GPU_DEVICE, "bfloat16", "compile=true"):
         assert word in line, f"{word!r} missing from {line!r}"
+    assert result.stdout.count("compiled the training step in ") == 1
     if not ON_CPU:
         assert "6 layers x 6 heads x 64 dims, context 256" in line
     assert_loss_falls(result.stdout)
