@@ -74,7 +74,8 @@ class RunConfig:
     out_dir: str = setting("out", path=True, fix="the folder for the checkpoints, e.g. out_dir=out")
     init_from: str = setting(SCRATCH, path=True, check=pretrained_rule,
                              fix="scratch trains a new model; a GPT-2 is fine-tuned with its own architecture and "
-                                 "tokenizer (of the model group only block_size, dropout, attn_impl and attn_tile apply)")
+                                 "tokenizer (of the model group only block_size, dropout, attn_impl and attn_tile "
+                                 "apply)")
     device: str = device_setting()
     dtype: str = setting("auto", choices=DTYPES,
                          fix="auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32")
