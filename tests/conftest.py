@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.config import TrainConfig
 
@@ -34,6 +35,21 @@ TINY = [
     "train.batch_size=8", "train.max_iters=30", "train.eval_interval=15", "train.eval_windows=4",
     "train.log_interval=5", "train.warmup_iters=5", "data.vocab_size=320", "device=cpu",
 ]
+
+
+def overfit_losses(model, idx, steps: int, optimizers: list | None = None) -> list[float]:
+    """The loss at each of `steps` optimizer steps on the one batch idx (B, T + 1): next-token targets,
+    AdamW at lr 3e-3 unless optimizers are given."""
+    optimizers = optimizers or [torch.optim.AdamW(model.parameters(), lr=3e-3)]
+    losses = []
+    for _ in range(steps):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
 
 
 def tiny_args(corpus: Path, data_root: Path, *extra: str) -> list[str]:

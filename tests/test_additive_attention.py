@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, overfit_losses
 from omegaconf import OmegaConf
 from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
@@ -171,13 +171,5 @@ def test_muon_leaves_the_additive_parameters_to_adamw_and_the_model_learns():
     additive = {id(p) for block in model.blocks for p in block.attn.score.parameters()}
     assert additive <= adamw_params and muon_params.isdisjoint(additive | adamw_params)
     assert muon_params | adamw_params == {id(p) for p in model.parameters()}
-    idx = torch.randint(0, 64, (4, 17))
-    losses = []
-    for _ in range(40):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-        for optimizer in (muon, adamw):
-            optimizer.step()
-            optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = overfit_losses(model, torch.randint(0, 64, (4, 17)), 40, [muon, adamw])
     assert losses[-1] < 0.3 * losses[0]

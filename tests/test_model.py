@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import overfit_losses
 
 from model import GPT, GPTConfig
 from model.generation import filter_top_k, filter_top_p, sample_next_token
@@ -42,15 +43,7 @@ def test_changing_future_tokens_never_changes_past_logits(attn_impl):
 def test_loss_falls_when_overfitting_one_batch():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SMALL))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    idx = torch.randint(0, 64, (4, 16))
-    losses = []
-    for _ in range(60):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(model, torch.randint(0, 64, (4, 16)), 60)
     assert losses[-1] < 0.2 * losses[0]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import overfit_losses
 
 from model import GPT, GPTConfig
 from trainer.config import TrainConfig
@@ -44,15 +45,7 @@ def test_fast_recipe_learns_a_batch():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**FAST))
     optimizers = make_optimizers(model, TC, torch.device("cpu"))
-    idx = torch.randint(0, 64, (4, 17))
-    losses = []
-    for _ in range(60):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = overfit_losses(model, torch.randint(0, 64, (4, 17)), 60, optimizers)
     assert losses[-1] < 0.3 * losses[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import overfit_losses
 
 import model.attention as attention
 from bench import attention as bench_attention
@@ -163,15 +164,7 @@ def test_a_tiled_gpt_gives_explicits_logits_maps_and_greedy_tokens(settings):
 
 def test_a_tiled_gpt_trains_with_dropout():
     _, ours = twin_gpts(dropout=0.2)
-    optimizer = torch.optim.AdamW(ours.parameters(), lr=3e-3)
-    idx = torch.randint(0, 50, (4, 24), generator=torch.Generator().manual_seed(2))
-    losses = []
-    for _ in range(15):
-        _, loss = ours(idx[:, :-1], idx[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(ours, torch.randint(0, 50, (4, 24), generator=torch.Generator().manual_seed(2)), 15)
     assert losses[-1] < 0.8 * losses[0]
 
 
