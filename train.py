@@ -106,7 +106,7 @@ def train_step(model: GPT, step_model: torch.nn.Module, optimizers: list[torch.o
         with autocast(device, dtype):
             _, loss = step_model(to_device(micro_x, device), to_device(micro_y, device))
         loss = loss / tc.grad_accum
-        scaler.scale(loss).backward()
+        scaler.scale(loss).backward()  # fp16 scales the loss so small gradients do not underflow
         step_loss += loss.detach()
     for optimizer in optimizers:
         scaler.unscale_(optimizer)  # true gradients (a no-op unless fp16 scales the loss)

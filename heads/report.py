@@ -204,8 +204,8 @@ def print_top_heads(report: HeadReport) -> None:
 
 
 def note_explicit_maps(model: GPT) -> None:
-    """Once per run: a fused kernel never forms the weights, so model.attention_maps runs explicit_attention
-    on the same weights, and the maps are those of the explicit path."""
+    """Once per run: the fused kernels and the tiled path never form the weights, so model.attention_maps
+    runs explicit_attention on the same weights, and the maps are those of the explicit path."""
     if model.config.attn_impl != "explicit":
         print(f"note: attention maps are computed with the explicit path (model.attn_impl={model.config.attn_impl} "
               "cannot return weights)")
