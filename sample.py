@@ -49,6 +49,7 @@ def main_sample(raw: DictConfig) -> None:
     cfg = typed(SampleConfig, raw, "")  # every setting typed and in range, paths with ~ expanded, before loading
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
+    cuda_graph = cfg.records_cuda_graph(device.type)  # cuda_graph=true on a CPU is one line, before any loading
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer, _ = load_inference_model(cfg.out_dir, device, cfg.checkpoint, cfg.init_from)
     model.to_inference_dtype(dtype)  # half-size weights halve the memory read for every new token
@@ -59,6 +60,8 @@ def main_sample(raw: DictConfig) -> None:
         for _ in model.engine.generate_tokens(warm_up, 2, temperature=0):  # greedy: the seeded sampling is untouched
             pass  # compile now, so the first sample's tokens/s are not the compiler's
         print(f"compiled the decoding step in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    elif cuda_graph:
+        model.engine.use_cuda_graph()  # recorded at the first new token of a batch size: a step, not a compile
     block_size = model.config.block_size
     stream = cfg.stream if cfg.stream is not None else (cfg.format == "text" and cfg.num_samples == 1)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # one seed, the same text every time

@@ -1,9 +1,9 @@
 """Generation: next-token logits into tokens (temperature, top-k, top-p (nucleus), greedy), and the Engine that
-decodes with the KV cache, one token at a time, compiled on request (torch.compile; CUDA graphs on a GPU)."""
+decodes with the KV cache, one token at a time: eager, recorded as one CUDA graph on a GPU, or compiled."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,6 +95,12 @@ class Engine:
 
         self.decode_step = decode_step
 
+    def use_cuda_graph(self) -> None:
+        """Decode on a GPU by replaying one recorded CUDA graph per token instead of launching each layer's
+        kernels from Python (eager decoding at batch 1 waits on the host, not the GPU). Recording takes one
+        step, not a compile; the numbers are eager's, so are the tokens."""
+        self.decode_step = CUDAGraphStep(self.model.next_token_logits)
+
     @torch.no_grad()
     def generate_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, use_kv_cache: bool = True,
@@ -120,3 +126,36 @@ class Engine:
             next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
             yield next_id
+
+
+class CUDAGraphStep:
+    """The one-token decoding step recorded once as a CUDA graph, then replayed for every token. A graph replays
+    the same kernels on the same memory: the step reads its inputs from fixed buffers (the new token and its
+    position, copied in before each replay), writes the KV cache in place (its buffers never move) and leaves the
+    logits in one fixed buffer, overwritten by the next replay. A new cache (another batch size) is recorded anew."""
+
+    def __init__(self, step: Callable[[torch.Tensor, KVCache, torch.Tensor], torch.Tensor]):
+        self.step = step  # (next_id (B, 1), kv_cache, positions (1,)) -> logits (B, vocab)
+        self.cache: KVCache | None = None  # the cache the graph writes; None: nothing recorded yet
+
+    def __call__(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        if kv_cache is not self.cache:
+            self.record(next_id, kv_cache, positions)
+        self.next_id.copy_(next_id)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        return self.logits  # (B, vocab): read it before the next call overwrites it
+
+    def record(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> None:
+        self.next_id, self.positions = next_id.clone(), positions.clone()  # the graph's input buffers
+        # run the step eagerly first, on a side stream as PyTorch's CUDA graph notes ask: cuBLAS and the caching
+        # allocator set themselves up outside the graph. It writes this step's key and value, as the replay will
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.step(self.next_id, kv_cache, self.positions)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records the kernels without running them
+            self.logits = self.step(self.next_id, kv_cache, self.positions)
+        self.cache = kv_cache

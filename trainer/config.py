@@ -132,18 +132,32 @@ class SampleConfig:
     dtype: str = setting("float32", choices=DTYPES, fix="float32 is exact everywhere")
     use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
     compile: bool = setting(False, fix="compile=true or compile=false")
+    cuda_graph: str = setting("auto", choices=("auto", "true", "false"),
+                              fix="auto replays each new token as one recorded CUDA graph on a CUDA device "
+                                  "(eager launches every kernel from Python), unless compile=true")
     stream: bool | None = setting(None, fix="null streams for num_samples=1 in text format")
     format: str = setting("text", choices=("text", "jsonl"), fix="text for reading, jsonl for scripts")
 
     def __post_init__(self):
         if self.compile and not self.use_kv_cache:
             raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
+        if self.cuda_graph == "true" and (self.compile or not self.use_kv_cache):
+            raise ConfigError("cuda_graph=true records the KV-cache decoding step, which compile=true compiles into "
+                              "CUDA graphs of its own: use it with use_kv_cache=true and compile=false")
         if self.stream and self.num_samples > 1:
             raise ConfigError(f"stream=true needs num_samples=1 (got {self.num_samples}): the samples of a prompt "
                               "are generated together as one batch; use stream=false")
         if self.stream and self.format == "jsonl":
             raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
                               "(a stream would break the lines apart): use stream=false with format=jsonl")
+
+    def records_cuda_graph(self, device_type: str) -> bool:
+        """Whether decoding replays a recorded CUDA graph: cuda_graph=auto does on CUDA with the KV cache and
+        without compile=true, whose Inductor code replays CUDA graphs of its own."""
+        if self.cuda_graph == "true" and device_type != "cuda":
+            raise ConfigError(f"cuda_graph=true needs a CUDA device (this one is {device_type}): use cuda_graph=auto")
+        return self.cuda_graph == "true" or (self.cuda_graph == "auto" and device_type == "cuda"
+                                             and self.use_kv_cache and not self.compile)
 
 
 store_defaults("train_settings", RunConfig)  # config/train.yaml starts from these

@@ -69,3 +69,25 @@ def test_compiled_decoding_replays_cuda_graphs_and_gives_the_eager_tokens(traine
             f"{len(replays) - before_second} CUDA graph replays in a generation of {decode_steps} compiled steps")
     finally:
         torch._dynamo.reset()  # frees the compiled code and its CUDA graph memory pool
+
+
+def test_cuda_graph_decoding_replays_one_graph_per_token_and_gives_the_eager_tokens(trained_gpu_run: TrainedRun):
+    import time
+
+    from data.checkpoint import load_model
+
+    if ON_CPU:
+        pytest.skip(not_on_cpu("CUDA graphs (tests/test_cuda_graph_decoding.py replays a CPU stand-in)"))
+    model, tokenizer, _ = load_model(trained_gpu_run.out, GPU_DEVICE)
+    model.eval()
+    idx = torch.tensor([tokenizer.encode("the king and")], device=GPU_DEVICE)
+    new_tokens = 40  # past block_size 32: replays while the sequence fits, then refills
+    eager = model.generate(idx, new_tokens, temperature=0).tolist()
+    model.engine.use_cuda_graph()
+    started = time.perf_counter()
+    first = model.generate(idx, new_tokens, temperature=0).tolist()  # records the graph at its first step
+    set_up = time.perf_counter() - started
+    second = model.generate(idx, new_tokens, temperature=0).tolist()
+    assert first == eager and second == eager, f"eager {eager}\nCUDA graph {first}\nagain {second}"
+    assert set_up < 10, f"the first CUDA-graph generation (recording included) took {set_up:.1f} s"
+    assert model.engine.decode_step.cache is model.engine.cache  # one graph, on the cache it writes

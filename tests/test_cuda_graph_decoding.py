@@ -1,0 +1,149 @@
+"""CUDA-graph decoding's bookkeeping, on the CPU: the Engine's CUDAGraphStep records the one-token step
+once and replays it for every token. A stand-in for torch.cuda's graph does on the CPU what a CUDA graph
+does: it records every aten kernel the step runs, on the tensors it ran on, and a replay runs the same
+kernels on the same memory again, writing each result where the recording left it. A value read back to
+Python during recording (a host sync, refused by a real capture) is refused here too. Whatever the step
+took from Python at recording time instead of from its input buffers would replay stale: the tokens
+would differ from eager decoding's. tests/gpu/test_gpu_trained_model.py replays the real thing."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import sample
+from common.errors import ConfigError
+from common.settings import typed
+from model import GPT, GPTConfig
+from model.generation import CUDAGraphStep
+from trainer.config import SampleConfig
+
+HOST_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+
+class RecordedGraph(TorchDispatchMode):
+    """torch.cuda.CUDAGraph's contract on the CPU: kernels recorded between capture_begin and
+    capture_end, replayed in order on the recorded tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: list[tuple] = []  # (op, args, kwargs, what it returned)
+        self.replays = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in HOST_SYNCS:
+            raise RuntimeError(f"{func} reads a value back to the host: a CUDA graph cannot record it")
+        out = func(*args, **(kwargs or {}))
+        self.kernels.append((func, args, kwargs or {}, out))
+        return out
+
+    def replay(self) -> None:
+        self.replays += 1
+        for func, args, kwargs, out in self.kernels:
+            new = func(*args, **kwargs)
+            for recorded, fresh in zip(tree_leaves(out), tree_leaves(new)):
+                if isinstance(fresh, torch.Tensor) and recorded.data_ptr() != fresh.data_ptr():  # not in place
+                    recorded.copy_(fresh)  # a graph's kernel writes into the memory it was recorded with
+
+
+class FakeStream:
+    def wait_stream(self, other: FakeStream) -> None:
+        pass
+
+
+@pytest.fixture
+def graphs(monkeypatch) -> list[RecordedGraph]:
+    """torch.cuda's streams and graphs replaced by the CPU stand-ins; the graphs recorded, in order."""
+    recorded: list[RecordedGraph] = []
+
+    def new_graph() -> RecordedGraph:
+        recorded.append(RecordedGraph())
+        return recorded[-1]
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: graph)  # entering the mode records
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    return recorded
+
+
+def tiny_gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    config = dict(vocab_size=97, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0) | overrides
+    return GPT(GPTConfig(**config)).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attn_impl": "sdpa", "pos_encoding": "learned"},
+                                       {"attn_impl": "tiled", "attn_tile": 8, "pos_encoding": "sinusoidal"},
+                                       {"attn_score": "additive", "qk_norm": False}])
+def test_replayed_decoding_gives_eager_greedy_tokens_past_the_context(graphs, overrides):
+    model = tiny_gpt(**overrides)
+    prompt = torch.tensor([[5, 17, 3], [9, 9, 60]])
+    eager = model.generate(prompt, 30, temperature=0)  # past block_size 24: the window refills the cache
+    model.engine.use_cuda_graph()
+    replayed = model.generate(prompt, 30, temperature=0)
+    assert torch.equal(replayed, eager)
+    # recorded once; replayed for each token while the sequence fits (lengths 3..23), then refills read its cache
+    assert len(graphs) == 1 and graphs[0].replays == 21
+
+
+def test_sampled_tokens_match_eager_with_the_same_seed(graphs):
+    model = tiny_gpt()
+    prompt = torch.tensor([[1, 2, 3]])
+
+    def sample() -> torch.Tensor:
+        return model.generate(prompt, 20, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(7))
+
+    eager = sample()
+    model.engine.use_cuda_graph()
+    assert torch.equal(sample(), eager)
+
+
+def test_a_graph_is_recorded_once_per_cache_and_anew_for_another_batch_size(graphs):
+    model = tiny_gpt()
+    model.engine.use_cuda_graph()
+    one, two = torch.tensor([[4, 5]]), torch.tensor([[4, 5], [6, 7]])
+    model.generate(one, 5, temperature=0)
+    model.generate(one, 5, temperature=0)  # the same cache: the graph replays
+    assert len(graphs) == 1 and graphs[0].replays == 8
+    model.generate(two, 5, temperature=0)  # two sequences: a new cache, a new graph on its buffers
+    assert len(graphs) == 2 and graphs[1].replays == 4
+    assert torch.equal(model.generate(one, 5, temperature=0)[0], model.generate(two, 5, temperature=0)[0])
+
+
+def test_a_step_that_reads_a_value_back_to_python_cannot_be_recorded(graphs):
+    def step_with_host_sync(next_id, kv_cache, positions):
+        return torch.zeros(1, 3) + positions.item()  # the position baked into the graph as a constant
+
+    model = tiny_gpt()
+    step = CUDAGraphStep(step_with_host_sync)
+    with pytest.raises(RuntimeError, match="cannot record"):
+        step(torch.tensor([[1]]), model.engine.kv_cache(1, torch.device("cpu")), torch.tensor([3]))
+
+
+def sample_settings(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        return compose("sample", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides,device_type,records", [
+    ((), "cuda", True), ((), "cpu", False), ((), "mps", False),
+    (("compile=true",), "cuda", False),  # Inductor's code replays CUDA graphs of its own
+    (("use_kv_cache=false",), "cuda", False),  # no one-token step to record
+    (("cuda_graph=false",), "cuda", False), (("cuda_graph=true",), "cuda", True),
+])
+def test_cuda_graph_auto_records_on_cuda_with_the_kv_cache_and_without_compile(overrides, device_type, records):
+    assert typed(SampleConfig, sample_settings(*overrides), "").records_cuda_graph(device_type) == records
+
+
+def test_cuda_graph_true_without_a_gpu_is_one_line_before_any_checkpoint_is_read(tmp_path):
+    settings = sample_settings("cuda_graph=true", "device=cpu", f"out_dir={tmp_path / 'no-such-run'}")
+    with pytest.raises(ConfigError) as caught:
+        sample.main_sample(settings)
+    assert str(caught.value) == "cuda_graph=true needs a CUDA device (this one is cpu): use cuda_graph=auto"
