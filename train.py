@@ -305,14 +305,14 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     # ---- finish: the done line (also when Ctrl-C came during the final evaluation), the wandb summary
     guard.read()
     failure = guard.failure()
+    if reports is not None:  # the final report's pictures, drawn while the final evaluation and save ran
+        reports.close(final_step=None if interrupted or failure else last_step)
     if ranks.is_main and not interrupted and not failure:
         budget = (f"the time budget train.max_seconds={tc.max_seconds:g} ran out first" if last_step < tc.max_iters
                   else f"train.max_iters={tc.max_iters}")
         reached = f", val bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
         print(f"done in {format_seconds(time.time() - started)} at step {last_step} ({budget}){reached}: "
               f"checkpoint in {out_dir / CHECKPOINT}")
-    if reports is not None:
-        reports.close()  # an interrupted run's pictures still being drawn are dropped
     if run is not None:
         run.summary(metrics)
         where = run.finish(exit_code=1 if failure else 0)

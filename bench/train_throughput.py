@@ -1,6 +1,7 @@
 """Training-step throughput on this machine (CPU or CUDA GPU), ours beside karpathy/nanoGPT's model.py.
 
-Both at the GPU default architecture and the same batch: ours with each attn_impl, nanoGPT's (read
+Both at one architecture (--arch: the GPU default, or GPT-2 small as preset=gpt2) and the same batch:
+ours with each attn_impl (--attn), nanoGPT's (read
 from your clone, never copied here) with its own configure_optimizers; in fp32 and in the dtype
 train.py's dtype=auto picks (not on a CPU without native bf16: emulated, it runs ~100x slower);
 torch.compile off and on; each through train.py's own step. Rates come from the best step, against
@@ -32,15 +33,18 @@ from trainer.mfu import flops_per_token, measure_cpu_peak, peak_flops
 from trainer.optim import make_optimizers
 from trainer.runtime import reuse_host_memory
 
-ARCH = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False)
+ARCHS = {  # the GPU default (config/train.yaml) and GPT-2 small (config/preset/gpt2.yaml), on our BPE's vocabularies
+    "gpu-default": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192, dropout=0.0, bias=False),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=False),
+}
 TC = TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.99)  # both models' AdamW
 
 
-def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: int = 10) -> list[float]:
+def matmul_floor(arch: dict, batch: int, device: torch.device, dtype: torch.dtype, repeats: int = 10) -> list[float]:
     """Seconds per step (`repeats` times) of the step's matrix multiplies alone, each forward product
     with its backward ones; the attention's run over the full T x T and count half, the most a
     causal kernel can skip."""
-    n_layer, n_head, C, T, V = (ARCH[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
+    n_layer, n_head, C, T, V = (arch[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
     M = batch * T  # tokens per step
     r = partial(torch.randn, dtype=dtype, device=device)
     # (input (M, k), weight (n, k), output gradient (M, n)) of each layer's k -> n matrices (Q, K and V
@@ -65,13 +69,13 @@ def matmul_floor(batch: int, device: torch.device, dtype: torch.dtype, repeats: 
     return [full + half / 2 for full, half in zip(seconds(linear_products), seconds(attention_products))]
 
 
-def build(who: str, attn_impl: str, nanogpt: dict, device: torch.device):
+def build(who: str, arch: dict, attn_impl: str, nanogpt: dict, device: torch.device):
     """A model and its optimizers: ours with train.py's AdamW, nanoGPT's with its configure_optimizers."""
     torch.manual_seed(0)
     if who == "ours":
-        model = GPT(GPTConfig(**ARCH, attn_impl=attn_impl)).to(device)
+        model = GPT(GPTConfig(**arch, attn_impl=attn_impl)).to(device)
         return model, make_optimizers(model, TC, device)
-    model = nanogpt["GPT"](nanogpt["GPTConfig"](**ARCH)).to(device)
+    model = nanogpt["GPT"](nanogpt["GPTConfig"](**arch)).to(device)
     return model, [model.configure_optimizers(TC.weight_decay, TC.learning_rate, (TC.beta1, TC.beta2), device.type)]
 
 
@@ -79,15 +83,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", type=Path, help="folder of a karpathy/nanoGPT clone (holds model.py)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, help="sequences per step (default: 8 on a CPU, 64 on a GPU)")
+    parser.add_argument("--arch", default="gpu-default", choices=tuple(ARCHS))
+    parser.add_argument("--attn", nargs="+", default=list(ATTN_IMPLS), choices=ATTN_IMPLS,
+                        help="our attn_impls to time (explicit's T x T weights at gpt2's context take GBs)")
+    parser.add_argument("--batch", type=int, help="sequences per step (default: 8 on a CPU; on a GPU 64, gpt2 16)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults, as nanoGPT runs")
     args = parser.parse_args()
     device = resolve_device(args.device)  # on CUDA also train.py's TF32 setting for fp32 matmuls
-    args.batch = args.batch or (64 if device.type == "cuda" else 8)
-    tokens = args.batch * ARCH["block_size"]  # per step
-    flops = flops_per_token(GPT(GPTConfig(**ARCH))) * tokens
+    arch = ARCHS[args.arch]
+    args.batch = args.batch or (8 if device.type != "cuda" else 16 if args.arch == "gpt2" else 64)
+    tokens = args.batch * arch["block_size"]  # per step
+    with torch.device("meta"):  # the count needs the shapes only
+        flops = flops_per_token(GPT(GPTConfig(**arch))) * tokens
     fast = resolve_dtype("auto", device)  # train.py's choice: the peak's and the floor's dtype
     dtypes = (torch.float32,) if fast == torch.float32 else (torch.float32, fast)
     name = {dtype: str(dtype).removeprefix("torch.") for dtype in dtypes}
@@ -101,10 +110,11 @@ def main() -> None:
         peak = measure_cpu_peak(fast, seconds=2.0)
         where = (f"malloc: {malloc}; measured {name[fast]} matmul peak {peak / 1e9:.0f} GFLOP/s"
                  + ("; no native bf16 on this CPU: bf16 rows left out" if fast == torch.float32 else ""))
-    print(f"training step, GPU default architecture (6x6x384, context 256, vocab 8192), batch {args.batch}, "
+    shape = f"{arch['n_layer']}x{arch['n_head']}x{arch['n_embd']}, context {arch['block_size']}"
+    print(f"training step, {args.arch} ({shape}, vocab {arch['vocab_size']}), batch {args.batch}, "
           f"{machine(device)}; {where}")
     nanogpt = runpy.run_path(str(args.nanogpt / "model.py")) if args.nanogpt else {}  # its GPT and GPTConfig
-    settings = [("ours", impl) for impl in ATTN_IMPLS] + [("nanoGPT", "its default (sdpa)")] * bool(nanogpt)
+    settings = [("ours", impl) for impl in args.attn] + [("nanoGPT", "its default (sdpa)")] * bool(nanogpt)
     header("model", "attention", "dtype", "compile", "ms/step (median)", "ms/step (best)", "tokens/s", "GFLOP/s",
            f"% of {name[fast]} peak (MFU)")
 
@@ -116,15 +126,15 @@ def main() -> None:
         return tokens / best
 
     generator = torch.Generator().manual_seed(0)  # random batches (B, T), on the host as train.py's
-    x, y = torch.randint(0, ARCH["vocab_size"], (2, args.batch, ARCH["block_size"]), generator=generator)
+    x, y = torch.randint(0, arch["vocab_size"], (2, args.batch, arch["block_size"]), generator=generator)
     best = {}
     for (who, attention), dtype, compile_ in itertools.product(settings, dtypes, (False, True)):
-        model, optimizers = build(who, attention, nanogpt, device)
+        model, optimizers = build(who, arch, attention, nanogpt, device)
         step = step_timer(model, torch.compile(model) if compile_ else model, optimizers, dtype, device, TC)
         times = [step(x, y) for _ in range(args.warmup + args.steps)][args.warmup:]  # warm-up steps compile
         best[who] = max(best.get(who, 0.0), report(who, attention, dtype, "on" if compile_ else "off", times))
         torch._dynamo.reset()
-    floor = report("floor: matmuls alone", "-", fast, "-", matmul_floor(args.batch, device, fast))
+    floor = report("floor: matmuls alone", "-", fast, "-", matmul_floor(arch, args.batch, device, fast))
     print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"
           + (f", nanoGPT {best['nanoGPT']:,.0f} tokens/s -> {best['ours'] / best['nanoGPT']:.2f}x; the floor is "
              f"{floor / best['nanoGPT']:.2f}x nanoGPT's best" if nanogpt else ""))

@@ -224,8 +224,9 @@ def report_inputs(model: GPT, bins: TokenBins | None, settings: ReportSettings, 
 
 class TrainingReports:
     """A training run's reports: train.py calls report() on schedule, log_pictures() at progress lines
-    in between and close() at the end; one of the two at most per step, so that no report's pictures
-    replace another's. Pictures are logged at the first of those steps after they are drawn."""
+    in between (one of the two at most per step, so that no report's pictures replace another's) and
+    close() after the final evaluation and save. Pictures are logged at the first of those steps after
+    they are drawn; the final report's at its own step, by close()."""
 
     def __init__(self, run, model: GPT, bins, probes: list[Probe], settings, device: torch.device,
                  dtype: torch.dtype, title: str, history: ReportHistory):
@@ -250,8 +251,9 @@ class TrainingReports:
         log_report(self.run, report, step, self.history)
         if final or self.pictures != "final":
             self.painter.submit(step, report.pictures, spread=final)
-            self.log_pictures(step, wait=final)
-            where = " (pictures drawn in the background)" if self.painter.pool is not None and not final else ""
+            if not final:  # the final report's are logged by close(), drawn while the final evaluation and save run
+                self.log_pictures(step)
+            where = " (pictures drawn in the background)" if self.painter.pool is not None else ""
         else:
             where = f" (no pictures until the final report: wandb.pictures={ws.pictures})"
         print(f"attention report at step {step} in {time.time() - started:.1f}s"
@@ -276,8 +278,12 @@ class TrainingReports:
                 log_pictures(self.run, files, step, report_step)
             self.painter.release(report_step)
 
-    def close(self) -> None:
-        self.painter.close()  # an interrupted run's pictures still being drawn are dropped
+    def close(self, final_step: int | None) -> None:
+        """Log the final report's pictures at final_step, waiting for them; None (an interrupted or failed
+        run) drops the pictures still being drawn."""
+        if final_step is not None:
+            self.log_pictures(final_step, wait=True)
+        self.painter.close()
 
 
 def checkpoint_bins(checkpoint: dict, tokenizer: Tokenizer) -> TokenBins | None:
