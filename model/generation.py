@@ -53,12 +53,13 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
 
 class Engine:
     """How a GPT generates (GPT.generate, sample.py): the decoding loop, the KV cache and the one-token decoding
-    step that compile() compiles. One per model (`model.engine`): the cache and compiled step outlive a generation."""
+    step that use_cuda_graph() records or compile() compiles. One per model (`model.engine`): the cache and that
+    step outlive a generation."""
 
     def __init__(self, model: GPT):
         self.model = model
         self.cache: KVCache | None = None  # allocated by kv_cache
-        # one new token (B, 1) at positions (1,) -> the logits (B, vocab) after it; compile swaps in the compiled step
+        # one new token (B, 1) at positions (1,) -> the logits (B, vocab) after it: eager, recorded or compiled
         self.decode_step = model.next_token_logits
 
     def kv_cache(self, batch: int, device: torch.device) -> KVCache:
