@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 
 from bench.timing import header, machine, row, timed
+from common.device import resolve_device
 from model import GPT, GPTConfig
 
 ARCHITECTURES = {
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled columns")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     decoders = ["KV cache", *["KV cache + CUDA graph"] * (device.type == "cuda"),
                 *["KV cache + compile"] * (not args.no_compile)]
     print(f"greedy generation, {PROMPT_TOKENS}-token prompt, vocab 8192, {args.dtype}, {machine(device)}")
