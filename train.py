@@ -17,6 +17,7 @@ import dataclasses
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -38,6 +39,7 @@ from heads.probes import configured_probes
 from model import GPT
 from trainer import distributed, guards
 from trainer.config import RunConfig, TrainConfig
+from trainer.cuda_graph import GraphedTrainStep
 from trainer.mfu import flops_per_token, mfu, peak_flops
 from trainer.optim import make_optimizers
 from trainer.runtime import reuse_host_memory, rng_state, seed_everything
@@ -135,6 +137,7 @@ def train(cfg: RunConfig, ranks: distributed.Ranks, device_name: str, saved: gua
                           f"{ranks.world_size} x {tc.grad_accum}: it is the global batch of one optimizer step")
     device = resolve_device(device_name)
     dtype = resolve_dtype(cfg.dtype, device)
+    cfg.records_cuda_graph(device.type, ranks.world_size, dtype)  # cuda_graph=true where it cannot be: one line
     if device.type == "cpu":
         reuse_host_memory()  # each step reuses the pages of the last one instead of faulting in new ones
     pretrained = pretrained_model(cfg, ranks.is_main) if cfg.init_from != SCRATCH else None
@@ -169,6 +172,10 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
     scaler = loss_scaler(device, dtype)
     compiled = cfg.compiles(device.type)
     step_model, ddp = distributed.wrap_model(model, compiled, ranks, device)
+    run_step = partial(train_step, model, step_model, optimizers, scaler, tc=tc, dtype=dtype, ddp=ddp)
+    graphed = cfg.records_cuda_graph(device.type, ranks.world_size, dtype)
+    if graphed:  # replayed as one CUDA graph: the same step, launched at once (trainer/cuda_graph.py)
+        run_step = GraphedTrainStep(run_step, optimizers, device)
     sampler = TrainSampler(bins.splits["train"], model_cfg.block_size, tc.batch_size, cfg.seed, ranks.rank,
                            ranks.world_size)
     micro_batch = tc.batch_size // (ranks.world_size * tc.grad_accum)  # what one forward pass of one rank sees
@@ -190,8 +197,9 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
         print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers x {model_cfg.n_head} "
               f"heads x {model_cfg.n_embd // model_cfg.n_head} dims, context {model_cfg.block_size}, "
               f"attn_impl={model_cfg.attn_impl}, pos_encoding={model_cfg.pos_encoding} | {device}, "
-              f"{str(dtype).removeprefix('torch.')}, compile={str(compiled).lower()}, {ranks.world_size} process(es), "
-              f"grad_accum {tc.grad_accum}" + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
+              f"{str(dtype).removeprefix('torch.')}, compile={str(compiled).lower()}, "
+              f"cuda_graph={str(graphed).lower()}, {ranks.world_size} process(es), grad_accum {tc.grad_accum}"
+              + (f" | peak {peak / 1e12:.2f} TFLOP/s ({peak_source})" if peak else ""))
 
     started = time.time() - resumed.elapsed  # wall clock of step 0: a resumed time budget goes on where it stopped
     best_val_loss = resumed.best_val_loss
@@ -257,7 +265,7 @@ def fit(cfg: RunConfig, ranks: distributed.Ranks, device: torch.device, dtype: t
 
             x, y = sampler.next_batch()  # this rank's share of the global batch
             step_started = time.time()
-            step_loss, grad_norm, counted = train_step(model, step_model, optimizers, scaler, x, y, tc, dtype, ddp)
+            step_loss, grad_norm, counted = run_step(x, y)
             if compiled and step == start_step and ranks.is_main:  # the compiler works on the host, in the first call
                 print(f"compiled the training step in {time.time() - step_started:.0f}s")
             guard.check(step + 1, grad_norm, counted)

@@ -7,12 +7,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from train import loss_scaler, train_step
 from trainer.config import TrainConfig
+from trainer.cuda_graph import GraphedTrainStep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,16 +30,15 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def step_timer(model: torch.nn.Module, step_model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-               dtype: torch.dtype, device: torch.device, tc: TrainConfig
+               dtype: torch.dtype, device: torch.device, tc: TrainConfig, cuda_graph: bool = False
                ) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """Seconds of train.py's train_step on a host batch x, y (B, T), as a function of x, y: step_model
-    (the model or it compiled) runs the forward; the loss scaler lives across steps, as in train.py."""
-    scaler = loss_scaler(device, dtype)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        return timed(lambda: train_step(model, step_model, optimizers, scaler, x, y, tc, dtype), device)
-
-    return step
+    (the model or it compiled) runs the forward; the loss scaler lives across steps, as in train.py;
+    cuda_graph: replayed as train.py's cuda_graph=true replays it (after its eager warm-up steps)."""
+    step = partial(train_step, model, step_model, optimizers, loss_scaler(device, dtype), tc=tc, dtype=dtype)
+    if cuda_graph:
+        step = GraphedTrainStep(step, optimizers, device)
+    return lambda x, y: timed(lambda: step(x, y), device)
 
 
 def run_train(name: str, overrides: list[str], out_dir: Path) -> tuple[str, float]:

@@ -79,6 +79,20 @@ def build(who: str, arch: dict, attn_impl: str, nanogpt: dict, device: torch.dev
     return model, [model.configure_optimizers(TC.weight_decay, TC.learning_rate, (TC.beta1, TC.beta2), device.type)]
 
 
+def peak_and_source(device: torch.device, fast: torch.dtype, malloc_defaults: bool) -> tuple[float, str]:
+    """The peak FLOP/s that MFU divides by, and where it comes from (a CPU's is measured, its malloc said)."""
+    name = str(fast).removeprefix("torch.")
+    if device.type == "cuda":
+        peak, source = peak_flops(device, fast)
+        if peak is None:
+            raise SystemExit(f"{source}: add its dense bf16 peak to trainer/mfu.py's GPU_PEAK_FLOPS")
+        return peak, f"{name} peak {peak / 1e12:.0f} TFLOP/s ({source})"
+    malloc = "glibc defaults" if malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
+    peak = measure_cpu_peak(fast, seconds=2.0)
+    return peak, (f"malloc: {malloc}; measured {name} matmul peak {peak / 1e9:.0f} GFLOP/s"
+                  + ("; no native bf16 on this CPU: bf16 rows left out" if fast == torch.float32 else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", type=Path, help="folder of a karpathy/nanoGPT clone (holds model.py)")
@@ -87,7 +101,7 @@ def main() -> None:
     parser.add_argument("--attn", nargs="+", default=list(ATTN_IMPLS), choices=ATTN_IMPLS,
                         help="our attn_impls to time (explicit's T x T weights at gpt2's context take GBs)")
     parser.add_argument("--batch", type=int, help="sequences per step (default: 8 on a CPU; on a GPU 64, gpt2 16)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps: compiling, recording the CUDA graph")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc defaults, as nanoGPT runs")
     args = parser.parse_args()
@@ -100,16 +114,7 @@ def main() -> None:
     fast = resolve_dtype("auto", device)  # train.py's choice: the peak's and the floor's dtype
     dtypes = (torch.float32,) if fast == torch.float32 else (torch.float32, fast)
     name = {dtype: str(dtype).removeprefix("torch.") for dtype in dtypes}
-    if device.type == "cuda":
-        peak, source = peak_flops(device, fast)
-        if peak is None:
-            raise SystemExit(f"{source}: add its dense bf16 peak to trainer/mfu.py's GPU_PEAK_FLOPS")
-        where = f"{name[fast]} peak {peak / 1e12:.0f} TFLOP/s ({source})"
-    else:
-        malloc = "glibc defaults" if args.malloc_defaults or not reuse_host_memory() else "reuse_host_memory"
-        peak = measure_cpu_peak(fast, seconds=2.0)
-        where = (f"malloc: {malloc}; measured {name[fast]} matmul peak {peak / 1e9:.0f} GFLOP/s"
-                 + ("; no native bf16 on this CPU: bf16 rows left out" if fast == torch.float32 else ""))
+    peak, where = peak_and_source(device, fast, args.malloc_defaults)
     shape = f"{arch['n_layer']}x{arch['n_head']}x{arch['n_embd']}, context {arch['block_size']}"
     print(f"training step, {args.arch} ({shape}, vocab {arch['vocab_size']}), batch {args.batch}, "
           f"{machine(device)}; {where}")
@@ -128,11 +133,15 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)  # random batches (B, T), on the host as train.py's
     x, y = torch.randint(0, arch["vocab_size"], (2, args.batch, arch["block_size"]), generator=generator)
     best = {}
-    for (who, attention), dtype, compile_ in itertools.product(settings, dtypes, (False, True)):
+    # compile off, on, and on CUDA also on with train.py's step replayed as one CUDA graph (cuda_graph=auto)
+    modes = [("off", False, False), ("on", True, False)] + [("on + CUDA graph", True, True)] * (device.type == "cuda")
+    for (who, attention), dtype, (mode, compile_, graph) in itertools.product(settings, dtypes, modes):
+        if graph and who != "ours":
+            continue
         model, optimizers = build(who, arch, attention, nanogpt, device)
-        step = step_timer(model, torch.compile(model) if compile_ else model, optimizers, dtype, device, TC)
-        times = [step(x, y) for _ in range(args.warmup + args.steps)][args.warmup:]  # warm-up steps compile
-        best[who] = max(best.get(who, 0.0), report(who, attention, dtype, "on" if compile_ else "off", times))
+        step = step_timer(model, torch.compile(model) if compile_ else model, optimizers, dtype, device, TC, graph)
+        times = [step(x, y) for _ in range(args.warmup + args.steps)][args.warmup:]  # warm-up steps compile, record
+        best[who] = max(best.get(who, 0.0), report(who, attention, dtype, mode, times))
         torch._dynamo.reset()
     floor = report("floor: matmuls alone", "-", fast, "-", matmul_floor(arch, args.batch, device, fast))
     print(f"best: ours {best['ours']:,.0f} tokens/s ({100 * best['ours'] / floor:.0f}% of the floor)"

@@ -1,10 +1,13 @@
 """Where and in what precision tensors live: the `device` and `dtype` settings resolved against the
-machine, the autocast context of the forward pass, and host -> device copies."""
+machine, the autocast context of the forward pass, host -> device copies, and the eager call that
+comes before recording a CUDA graph."""
 from __future__ import annotations
 
 import contextlib
 import re
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -12,6 +15,7 @@ from common.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+T = TypeVar("T")
 
 
 def device_rule(name: str) -> str | None:
@@ -39,7 +43,10 @@ def resolve_device(name: str) -> torch.device:
         # sampling and the attention report run several times faster on Ampere and newer. The CUDA
         # switch alone: torch.set_float32_matmul_precision would also change oneDNN's CPU matmuls
         torch.backends.cuda.matmul.allow_tf32 = True
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # cuda:1's streams and CUDA graphs: the current device's, so make it current
+    return device
 
 
 def cpu_supports_bf16() -> bool:
@@ -94,6 +101,16 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host -> device copy; on CUDA through pinned memory so the copy overlaps with compute."""
-    if device.type == "cuda":
+    if device.type == "cuda" and batch.device.type == "cpu":
         return batch.pin_memory().to(device, non_blocking=True)
     return batch.to(device)
+
+
+def on_side_stream(run: Callable[[], T], side: torch.cuda.Stream) -> T:
+    """run() on the stream `side`, eagerly, before it is recorded as a CUDA graph: PyTorch's CUDA-graph notes
+    ask for it, so that cuBLAS, the caching allocator and autograd set themselves up outside the graph."""
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        result = run()
+    torch.cuda.current_stream().wait_stream(side)
+    return result

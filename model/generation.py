@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from common.device import on_side_stream
 from model.attention import KVCache
 
 if TYPE_CHECKING:
@@ -149,13 +150,8 @@ class CUDAGraphStep:
 
     def record(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> None:
         self.next_id, self.positions = next_id.clone(), positions.clone()  # the graph's input buffers
-        # run the step eagerly first, on a side stream as PyTorch's CUDA graph notes ask: cuBLAS and the caching
-        # allocator set themselves up outside the graph. It writes this step's key and value, as the replay will
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.step(self.next_id, kv_cache, self.positions)
-        torch.cuda.current_stream().wait_stream(side)
+        # once eagerly first; it writes this step's key and value, as the replay below does again
+        on_side_stream(lambda: self.step(self.next_id, kv_cache, self.positions), torch.cuda.Stream())
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):  # records the kernels without running them
             self.logits = self.step(self.next_id, kv_cache, self.positions)

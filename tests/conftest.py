@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from trainer.config import TrainConfig
 
@@ -192,3 +194,78 @@ def make_tiny_gpt2(folder: Path, corpus: Path, vocab_size: int = 300):
     make_gpt2(folder, vocab_size=vocab_size, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)  # <|endoftext|>
     write_gpt2_files(folder, train_bpe(texts, vocab_size))
     return folder
+
+
+# ---- a CUDA graph's contract on the CPU, for the code that records one (decoding, the training step):
+# every aten kernel run while recording is kept, on the tensors it ran on, and a replay runs the same
+# kernels on the same memory again, writing each result where the recording left it. Recording runs
+# nothing (what the kernels wrote is put back, the random generator too), and a value read back to
+# Python while recording (a host sync, which a real capture refuses) is refused.
+
+HOST_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+
+class RecordedGraph(TorchDispatchMode):
+    """torch.cuda.CUDAGraph's contract on the CPU: kernels recorded while the mode is entered (as
+    torch.cuda.graph(graph) is), replayed in order on the recorded tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: list[tuple] = []  # (op, args, kwargs, what it returned)
+        self.written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (tensor, its value before)
+        self.replays = 0
+
+    def __enter__(self):
+        self.rng = torch.get_rng_state()
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        with torch.no_grad():
+            for tensor, before in reversed(self.written.values()):
+                tensor.copy_(before)
+        torch.set_rng_state(self.rng)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in HOST_SYNCS:
+            raise RuntimeError(f"{func} reads a value back to the host: a CUDA graph cannot record it")
+        values = [*zip(func._schema.arguments, args), *((a, kwargs[a.name]) for a in func._schema.arguments
+                                                         if a.name in kwargs)]
+        for tensor in tree_leaves([value for arg, value in values if arg.alias_info and arg.alias_info.is_write]):
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in self.written:
+                self.written[id(tensor)] = (tensor, tensor.detach().clone())
+        out = func(*args, **kwargs)
+        self.kernels.append((func, args, kwargs, out))
+        return out
+
+    @torch.no_grad()  # kernels only: the recording's autograd graph ran as kernels too, backward included
+    def replay(self) -> None:
+        self.replays += 1
+        for func, args, kwargs, out in self.kernels:
+            new = func(*args, **kwargs)
+            for recorded, fresh in zip(tree_leaves(out), tree_leaves(new)):
+                if isinstance(fresh, torch.Tensor) and recorded.data_ptr() != fresh.data_ptr():  # not in place
+                    recorded.copy_(fresh)  # a graph's kernel writes into the memory it was recorded with
+
+
+class FakeStream:
+    def wait_stream(self, other: FakeStream) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch) -> list[RecordedGraph]:
+    """torch.cuda's streams and graphs replaced by the CPU stand-ins; the graphs recorded, in order."""
+    recorded: list[RecordedGraph] = []
+
+    def new_graph() -> RecordedGraph:
+        recorded.append(RecordedGraph())
+        return recorded[-1]
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: graph)  # entering the mode records
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    return recorded

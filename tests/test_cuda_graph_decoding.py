@@ -1,20 +1,14 @@
 """CUDA-graph decoding's bookkeeping, on the CPU: the Engine's CUDAGraphStep records the one-token step
-once and replays it for every token. A stand-in for torch.cuda's graph does on the CPU what a CUDA graph
-does: it records every aten kernel the step runs, on the tensors it ran on, and a replay runs the same
-kernels on the same memory again, writing each result where the recording left it. A value read back to
-Python during recording (a host sync, refused by a real capture) is refused here too. Whatever the step
-took from Python at recording time instead of from its input buffers would replay stale: the tokens
-would differ from eager decoding's. tests/gpu/test_gpu_trained_model.py replays the real thing."""
+once and replays it for every token, here on conftest.py's stand-in for a CUDA graph (the same kernels
+replayed on the same memory). Whatever the step took from Python at recording time instead of from its
+input buffers would replay stale: the tokens would differ from eager decoding's.
+tests/gpu/test_gpu_trained_model.py replays the real thing."""
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import sample
 from common.errors import ConfigError
@@ -22,55 +16,6 @@ from common.settings import typed
 from model import GPT, GPTConfig
 from model.generation import CUDAGraphStep
 from trainer.config import SampleConfig
-
-HOST_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
-
-
-class RecordedGraph(TorchDispatchMode):
-    """torch.cuda.CUDAGraph's contract on the CPU: kernels recorded between capture_begin and
-    capture_end, replayed in order on the recorded tensors."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.kernels: list[tuple] = []  # (op, args, kwargs, what it returned)
-        self.replays = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in HOST_SYNCS:
-            raise RuntimeError(f"{func} reads a value back to the host: a CUDA graph cannot record it")
-        out = func(*args, **(kwargs or {}))
-        self.kernels.append((func, args, kwargs or {}, out))
-        return out
-
-    def replay(self) -> None:
-        self.replays += 1
-        for func, args, kwargs, out in self.kernels:
-            new = func(*args, **kwargs)
-            for recorded, fresh in zip(tree_leaves(out), tree_leaves(new)):
-                if isinstance(fresh, torch.Tensor) and recorded.data_ptr() != fresh.data_ptr():  # not in place
-                    recorded.copy_(fresh)  # a graph's kernel writes into the memory it was recorded with
-
-
-class FakeStream:
-    def wait_stream(self, other: FakeStream) -> None:
-        pass
-
-
-@pytest.fixture
-def graphs(monkeypatch) -> list[RecordedGraph]:
-    """torch.cuda's streams and graphs replaced by the CPU stand-ins; the graphs recorded, in order."""
-    recorded: list[RecordedGraph] = []
-
-    def new_graph() -> RecordedGraph:
-        recorded.append(RecordedGraph())
-        return recorded[-1]
-
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: graph)  # entering the mode records
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    return recorded
 
 
 def tiny_gpt(**overrides) -> GPT:
@@ -82,7 +27,7 @@ def tiny_gpt(**overrides) -> GPT:
 @pytest.mark.parametrize("overrides", [{}, {"attn_impl": "sdpa", "pos_encoding": "learned"},
                                        {"attn_impl": "tiled", "attn_tile": 8, "pos_encoding": "sinusoidal"},
                                        {"attn_score": "additive", "qk_norm": False}])
-def test_replayed_decoding_gives_eager_greedy_tokens_past_the_context(graphs, overrides):
+def test_replayed_decoding_gives_eager_greedy_tokens_past_the_context(fake_cuda_graphs, overrides):
     model = tiny_gpt(**overrides)
     prompt = torch.tensor([[5, 17, 3], [9, 9, 60]])
     eager = model.generate(prompt, 30, temperature=0)  # past block_size 24: the window refills the cache
@@ -90,10 +35,10 @@ def test_replayed_decoding_gives_eager_greedy_tokens_past_the_context(graphs, ov
     replayed = model.generate(prompt, 30, temperature=0)
     assert torch.equal(replayed, eager)
     # recorded once; replayed for each token while the sequence fits (lengths 3..23), then refills read its cache
-    assert len(graphs) == 1 and graphs[0].replays == 21
+    assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays == 21
 
 
-def test_sampled_tokens_match_eager_with_the_same_seed(graphs):
+def test_sampled_tokens_match_eager_with_the_same_seed(fake_cuda_graphs):
     model = tiny_gpt()
     prompt = torch.tensor([[1, 2, 3]])
 
@@ -105,19 +50,19 @@ def test_sampled_tokens_match_eager_with_the_same_seed(graphs):
     assert torch.equal(sample(), eager)
 
 
-def test_a_graph_is_recorded_once_per_cache_and_anew_for_another_batch_size(graphs):
+def test_a_graph_is_recorded_once_per_cache_and_anew_for_another_batch_size(fake_cuda_graphs):
     model = tiny_gpt()
     model.engine.use_cuda_graph()
     one, two = torch.tensor([[4, 5]]), torch.tensor([[4, 5], [6, 7]])
     model.generate(one, 5, temperature=0)
     model.generate(one, 5, temperature=0)  # the same cache: the graph replays
-    assert len(graphs) == 1 and graphs[0].replays == 8
+    assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays == 8
     model.generate(two, 5, temperature=0)  # two sequences: a new cache, a new graph on its buffers
-    assert len(graphs) == 2 and graphs[1].replays == 4
+    assert len(fake_cuda_graphs) == 2 and fake_cuda_graphs[1].replays == 4
     assert torch.equal(model.generate(one, 5, temperature=0)[0], model.generate(two, 5, temperature=0)[0])
 
 
-def test_a_step_that_reads_a_value_back_to_python_cannot_be_recorded(graphs):
+def test_a_step_that_reads_a_value_back_to_python_cannot_be_recorded(fake_cuda_graphs):
     def step_with_host_sync(next_id, kv_cache, positions):
         return torch.zeros(1, 3) + positions.item()  # the position baked into the graph as a constant
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from common.device import DTYPES
 from common.errors import ConfigError
 from common.settings import check_fields, device_setting, not_blank, seed_setting, setting, store_defaults
@@ -82,6 +84,9 @@ class RunConfig:
     compile: str = setting("auto", choices=("auto", "true", "false"),
                            fix="auto compiles on CUDA only: a 2-core CPU spent 65 s of the CPU preset's 420 s "
                                "compiling, for steps ~15 % faster, so no more steps in all")
+    cuda_graph: str = setting("auto", choices=("auto", "true", "false"),
+                              fix="auto replays the whole training step as one recorded CUDA graph on one CUDA GPU, "
+                                  "not with several processes or fp16's loss scaling")
     seed: int = seed_setting()
     model: dict[str, Any] = setting({k: v for k, v in dataclasses.asdict(GPTConfig()).items() if k != "vocab_size"},
                                     fix="model.<setting>=<value>: see model/config.py (GPTConfig)")
@@ -95,6 +100,15 @@ class RunConfig:
     def compiles(self, device_type: str) -> bool:
         """Whether the training step is torch.compiled on this device type: compile=auto on CUDA only."""
         return self.compile == "true" or (self.compile == "auto" and device_type == "cuda")
+
+    def records_cuda_graph(self, device_type: str, world_size: int, dtype: torch.dtype) -> bool:
+        """Whether the training step replays a recorded CUDA graph (trainer/cuda_graph.py): cuda_graph=auto does
+        on one CUDA GPU in bf16 or fp32. DDP's all-reduce and fp16's loss scaling are not recorded."""
+        fits = device_type == "cuda" and world_size == 1 and dtype != torch.float16
+        if self.cuda_graph == "true" and not fits:
+            raise ConfigError(f"cuda_graph=true records one CUDA GPU's step in bf16 or fp32 (this run: {device_type}, "
+                              f"{world_size} process(es), {str(dtype).removeprefix('torch.')}): use cuda_graph=auto")
+        return self.cuda_graph == "true" or (self.cuda_graph == "auto" and fits)
 
     def gpt_config(self, vocab_size: int = GPTConfig.vocab_size) -> GPTConfig:
         """model.* as a GPTConfig; its vocab_size comes from the tokenizer, not from the config."""

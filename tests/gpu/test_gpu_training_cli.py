@@ -170,3 +170,23 @@ def test_torchrun_processes_match_one_process_at_every_step(gpu_workspace: GpuWo
     several = torchrun_losses(gpu_workspace, f"ddp-{processes}", torchrun, env)
     assert max(abs(a - b) for a, b in zip(single, several)) <= 1e-4, list(zip(single, several))
     assert single[-1] < single[0]
+
+
+def test_the_training_step_replayed_as_a_cuda_graph_takes_the_eager_steps(gpu_workspace: GpuWorkspace):
+    # fp32 and dropout: the same kernels on the same numbers, the same random draws; trainer/cuda_graph.py
+    def losses(setting: str) -> dict[int, float]:
+        out = gpu_workspace.tmp / f"cuda-graph-{setting}"
+        result = run_gpu_entry([str(REPO / "train.py"), *gpu_workspace.overrides(
+            out, f"cuda_graph={setting}", "dtype=float32", "model.dropout=0.1", "train.max_iters=40",
+            "train.log_interval=1", "train.eval_interval=20", "wandb.attn_every=0", "wandb.mode=offline")],
+            cwd=gpu_workspace.tmp, env=gpu_workspace.env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"cuda_graph={setting}" in model_line(result.stdout)
+        return offline_losses(out)
+
+    if ON_CPU:
+        pytest.skip(not_on_cpu("CUDA graphs (tests/test_cuda_graph_training.py replays a CPU stand-in)"))
+    eager, replayed = losses("false"), losses("true")
+    assert sorted(replayed) == list(range(1, 41))
+    differing = [(step, replayed[step], eager[step]) for step in eager if abs(replayed[step] - eager[step]) > 1e-5]
+    assert not differing, f"first differences (step, replayed, eager): {differing[:3]}"
