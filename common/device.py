@@ -1,6 +1,5 @@
 """Where and in what precision tensors live: the `device` and `dtype` settings resolved against the
-machine, the autocast context of the forward pass, host -> device copies, and the eager call that
-comes before recording a CUDA graph."""
+machine, the autocast context of the forward pass, host -> device copies, and recording a CUDA graph."""
 from __future__ import annotations
 
 import contextlib
@@ -114,3 +113,17 @@ def on_side_stream(run: Callable[[], T], side: torch.cuda.Stream) -> T:
         result = run()
     torch.cuda.current_stream().wait_stream(side)
     return result
+
+
+def record_cuda_graph(run: Callable[[], T], what: str, setting: str) -> tuple[torch.cuda.CUDAGraph, T] | None:
+    """run() recorded as a CUDA graph (its kernels, not run) and what it returned; None, said once, where torch
+    or the GPU refuses (a kernel that reads a value back to the host), so that `what` runs without one."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            outputs = run()
+    except RuntimeError as e:
+        print(f"warning: {what} could not be recorded as a CUDA graph ({str(e).splitlines()[0]}); it runs without "
+              f"one ({setting}=false skips the attempt)", file=sys.stderr, flush=True)
+        return None
+    return graph, outputs

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.device import on_side_stream
+from common.device import on_side_stream, record_cuda_graph
 from model.attention import KVCache
 
 if TYPE_CHECKING:
@@ -139,20 +139,25 @@ class CUDAGraphStep:
     def __init__(self, step: Callable[[torch.Tensor, KVCache, torch.Tensor], torch.Tensor]):
         self.step = step  # (next_id (B, 1), kv_cache, positions (1,)) -> logits (B, vocab)
         self.cache: KVCache | None = None  # the cache the graph writes; None: nothing recorded yet
+        self.recorded: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None  # the graph and its logits buffer
 
     def __call__(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
         if kv_cache is not self.cache:
             self.record(next_id, kv_cache, positions)
+        if self.recorded is None:  # torch or the GPU refused the recording (said once): eager
+            return self.step(next_id, kv_cache, positions)
+        graph, logits = self.recorded
         self.next_id.copy_(next_id)
         self.positions.copy_(positions)
-        self.graph.replay()
-        return self.logits  # (B, vocab): read it before the next call overwrites it
+        graph.replay()
+        return logits  # (B, vocab): read it before the next call overwrites it
 
     def record(self, next_id: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> None:
         self.next_id, self.positions = next_id.clone(), positions.clone()  # the graph's input buffers
-        # once eagerly first; it writes this step's key and value, as the replay below does again
-        on_side_stream(lambda: self.step(self.next_id, kv_cache, self.positions), torch.cuda.Stream())
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # records the kernels without running them
-            self.logits = self.step(self.next_id, kv_cache, self.positions)
         self.cache = kv_cache
+
+        def step() -> torch.Tensor:
+            return self.step(self.next_id, kv_cache, self.positions)
+
+        on_side_stream(step, torch.cuda.Stream())  # once eagerly first; the replay writes the same key and value again
+        self.recorded = record_cuda_graph(step, "the decoding step", "cuda_graph")

@@ -78,7 +78,7 @@ def test_a_step_that_cannot_be_recorded_says_so_once_and_trains_on_eagerly(fake_
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: the training step could not be recorded as a "
                                                          "CUDA graph (aten._local_scalar_dense.default reads a value")
-    assert warnings[0].endswith("training goes on without one (cuda_graph=false skips the attempt)")
+    assert warnings[0].endswith("it runs without one (cuda_graph=false skips the attempt)")
 
 
 def test_the_checkpointed_optimizer_keeps_float_learning_rates(fake_cuda_graphs):

@@ -4,12 +4,11 @@ host launches one graph instead of every kernel from Python, which at the GPU de
 a step waits on. Skip it on a first reading: it changes how fast a step runs, not what it computes."""
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import torch
 
-from common.device import on_side_stream, to_device
+from common.device import on_side_stream, record_cuda_graph, to_device
 
 WARMUP_STEPS = 3  # eager steps first: the optimizers' state exists and torch.compile has compiled before recording
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # train_step's loss, gradient norm, non-finite flag
@@ -55,18 +54,15 @@ class GraphedTrainStep:
             group["lr"] = lr  # the recorded update reads the rate from this tensor
             if "capturable" in group:  # torch's AdamW refuses to be recorded otherwise
                 group["capturable"] = True
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):  # records the kernels without running them
-                self.outputs = self.step(self.x, self.y)
-            self.graph = graph
-        except RuntimeError as e:  # e.g. a kernel that reads a value back to the host
-            for optimizer in self.optimizers:
-                optimizer.zero_grad(set_to_none=True)  # the recording's gradients were never computed
-            print(f"warning: the training step could not be recorded as a CUDA graph ({str(e).splitlines()[0]}); "
-                  "training goes on without one (cuda_graph=false skips the attempt)", file=sys.stderr, flush=True)
+            recorded = record_cuda_graph(lambda: self.step(self.x, self.y), "the training step", "cuda_graph")
         finally:  # floats again for the checkpoint, which must load anywhere
             for group, (lr, capturable) in zip(self.groups(), floats):
                 group["lr"] = lr
                 if capturable is not None:
                     group["capturable"] = capturable
+        if recorded is None:
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)  # the recording's gradients were never computed
+        else:
+            self.graph, self.outputs = recorded

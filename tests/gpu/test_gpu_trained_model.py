@@ -90,4 +90,5 @@ def test_cuda_graph_decoding_replays_one_graph_per_token_and_gives_the_eager_tok
     second = model.generate(idx, new_tokens, temperature=0).tolist()
     assert first == eager and second == eager, f"eager {eager}\nCUDA graph {first}\nagain {second}"
     assert set_up < 10, f"the first CUDA-graph generation (recording included) took {set_up:.1f} s"
-    assert model.engine.decode_step.cache is model.engine.cache  # one graph, on the cache it writes
+    step = model.engine.decode_step
+    assert step.recorded is not None and step.cache is model.engine.cache  # one graph, on the cache it writes

@@ -182,6 +182,7 @@ def test_the_training_step_replayed_as_a_cuda_graph_takes_the_eager_steps(gpu_wo
             cwd=gpu_workspace.tmp, env=gpu_workspace.env, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"cuda_graph={setting}" in model_line(result.stdout)
+        assert "could not be recorded" not in result.stderr, result.stderr[-3000:]  # no eager fallback
         return offline_losses(out)
 
     if ON_CPU:
