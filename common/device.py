@@ -115,15 +115,15 @@ def on_side_stream(run: Callable[[], T], side: torch.cuda.Stream) -> T:
     return result
 
 
-def record_cuda_graph(run: Callable[[], T], what: str, setting: str) -> tuple[torch.cuda.CUDAGraph, T] | None:
-    """run() recorded as a CUDA graph (its kernels, not run) and what it returned; None, said once, where torch
-    or the GPU refuses (a kernel that reads a value back to the host), so that `what` runs without one."""
+def record_cuda_graph(run: Callable[[], T], what: str) -> tuple[torch.cuda.CUDAGraph, T] | None:
+    """run() recorded as a CUDA graph (its kernels, not run) and what it returned; None, with one warning line,
+    where torch or the GPU refuses (a kernel that reads a value back to the host): `what` then runs without."""
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
             outputs = run()
     except RuntimeError as e:
         print(f"warning: {what} could not be recorded as a CUDA graph ({str(e).splitlines()[0]}); it runs without "
-              f"one ({setting}=false skips the attempt)", file=sys.stderr, flush=True)
+              "one (cuda_graph=false skips the attempt)", file=sys.stderr, flush=True)
         return None
     return graph, outputs

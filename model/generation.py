@@ -160,4 +160,4 @@ class CUDAGraphStep:
             return self.step(self.next_id, kv_cache, self.positions)
 
         on_side_stream(step, torch.cuda.Stream())  # once eagerly first; the replay writes the same key and value again
-        self.recorded = record_cuda_graph(step, "the decoding step", "cuda_graph")
+        self.recorded = record_cuda_graph(step, "the decoding step")

@@ -39,6 +39,16 @@ TINY = [
 ]
 
 
+def composed(name: str, *overrides: str):
+    """config/<name>.yaml with `overrides`, as the entry point's hydra composes it (before typed())."""
+    from hydra import compose, initialize_config_dir
+
+    import trainer.config  # noqa: F401 - stores the settings' defaults that config/*.yaml start from
+
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        return compose(name, overrides=list(overrides))
+
+
 def overfit_losses(model, idx, steps: int, optimizers: list | None = None) -> list[float]:
     """The loss at each of `steps` optimizer steps on the one batch idx (B, T + 1): next-token targets,
     AdamW at lr 3e-3 unless optimizers are given."""

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, overfit_losses
+from conftest import composed, overfit_losses
 from omegaconf import OmegaConf
 from test_attention import numpy_multi_head_attention, projections, tiny_gpt
 
@@ -149,12 +149,7 @@ def test_bad_additive_config_is_rejected_with_the_key_named(field, value, messag
 
 
 def test_the_train_config_has_the_score_keys():
-    from hydra import compose, initialize_config_dir
-
-    import trainer.config  # noqa: F401 - stores the settings' defaults that config/train.yaml starts from
-
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        model_cfg = compose("train").model
+    model_cfg = composed("train").model
     assert model_cfg.attn_score == "dot" and model_cfg.attn_dim is None
     config = GPTConfig(vocab_size=40, **{**OmegaConf.to_container(model_cfg), "attn_score": "additive", "attn_dim": 8})
     assert GPT(config).blocks[0].attn.score.v.shape == (6, 8)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_tiny_corpus, tiny_args
-from hydra import compose, initialize_config_dir
+from conftest import composed, make_tiny_corpus, tiny_args
 
 import train
 from common.errors import ConfigError
@@ -18,8 +17,7 @@ from trainer.config import RunConfig
 
 
 def run_config(*overrides: str) -> RunConfig:
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return typed(RunConfig, compose("train", overrides=list(overrides)), "")
+    return typed(RunConfig, composed("train", *overrides), "")
 
 
 @pytest.mark.parametrize("setting,device_type,compiles", [

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
-from hydra import compose, initialize_config_dir
+from conftest import composed
 
 import sample
 from common.errors import ConfigError
@@ -76,11 +75,6 @@ def test_a_step_that_cannot_be_recorded_says_so_once_and_decodes_eagerly(fake_cu
     assert warnings[0].endswith("it runs without one (cuda_graph=false skips the attempt)")
 
 
-def sample_settings(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose("sample", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("overrides,device_type,records", [
     ((), "cuda", True), ((), "cpu", False), ((), "mps", False),
     (("compile=true",), "cuda", False),  # Inductor's code replays CUDA graphs of its own
@@ -88,11 +82,11 @@ def sample_settings(*overrides: str):
     (("cuda_graph=false",), "cuda", False), (("cuda_graph=true",), "cuda", True),
 ])
 def test_cuda_graph_auto_records_on_cuda_with_the_kv_cache_and_without_compile(overrides, device_type, records):
-    assert typed(SampleConfig, sample_settings(*overrides), "").records_cuda_graph(device_type) == records
+    assert typed(SampleConfig, composed("sample", *overrides), "").records_cuda_graph(device_type) == records
 
 
 def test_cuda_graph_true_without_a_gpu_is_one_line_before_any_checkpoint_is_read(tmp_path):
-    settings = sample_settings("cuda_graph=true", "device=cpu", f"out_dir={tmp_path / 'no-such-run'}")
+    settings = composed("sample", "cuda_graph=true", "device=cpu", f"out_dir={tmp_path / 'no-such-run'}")
     with pytest.raises(ConfigError) as caught:
         sample.main_sample(settings)
     assert str(caught.value) == "cuda_graph=true needs a CUDA device (this one is cpu): use cuda_graph=auto"

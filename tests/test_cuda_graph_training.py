@@ -10,8 +10,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import REPO, make_tiny_corpus, tiny_args
-from hydra import compose, initialize_config_dir
+from conftest import composed, make_tiny_corpus, tiny_args
 
 import train
 from common.errors import ConfigError
@@ -96,8 +95,7 @@ def test_the_checkpointed_optimizer_keeps_float_learning_rates(fake_cuda_graphs)
 
 
 def run_config(*overrides: str) -> RunConfig:
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return typed(RunConfig, compose("train", overrides=list(overrides)), "")
+    return typed(RunConfig, composed("train", *overrides), "")
 
 
 @pytest.mark.parametrize("setting,device_type,world_size,dtype,records", [

@@ -10,18 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import ADAMW, REPO, free_port
+from conftest import ADAMW, composed, free_port
 
+from common.device import resolve_device, resolve_dtype
 from common.errors import ConfigError
 from model import GPT, GPTConfig, additive, attention
 from model.additive import chunk_rows
 from model.attention import MultiHeadAttention, flash_kernel_exists
-from trainer import distributed, runtime
-from trainer.mfu import mfu
-from trainer.guards import NonFiniteGuard
-from trainer.optim import make_optimizers
-from common.device import resolve_device, resolve_dtype
 from train import train_step
+from trainer import distributed, runtime
+from trainer.guards import NonFiniteGuard
+from trainer.mfu import mfu
+from trainer.optim import make_optimizers
 
 
 def tiny_gpt(**overrides) -> GPT:
@@ -144,8 +144,6 @@ def test_each_rank_saves_and_restores_only_its_own_gpus_random_state(monkeypatch
 
 
 def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
-    import hydra
-
     import train
 
     sizes = []
@@ -154,11 +152,10 @@ def test_evaluation_batches_are_one_processs_micro_batch(tiny_run, monkeypatch):
         (self.training, idx.size(0))) or real_forward(self, idx, targets))
     overrides = [*tiny_run["args"], f"out_dir={tiny_run['tmp'] / 'out'}", "train.batch_size=8", "train.grad_accum=4",
                  "train.max_iters=2", "train.eval_interval=1"]
-    with hydra.initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        cfg = hydra.compose("train", overrides=overrides)
+    cfg = composed("train", *overrides)
     from common.settings import typed
-    from trainer.guards import LastSave
     from trainer.config import RunConfig
+    from trainer.guards import LastSave
 
     train.train(typed(RunConfig, cfg), distributed.Ranks(), "cpu", LastSave(tiny_run["tmp"] / "out"))
     assert {size for training, size in sizes if training} == {2}  # 8 sequences in 4 micro-batches

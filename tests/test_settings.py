@@ -9,8 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO
-from hydra import compose, initialize_config_dir
+from conftest import REPO, composed
 from omegaconf import OmegaConf
 
 from common.errors import ConfigError
@@ -113,11 +112,6 @@ def test_a_field_without_default_must_be_given():
 
 
 # --- the entry points' configs ----------------------------------------------------------------
-
-
-def composed(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose(name, overrides=list(overrides))
 
 
 CONFIGS = {"train": RunConfig, "sample": SampleConfig, "heads": HeadsConfig}

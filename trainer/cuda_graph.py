@@ -55,7 +55,7 @@ class GraphedTrainStep:
             if "capturable" in group:  # torch's AdamW refuses to be recorded otherwise
                 group["capturable"] = True
         try:
-            recorded = record_cuda_graph(lambda: self.step(self.x, self.y), "the training step", "cuda_graph")
+            recorded = record_cuda_graph(lambda: self.step(self.x, self.y), "the training step")
         finally:  # floats again for the checkpoint, which must load anywhere
             for group, (lr, capturable) in zip(self.groups(), floats):
                 group["lr"] = lr
