@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -17,12 +18,72 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from common.device import resolve_device, resolve_dtype
+from common.device import DTYPES, resolve_device, resolve_dtype
 from common.errors import ConfigError
-from common.settings import typed
-from data.checkpoint import load_inference_model
+from common.settings import device_setting, seed_setting, setting, store_defaults, typed
+from data.checkpoint import CHECKPOINTS, load_inference_model
+from data.gpt2 import pretrained_rule
 from data.sources import decode_utf8
-from trainer.config import SampleConfig
+
+# sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf and
+# the probabilities turn NaN; 1e-30 keeps logits up to 3e8 finite and is already greedy in practice
+MIN_TEMPERATURE = 1e-30
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """sample.py's config (config/sample.yaml)."""
+    out_dir: str = setting("out", path=True, fix="the folder holding ckpt.pt, best.pt and tokenizer.json")
+    checkpoint: str = setting("best", choices=tuple(CHECKPOINTS),
+                              fix="best (lowest val loss) or last (the latest save)")
+    init_from: str | None = setting(None, path=True, check=pretrained_rule,
+                                    fix="null samples the checkpoint in out_dir; a GPT-2 samples it as it is")
+    prompt: list[str] = setting(["ROMEO:", "中国人民", "我喜欢喝茶。 ="],
+                                check=lambda prompts: None if prompts else "a string or a non-empty list of strings",
+                                fix='prompt="" starts from <|endoftext|>')
+    prompt_file: str | None = setting(None, path=True, fix="a UTF-8 file with one prompt a line, or null")
+    num_samples: int = setting(1, minimum=1, fix="samples per prompt, e.g. num_samples=1")
+    max_new_tokens: int = setting(200, minimum=0, fix="e.g. max_new_tokens=200")
+    temperature: float = setting(0.8, minimum=0,
+                                 check=lambda t: None if t == 0 or t >= MIN_TEMPERATURE else
+                                 f"0 (greedy) or at least {MIN_TEMPERATURE:g} (smaller ones overflow the logits)",
+                                 fix="use temperature=0 for greedy decoding")
+    top_k: int | None = setting(200, minimum=1, fix="keep the k most likely tokens, or top_k=null for no filter")
+    top_p: float | None = setting(None, above=0, maximum=1, fix="e.g. top_p=0.9, or top_p=null for no nucleus filter")
+    seed: int = seed_setting()
+    device: str = device_setting()
+    dtype: str = setting("float32", choices=DTYPES, fix="float32 is exact everywhere")
+    use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
+    compile: bool = setting(False, fix="compile=true or compile=false")
+    cuda_graph: str = setting("auto", choices=("auto", "true", "false"),
+                              fix="auto replays each new token as one recorded CUDA graph on a CUDA device "
+                                  "(eager launches every kernel from Python), unless compile=true")
+    stream: bool | None = setting(None, fix="null streams for num_samples=1 in text format")
+    format: str = setting("text", choices=("text", "jsonl"), fix="text for reading, jsonl for scripts")
+
+    def __post_init__(self):
+        if self.compile and not self.use_kv_cache:
+            raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
+        if self.cuda_graph == "true" and (self.compile or not self.use_kv_cache):
+            raise ConfigError("cuda_graph=true records the KV-cache decoding step, which compile=true compiles into "
+                              "CUDA graphs of its own: use it with use_kv_cache=true and compile=false")
+        if self.stream and self.num_samples > 1:
+            raise ConfigError(f"stream=true needs num_samples=1 (got {self.num_samples}): the samples of a prompt "
+                              "are generated together as one batch; use stream=false")
+        if self.stream and self.format == "jsonl":
+            raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
+                              "(a stream would break the lines apart): use stream=false with format=jsonl")
+
+    def records_cuda_graph(self, device_type: str) -> bool:
+        """Whether decoding replays a recorded CUDA graph: cuda_graph=auto does on CUDA with the KV cache and
+        without compile=true, whose Inductor code replays CUDA graphs of its own."""
+        if self.cuda_graph == "true" and device_type != "cuda":
+            raise ConfigError(f"cuda_graph=true needs a CUDA device (this one is {device_type}): use cuda_graph=auto")
+        return self.cuda_graph == "true" or (self.cuda_graph == "auto" and device_type == "cuda"
+                                             and self.use_kv_cache and not self.compile)
+
+
+store_defaults("sample_settings", SampleConfig)  # config/sample.yaml starts from these
 
 
 def read_prompts(cfg: SampleConfig) -> list[str]:

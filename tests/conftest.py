@@ -43,7 +43,8 @@ def composed(name: str, *overrides: str):
     """config/<name>.yaml with `overrides`, as the entry point's hydra composes it (before typed())."""
     from hydra import compose, initialize_config_dir
 
-    import trainer.config  # noqa: F401 - stores the settings' defaults that config/*.yaml start from
+    import sample  # noqa: F401 - these two store the settings' defaults that config/*.yaml start from
+    import trainer.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         return compose(name, overrides=list(overrides))

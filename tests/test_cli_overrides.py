@@ -39,7 +39,7 @@ def test_hydra_argv_values_parse_as_the_text_typed() -> None:
 
 def sample_text(key: str) -> bool:
     from common.cli import text_setting
-    from trainer.config import SampleConfig
+    from sample import SampleConfig
 
     return text_setting(SampleConfig, key)
 

@@ -14,7 +14,7 @@ from common.errors import ConfigError
 from common.settings import typed
 from model import GPT, GPTConfig
 from model.generation import CUDAGraphStep
-from trainer.config import SampleConfig
+from sample import SampleConfig
 
 
 def tiny_gpt(**overrides) -> GPT:

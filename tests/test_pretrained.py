@@ -25,7 +25,8 @@ from data.gpt2 import PretrainedError, gpt2_tokenizer, load_gpt2
 from data.prepare import prepare
 from heads.config import HeadsConfig
 from train import pretrained_model
-from trainer.config import RunConfig, SampleConfig
+from sample import SampleConfig
+from trainer.config import RunConfig
 
 pytest.importorskip("transformers", reason="writes the tiny GPT-2 folders (pip install -e .[test])")
 

@@ -17,7 +17,8 @@ from common.settings import setting, typed
 from data.config import DataConfig
 from heads.config import HeadsConfig
 from model import GPT, GPTConfig
-from trainer.config import MIN_TEMPERATURE, RunConfig, SampleConfig, TrainConfig, WandbConfig
+from sample import MIN_TEMPERATURE, SampleConfig
+from trainer.config import RunConfig, TrainConfig, WandbConfig
 from trainer.mfu import flops_per_token
 
 # --- the converter ----------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_a_report_dir_below_a_file_is_refused_before_the_checkpoint_is_read(tmp_
 
 
 def test_streaming_into_jsonl_is_refused_since_it_would_break_the_json_lines():
-    from trainer.config import SampleConfig
+    from sample import SampleConfig
 
     with pytest.raises(ConfigError, match="use stream=false with format=jsonl"):
         typed(SampleConfig, {"stream": True, "format": "jsonl"})

@@ -1,5 +1,5 @@
-"""The settings of train.py (RunConfig) and sample.py (SampleConfig) as typed dataclasses mirroring
-config/*.yaml field by field. Each entry point converts its hydra config once, first thing
+"""The settings of train.py (RunConfig) as typed dataclasses mirroring config/train.yaml field by field.
+train.py converts its hydra config once, first thing
 (`typed(RunConfig, cfg, "")`, common/settings.py): from then on every value has its type and range,
 and nothing has been read or written for a bad setting."""
 from __future__ import annotations
@@ -13,7 +13,6 @@ from common.device import DTYPES
 from common.errors import ConfigError
 from common.settings import check_fields, device_setting, not_blank, seed_setting, setting, store_defaults
 from common.wandb_run import MODES
-from data.checkpoint import CHECKPOINTS
 from data.config import DataConfig
 from data.gpt2 import SCRATCH, pretrained_rule
 from heads.config import ReportSettings
@@ -21,9 +20,6 @@ from model import GPTConfig
 from trainer.optim import OPTIMIZERS
 
 RESUME = ("auto", "true", "false")
-# sampling divides float32 logits by the temperature: below ~1e-36 a logit of 100 overflows to inf and
-# the probabilities turn NaN; 1e-30 keeps logits up to 3e8 finite and is already greedy in practice
-MIN_TEMPERATURE = 1e-30
 
 
 @dataclasses.dataclass
@@ -121,58 +117,4 @@ class RunConfig:
         return GPTConfig(vocab_size=vocab_size, **self.model)  # checked by the same rules as every setting
 
 
-@dataclasses.dataclass
-class SampleConfig:
-    """sample.py's config (config/sample.yaml)."""
-    out_dir: str = setting("out", path=True, fix="the folder holding ckpt.pt, best.pt and tokenizer.json")
-    checkpoint: str = setting("best", choices=tuple(CHECKPOINTS),
-                              fix="best (lowest val loss) or last (the latest save)")
-    init_from: str | None = setting(None, path=True, check=pretrained_rule,
-                                    fix="null samples the checkpoint in out_dir; a GPT-2 samples it as it is")
-    prompt: list[str] = setting(["ROMEO:", "中国人民", "我喜欢喝茶。 ="],
-                                check=lambda prompts: None if prompts else "a string or a non-empty list of strings",
-                                fix='prompt="" starts from <|endoftext|>')
-    prompt_file: str | None = setting(None, path=True, fix="a UTF-8 file with one prompt a line, or null")
-    num_samples: int = setting(1, minimum=1, fix="samples per prompt, e.g. num_samples=1")
-    max_new_tokens: int = setting(200, minimum=0, fix="e.g. max_new_tokens=200")
-    temperature: float = setting(0.8, minimum=0,
-                                 check=lambda t: None if t == 0 or t >= MIN_TEMPERATURE else
-                                 f"0 (greedy) or at least {MIN_TEMPERATURE:g} (smaller ones overflow the logits)",
-                                 fix="use temperature=0 for greedy decoding")
-    top_k: int | None = setting(200, minimum=1, fix="keep the k most likely tokens, or top_k=null for no filter")
-    top_p: float | None = setting(None, above=0, maximum=1, fix="e.g. top_p=0.9, or top_p=null for no nucleus filter")
-    seed: int = seed_setting()
-    device: str = device_setting()
-    dtype: str = setting("float32", choices=DTYPES, fix="float32 is exact everywhere")
-    use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
-    compile: bool = setting(False, fix="compile=true or compile=false")
-    cuda_graph: str = setting("auto", choices=("auto", "true", "false"),
-                              fix="auto replays each new token as one recorded CUDA graph on a CUDA device "
-                                  "(eager launches every kernel from Python), unless compile=true")
-    stream: bool | None = setting(None, fix="null streams for num_samples=1 in text format")
-    format: str = setting("text", choices=("text", "jsonl"), fix="text for reading, jsonl for scripts")
-
-    def __post_init__(self):
-        if self.compile and not self.use_kv_cache:
-            raise ConfigError("compile=true compiles the KV-cache decoding step: it needs use_kv_cache=true")
-        if self.cuda_graph == "true" and (self.compile or not self.use_kv_cache):
-            raise ConfigError("cuda_graph=true records the KV-cache decoding step, which compile=true compiles into "
-                              "CUDA graphs of its own: use it with use_kv_cache=true and compile=false")
-        if self.stream and self.num_samples > 1:
-            raise ConfigError(f"stream=true needs num_samples=1 (got {self.num_samples}): the samples of a prompt "
-                              "are generated together as one batch; use stream=false")
-        if self.stream and self.format == "jsonl":
-            raise ConfigError("stream=true prints text as it comes, format=jsonl one JSON object per finished sample "
-                              "(a stream would break the lines apart): use stream=false with format=jsonl")
-
-    def records_cuda_graph(self, device_type: str) -> bool:
-        """Whether decoding replays a recorded CUDA graph: cuda_graph=auto does on CUDA with the KV cache and
-        without compile=true, whose Inductor code replays CUDA graphs of its own."""
-        if self.cuda_graph == "true" and device_type != "cuda":
-            raise ConfigError(f"cuda_graph=true needs a CUDA device (this one is {device_type}): use cuda_graph=auto")
-        return self.cuda_graph == "true" or (self.cuda_graph == "auto" and device_type == "cuda"
-                                             and self.use_kv_cache and not self.compile)
-
-
 store_defaults("train_settings", RunConfig)  # config/train.yaml starts from these
-store_defaults("sample_settings", SampleConfig)  # config/sample.yaml
