@@ -210,10 +210,13 @@ def make_tiny_gpt2(folder: Path, corpus: Path, vocab_size: int = 300):
 # ---- a CUDA graph's contract on the CPU, for the code that records one (decoding, the training step):
 # every aten kernel run while recording is kept, on the tensors it ran on, and a replay runs the same
 # kernels on the same memory again, writing each result where the recording left it. Recording runs
-# nothing (what the kernels wrote is put back, the random generator too), and a value read back to
-# Python while recording (a host sync, which a real capture refuses) is refused.
+# nothing (what the kernels wrote is put back, the random generator too), and what CUDA refuses is
+# refused: a value read back to Python while recording (a host sync), a float64 rate for fused AdamW.
 
 HOST_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+# CUDA's fused Adam(W) kernels read a tensor learning rate through a float pointer: any other dtype fails
+# there (the CPU kernels take any), and a recording only ever hands them tensor rates
+FLOAT_RATE_KERNELS = {torch.ops.aten._fused_adamw_.tensor_lr, torch.ops.aten._fused_adam_.tensor_lr}
 
 
 class RecordedGraph(TorchDispatchMode):
@@ -241,6 +244,8 @@ class RecordedGraph(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in HOST_SYNCS:
             raise RuntimeError(f"{func} reads a value back to the host: a CUDA graph cannot record it")
+        if func in FLOAT_RATE_KERNELS and kwargs["lr"].dtype != torch.float32:
+            raise RuntimeError(f"{func}: expected scalar type Float but found {kwargs['lr'].dtype} (CUDA's lr)")
         values = [*zip(func._schema.arguments, args), *((a, kwargs[a.name]) for a in func._schema.arguments
                                                          if a.name in kwargs)]
         for tensor in tree_leaves([value for arg, value in values if arg.alias_info and arg.alias_info.is_write]):

@@ -23,7 +23,9 @@ class GraphedTrainStep:
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], Outputs], optimizers: list[torch.optim.Optimizer],
                  device: torch.device):
         self.step, self.optimizers, self.device = step, optimizers, device
-        self.lrs = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.groups()]
+        # float32: CUDA's fused AdamW reads a tensor rate through a float pointer (eager's float is a double;
+        # the two differ by float32's rounding of the rate, a relative 6e-8)
+        self.lrs = [torch.zeros((), dtype=torch.float32, device=device) for _ in self.groups()]
         self.steps = 0
         self.side = torch.cuda.Stream()  # one for every eager step, whose memory the next one reuses
         self.graph: torch.cuda.CUDAGraph | None = None
