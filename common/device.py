@@ -118,12 +118,14 @@ def on_side_stream(run: Callable[[], T], side: torch.cuda.Stream) -> T:
 def record_cuda_graph(run: Callable[[], T], what: str) -> tuple[torch.cuda.CUDAGraph, T] | None:
     """run() recorded as a CUDA graph (its kernels, not run) and what it returned; None, with one warning line,
     where torch or the GPU refuses (a kernel that reads a value back to the host): `what` then runs without."""
-    graph = torch.cuda.CUDAGraph()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
     try:
         with torch.cuda.graph(graph):
             outputs = run()
     except RuntimeError as e:
-        print(f"warning: {what} could not be recorded as a CUDA graph ({str(e).splitlines()[0]}); it runs without "
-              "one (cuda_graph=false skips the attempt)", file=sys.stderr, flush=True)
+        torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its own stream current when ending the capture fails
+        cause = e.__context__ or e  # the kernel's refusal: ending the capture it invalidated raises after it
+        print(f"warning: {what} could not be recorded as a CUDA graph ({str(cause).splitlines()[0]}); it runs "
+              "without one (cuda_graph=false skips the attempt)", file=sys.stderr, flush=True)
         return None
     return graph, outputs

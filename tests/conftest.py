@@ -233,12 +233,14 @@ class RecordedGraph(TorchDispatchMode):
         self.rng = torch.get_rng_state()
         return super().__enter__()
 
-    def __exit__(self, *exc) -> None:
-        super().__exit__(*exc)
+    def __exit__(self, failed, *exc) -> None:
+        super().__exit__(failed, *exc)
         with torch.no_grad():
             for tensor, before in reversed(self.written.values()):
                 tensor.copy_(before)
         torch.set_rng_state(self.rng)
+        if failed:  # a kernel CUDA refused invalidates the capture: ending it raises too, after the kernel's error
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -279,9 +281,21 @@ def fake_cuda_graphs(monkeypatch) -> list[RecordedGraph]:
         recorded.append(RecordedGraph())
         return recorded[-1]
 
+    current = [FakeStream()]  # torch.cuda's current stream
+
+    @contextlib.contextmanager
+    def graph(recording: RecordedGraph) -> Iterator[None]:
+        # as torch.cuda.graph: records on a side stream of its own, made current, and makes the stream before
+        # current again only after ending the capture, so a capture that fails to end leaves the side stream current
+        before, current[0] = current[0], FakeStream()
+        with recording:  # entering the mode records
+            yield
+        current[0] = before
+
     monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: graph)  # entering the mode records
+    monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: current.__setitem__(0, stream))
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     return recorded

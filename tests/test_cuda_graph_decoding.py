@@ -68,7 +68,9 @@ def test_a_step_that_cannot_be_recorded_says_so_once_and_decodes_eagerly(fake_cu
     model = tiny_gpt()
     step = CUDAGraphStep(step_with_host_sync)
     cache = model.engine.kv_cache(1, torch.device("cpu"))
+    stream = torch.cuda.current_stream()
     assert [step(torch.tensor([[1]]), cache, torch.tensor([p]))[0, 0].item() for p in (3, 4, 5)] == [3.0, 4.0, 5.0]
+    assert torch.cuda.current_stream() is stream  # not the failed recording's
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: the decoding step could not be recorded as a "
                                                          "CUDA graph (aten._local_scalar_dense.default reads a value")

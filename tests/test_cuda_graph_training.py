@@ -75,7 +75,9 @@ def test_a_step_that_cannot_be_recorded_says_so_once_and_trains_on_eagerly(fake_
         return [step(batch[:, :-1], batch[:, 1:])[0].item()
                 for batch in (torch.randint(0, 64, (4, 17), generator=data) for _ in range(STEPS))]
 
+    stream = torch.cuda.current_stream()
     assert run(True) == run(False)  # the failed recording's gradients are not added to the next step's
+    assert torch.cuda.current_stream() is stream  # not the failed recording's
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: the training step could not be recorded as a "
                                                          "CUDA graph (aten._local_scalar_dense.default reads a value")
