@@ -43,7 +43,8 @@ def step_timer(model: torch.nn.Module, step_model: torch.nn.Module, optimizers: 
 
 def run_train(name: str, overrides: list[str], out_dir: Path) -> tuple[str, float]:
     """train.py with `overrides`, from scratch: its stdout and wall seconds; a failed run ends the benchmark."""
-    cmd = [sys.executable, str(REPO / "train.py"), *overrides, "train.resume=false", f"out_dir={out_dir}"]
+    cmd = [sys.executable, str(REPO / "train.py"), *overrides, "train.resume=false", "train.overwrite=true",
+           f"out_dir={out_dir}"]  # a run left by the last benchmark is replaced
     print(f"running {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     result = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
