@@ -122,8 +122,9 @@ class Engine:
                 window = idx[:, -block_size:]
                 length = window.size(1)
                 logits = self.model.next_token_logits(window, kv_cache, torch.arange(length, device=idx.device))
-            else:  # only the token sampled last, at the next position
-                logits = self.decode_step(next_id, kv_cache, torch.tensor([length], device=idx.device))
+            else:  # only the token sampled last, at the next position, written on the device (torch.tensor would
+                # copy it from pageable host memory, which waits for the GPU to finish the step before)
+                logits = self.decode_step(next_id, kv_cache, torch.full((1,), length, device=idx.device))
                 length += 1
             next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
