@@ -20,7 +20,7 @@ from model.attention import MultiHeadAttention, flash_kernel_exists
 from train import train_step
 from trainer import distributed, runtime
 from trainer.guards import NonFiniteGuard
-from trainer.mfu import mfu
+from trainer.mfu import mfu, peak_flops
 from trainer.optim import make_optimizers
 
 
@@ -33,6 +33,14 @@ def test_mfu_of_several_processes_is_measured_against_all_their_devices():
     # 8 GPUs of 1 PFLOP/s each, stepping the global batch at 4 PFLOP/s of model FLOPs: 50 %, not 400 %
     assert mfu(4e15, 1e15, world_size=8) == 0.5
     assert mfu(4e14, 1e15, world_size=1) == 0.4
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                                       ("NVIDIA H100 PCIe", 756e12), ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12),
+                                       ("NVIDIA L4", 121e12), ("NVIDIA A10G", 125e12), ("NVIDIA A100-SXM4-80GB", 312e12)])
+def test_a_gpus_peak_is_its_own_not_that_of_a_name_inside_its_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda"), torch.bfloat16) == (peak, f"{name} table")
 
 
 def test_dtype_auto_picks_fp16_on_gpus_that_only_emulate_bf16(monkeypatch):

@@ -19,10 +19,11 @@ import torch
 
 from model import GPT
 
-# dense bf16 / fp16 tensor-core peak FLOP/s, by a substring of torch.cuda.get_device_name()
+# dense bf16 / fp16 tensor-core peak FLOP/s, by a substring of torch.cuda.get_device_name(); the first that
+# matches counts, so a name that holds another comes before it ("H100 PCIe" before "H100", "L40" before "L4")
 GPU_PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+    "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "A10": 125e12,
+    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
 }
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-attention" / "cpu_peak.json"
 
