@@ -234,12 +234,8 @@ def metric_figure(values: np.ndarray, metric: str, vmin: float | None = None, vm
     return fig
 
 
-def paint(pictures: dict[str, Picture], folder: Path, in_worker: bool = False) -> dict[str, Path]:
-    """Each picture as a whole PNG in folder: key -> file, '/' in a key turned '_'. in_worker: Ctrl-C
-    reaches the whole process group and the trainer decides what it means; ignored per task, after
-    unpickling, whose imports may install a handler of their own."""
-    if in_worker:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def paint(pictures: dict[str, Picture], folder: Path) -> dict[str, Path]:
+    """Each picture as a whole PNG in folder: key -> file, '/' in a key turned '_'."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {key: folder / (key.replace("/", "_") + ".png") for key in pictures}
     for key, picture in pictures.items():
@@ -269,13 +265,19 @@ class Painter:
             n_parts = min(self.workers, len(pictures)) if spread else 1
             items = list(pictures.items())
             parts = [dict(items[i::n_parts]) for i in range(n_parts)]
+            # a worker started here is born with Ctrl-C blocked, so that it never sees it: Ctrl-C reaches the
+            # whole process group, and the trainer decides what it means (a worker still importing printed a
+            # traceback); one that reaches the trainer meanwhile waits until the mask is restored
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                self.pending.append((step, [self.pool.submit(paint, part, folder, True) for part in parts]))
+                self.pending.append((step, [self.pool.submit(paint, part, folder) for part in parts]))
                 return
             except BrokenProcessPool:  # the worker died (killed, out of memory): draw here from now on
                 print("warning: the process drawing the attention pictures has died; they are drawn in this "
                       "process from now on", file=sys.stderr, flush=True)
                 self.pool = None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         done: Future = Future()
         try:
             done.set_result(paint(pictures, folder))

@@ -5,10 +5,13 @@ tiny corpus and model."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
-from conftest import fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
+from conftest import REPO, fresh_machine_env, make_tiny_corpus, run_entry, run_history, tiny_args
 
 
 def chart_steps(run_dir, key: str) -> list[int]:
@@ -46,6 +49,26 @@ def test_background_pictures_land_later_captioned_and_a_resumed_run_keeps_its_ch
     assert "resuming from" in resumed.stdout
     (second,) = set((out / "wandb").glob("offline-run-*")) - {run_dir}
     assert chart_steps(second, "attn_chart/entropy/text") == [0, 10, 20, 30]  # the first run's reports, then its own
+
+
+def test_ctrl_c_while_a_picture_worker_starts_reaches_the_trainer_alone(tmp_path):
+    # a terminal's Ctrl-C goes to the whole process group: the worker the step-0 report just started is still
+    # importing train.py (a second or more), and it printed a KeyboardInterrupt traceback there
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    args = [*tiny_args(corpus, tmp_path / "prepared"), f"out_dir={tmp_path / 'out'}", "train.max_iters=500",
+            "wandb.attn_every=100", "wandb.pictures=background", "wandb.ablation=off"]
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                               env={**fresh_machine_env(tmp_path), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("attention report at step 0"):
+            break
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "SIGINT: finishing this step, then saving" in stderr and "interrupted after step" in stdout
 
 
 def test_a_fused_attention_run_says_once_that_its_maps_come_from_the_explicit_path(tmp_path):
