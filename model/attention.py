@@ -160,8 +160,9 @@ class MultiHeadAttention(nn.Module):
         query = self.split_heads(self.W_Q(x))  # (B, nh, T, hs)
         key = self.split_heads(self.W_K(source))  # (B, nh, T_k, hs)
         value = self.split_heads(self.W_V(source))  # (B, nh, T_k, hs)
-        if self.q_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
+        if self.q_norm is not None:  # in its gains' dtype, as CUDA autocast runs it (CPU autocast gave it bf16)
+            gains = self.q_norm.weight.dtype
+            query, key = self.q_norm(query.to(gains)), self.k_norm(key.to(gains))
         if self.rotary is not None:  # RoPE: rotate queries and keys by their positions
             query, key = self.rotary(query, positions), self.rotary(key, positions)
         # one dtype for all three, the one autocast gave the projections: CUDA autocast runs the

@@ -1,6 +1,8 @@
 """The faster recipe's parts: RMSNorm + QK-norm, ReLU^2, untied head, zero-init, Muon; and compile."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import overfit_losses
@@ -28,6 +30,18 @@ def test_fast_recipe_model_is_untied_zero_initialised_and_causal():
         assert torch.equal(model(idx)[0][:, :9], model(changed)[0][:, :9])
     maps = model.attention_maps(idx)
     assert torch.allclose(maps.sum(-1), torch.ones_like(maps.sum(-1)))
+
+
+def test_the_qk_norm_under_cpu_bf16_autocast_trains_without_a_torch_warning():
+    # CPU autocast (the CPU preset's bf16) handed the norm bf16 queries and fp32 gains: torch warned, mid-run,
+    # "Mismatch dtype between input and weight ... Cannot dispatch to fused implementation"
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**FAST))
+    idx = torch.randint(0, 64, (2, 17))
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        model(idx[:, :-1], idx[:, 1:])[1].backward()
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
