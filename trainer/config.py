@@ -1,7 +1,7 @@
 """The settings of train.py (RunConfig) as typed dataclasses mirroring config/train.yaml field by field.
-train.py converts its hydra config once, first thing
-(`typed(RunConfig, cfg, "")`, common/settings.py): from then on every value has its type and range,
-and nothing has been read or written for a bad setting."""
+train.py converts its hydra config once, first thing (`typed(RunConfig, cfg, "")`, common/settings.py):
+from then on every value has its type and range, and nothing has been read or written for a bad setting.
+sample.py's settings are in sample.py."""
 from __future__ import annotations
 
 import dataclasses
