@@ -52,7 +52,8 @@ class SampleConfig:
     top_p: float | None = setting(None, above=0, maximum=1, fix="e.g. top_p=0.9, or top_p=null for no nucleus filter")
     seed: int = seed_setting()
     device: str = device_setting()
-    dtype: str = setting("float32", choices=DTYPES, fix="float32 (TF32 matmuls on CUDA); bfloat16 or float16 cast the weights")
+    dtype: str = setting("float32", choices=DTYPES,
+                         fix="float32 (TF32 matmuls on CUDA); bfloat16 or float16 cast the weights")
     use_kv_cache: bool = setting(True, fix="use_kv_cache=true or use_kv_cache=false")
     compile: bool = setting(False, fix="compile=true or compile=false")
     cuda_graph: str = setting("auto", choices=("auto", "true", "false"),
